@@ -1,0 +1,26 @@
+"""The `mmtm` Typer app: registers one module per command; no science here."""
+from __future__ import annotations
+
+import typer
+
+from cli import bench, compare, eval_cur, prep, report, train
+
+app = typer.Typer(
+    name="mmtm",
+    help="Measure and fix greedy learning in two-view MMTM networks (Wu et al., ICML 2022).\n\n"
+    "Typical flow: `mmtm prep synthetic --out data` → `mmtm train --data data --out runs/v` → "
+    "`mmtm eval-cur runs/v` → `mmtm report runs/v --out report`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("prep")(prep.prep)
+app.command("train")(train.train)
+app.command("eval-cur")(eval_cur.eval_cur)
+app.command("report")(report.report)
+app.command("compare")(compare.compare)
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:
+    app()
