@@ -1,0 +1,52 @@
+"""`mmtm eval-cur`: conditional utilisation rates (d_util) of a trained run, in one command."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import user_errors
+
+
+@user_errors
+def eval_cur(
+    run: Path = typer.Argument(..., help="Run folder made by `mmtm train`."),
+    checkpoint: str = typer.Option("best", help="best | last | a path to a .pt file."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder [default: the run's own]."),
+    split: str = typer.Option("test", help="Split to measure: test | val | train."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    loader: Optional[str] = typer.Option(None, help="auto | dali | torch [default: the run's]."),
+    batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size."),
+    as_json: bool = typer.Option(False, "--json", help="Print cur.json instead of a table."),
+) -> None:
+    """Measure u(m1|m0), u(m0|m1) and d_util (SPEC §2) and write RUN/cur.json.
+
+    Pass 1 averages every MMTM's squeeze vectors over the training subset; pass 2 evaluates the split
+    with normal fusion and with cross-modal flow off. The checkpoint is only read.
+
+    Examples:
+
+      mmtm eval-cur runs/balanced
+
+      mmtm eval-cur runs/balanced --checkpoint last --split val --json
+    """
+    from mmtm.evaluate import evaluate_cur
+
+    r = evaluate_cur(run, checkpoint=checkpoint, data=str(data) if data else None, split=split,
+                     device=device, loader=loader, batch_size=batch_size)
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    table = Table(title=f"CUR of {run} ({checkpoint}, {split}, n={r['n']})")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, label in (("acc", "accuracy of ŷ"), ("acc_m0", "A(f0)"), ("acc_m0_only", "A(f0')  flow off"),
+                       ("acc_m1", "A(f1)"), ("acc_m1_only", "A(f1')  flow off"), ("u_m1_given_m0", "u(m1|m0)"),
+                       ("u_m0_given_m1", "u(m0|m1)"), ("d_util", "d_util")):
+        table.add_row(label, f"{r[key]:+.4f}" if key.startswith(("u_", "d_")) else f"{r[key]:.4f}")
+    Console().print(table)
+    typer.echo(f"wrote {Path(run) / 'cur.json'}")
