@@ -1,0 +1,129 @@
+"""`mmtm bench [loader|train]`: throughput figures side by side, as ratios, in one run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import user_errors
+from mmtm.errors import UserError
+
+app = typer.Typer(help="Loader and training throughput; `mmtm bench --data D` runs both.", no_args_is_help=False)
+
+DATA = typer.Option(..., "--data", help="Prepared dataset folder (from `mmtm prep`).")
+JSON_OUT = typer.Option(False, "--json", help="Print one JSON object (also written to --save).")
+SAVE = typer.Option(None, "--save", help="Write the JSON here [default: bench.json, bench-loader.json or bench-train.json].")
+
+
+def _emit(result: dict, path: Path, as_json: bool, *tables: Table) -> None:
+    from mmtm.checkpoint import atomic_write_text
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for table in tables:
+        Console().print(table)
+    typer.echo(f"wrote {path}")
+
+
+def _loader_table(r: dict) -> Table:
+    t = Table(title="loader throughput (two views per sample = 2 images)")
+    for c in ("backend", "images/s", "CPU ms/image", "× torch", "of memory ceiling"):
+        t.add_column(c, justify="right")
+    res = r["results"]
+    base = res.get("torch", {}).get("images_per_s")
+    ceiling = res.get("memory", {}).get("images_per_s")
+    for name, v in res.items():
+        ips = v["images_per_s"]
+        t.add_row(name, f"{ips:.0f}", f"{v['cpu_ms_per_image']:.2f}", f"{ips / base:.2f}" if base else "-",
+                  f"{ips / ceiling:.0%}" if ceiling else "-")
+    return t
+
+
+def _train_table(r: dict) -> Table:
+    t = Table(title=f"training throughput ({r['config']['device']}, loader {r['config']['loader']})")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    res = r["results"]
+    t.add_row("end to end samples/s", f"{res['end_to_end_samples_per_s']:.1f}")
+    t.add_row("compute only samples/s", f"{res['compute_only_samples_per_s']:.1f}")
+    t.add_row("end to end / compute (target ≥ 0.90)", f"{res['end_to_end_over_compute']:.2f}")
+    t.add_row("data wait share (target ≤ 5%)", f"{res['data_wait_share']:.1%}")
+    return t
+
+
+def _run_loader(data: Path, batch_size: int, threads: int) -> dict:
+    from loaders.bench import bench_loader
+    if not data.is_dir():
+        raise UserError(f"{data}: not a folder")
+    return bench_loader(str(data), batch_size=batch_size, threads=threads)
+
+
+def _run_train(data: Path, batch_size: Optional[int], threads: int, device: str, preset: str, steps: int) -> dict:
+    from mmtm.bench import bench_train
+    return bench_train(str(data), preset=preset, batch_size=batch_size, threads=threads, device=device, steps=steps)
+
+
+@app.callback(invoke_without_command=True)
+@user_errors
+def bench(
+    ctx: typer.Context,
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (from `mmtm prep`)."),
+    batch_size: int = typer.Option(32, help="Batch size."),
+    threads: int = typer.Option(2, help="Loader threads."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (training bench)."),
+    preset: str = typer.Option("demo", help="Model size of the training bench: demo or paper."),
+    steps: int = typer.Option(20, help="Timed training steps per repeat."),
+    as_json: bool = JSON_OUT,
+    save: Optional[Path] = SAVE,
+) -> None:
+    """Run the loader and the training benches and print one table.
+
+    Examples:
+
+      mmtm bench --data demo/data
+
+      mmtm bench loader --data demo/data --json
+
+      mmtm bench train --data demo/data --device cuda --preset paper
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if data is None:
+        raise UserError("--data is required (a folder made by `mmtm prep`)")
+    result = {"loader": _run_loader(data, batch_size, threads),
+              "train": _run_train(data, batch_size, threads, device, preset, steps)}
+    _emit(result, save or Path("bench.json"), as_json, _loader_table(result["loader"]), _train_table(result["train"]))
+
+
+@app.command("loader")
+@user_errors
+def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch size."),
+           threads: int = typer.Option(2, help="Loader threads (DALI threads / DataLoader workers)."),
+           as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
+    """Images/s of each loader backend (dali, torch, in-memory ceiling) with warm-up and median of repeats.
+
+    Example: mmtm bench loader --data demo/data --threads 2 --json
+    """
+    r = _run_loader(data, batch_size, threads)
+    _emit(r, save or Path("bench-loader.json"), as_json, _loader_table(r))
+
+
+@app.command("train")
+@user_errors
+def train(data: Path = DATA, batch_size: Optional[int] = typer.Option(None, help="Batch size [preset's]."),
+          threads: int = typer.Option(2, help="Loader threads."),
+          device: str = typer.Option("auto", help="auto | cpu | cuda."),
+          preset: str = typer.Option("demo", help="Model size: demo or paper."),
+          steps: int = typer.Option(20, help="Timed steps per repeat."),
+          as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
+    """Samples/s end to end vs. compute only, and the share of step time spent waiting for data.
+
+    Example: mmtm bench train --data demo/data --json
+    """
+    r = _run_train(data, batch_size, threads, device, preset, steps)
+    _emit(r, save or Path("bench-train.json"), as_json, _train_table(r))

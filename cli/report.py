@@ -1,0 +1,27 @@
+"""`mmtm report`: plots and a markdown summary of one or more runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.errors import user_errors
+
+
+@user_errors
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run folders made by `mmtm train` (and `mmtm eval-cur`)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the PNG plots and summary.md."),
+) -> None:
+    """Plot d_CLS over steps (re-balancing steps marked), s(m1|m0) and s(m0|m1), accuracy per head,
+    and u(m1|m0), u(m0|m1) per run; write a markdown summary table.
+
+    Examples:
+
+      mmtm report runs/vanilla runs/balanced --out report
+
+      mmtm report demo/compare/*-s0 --out demo/report
+    """
+    from mmtm.report import write_report
+
+    typer.echo(f"wrote {write_report(runs, out)}")
