@@ -1,0 +1,54 @@
+"""The paper's formulas (SPEC.md §2-3), as small pure functions on floats and tensors.
+
+CLS (conditional learning speed, during training):
+    μ_g(t)   = Σ_{p∈g} ‖∇p‖² / Σ_{p∈g} ‖p‖²
+    M_g      = Σ_t μ_g(t) over regular steps
+    s(m1|m0) = log10(M_θ'0 / M_θ0),  s(m0|m1) = log10(M_θ'1 / M_θ1),  d_speed = s(m1|m0) − s(m0|m1)
+CUR (conditional utilisation rate, after training):
+    u(m1|m0) = (A(f0) − A(f0')) / A(f0),  u(m0|m1) = (A(f1) − A(f1')) / A(f1),  d_util = u(m1|m0) − u(m0|m1)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def sum_of_squares(tensors: Iterable[Tensor | None]) -> Tensor:
+    """Σ ‖t‖² over the tensors as a 0-dim float32 tensor, without a host sync; None (no grad) counts as zero."""
+    ts = [t for t in tensors if t is not None]
+    if not ts:
+        return torch.zeros(())
+    return torch.stack(torch._foreach_norm(ts)).float().square().sum()
+
+
+def mu(grads: Iterable[Tensor | None], params: Iterable[Tensor]) -> float:
+    """μ_g(t) = Σ_{p∈g} ‖∇p‖² / Σ_{p∈g} ‖p‖²  (ratio of the group sums, not a mean of per-tensor ratios)."""
+    return float(sum_of_squares(grads) / sum_of_squares(params))
+
+
+def conditional_speed(M_fusion: float, M_uni: float) -> float:
+    """s = log10(M_θ' / M_θ); nan while either sum is still zero (no regular step yet)."""
+    if not (M_fusion > 0 and M_uni > 0):
+        return math.nan
+    return math.log10(M_fusion / M_uni)
+
+
+def d_speed(s_m1_m0: float, s_m0_m1: float) -> float:
+    """d_speed = s(m1|m0) − s(m0|m1); > 0 means branch 0 leans on m1 more than branch 1 on m0 (m0 is slow)."""
+    return s_m1_m0 - s_m0_m1
+
+
+def conditional_utilization(acc_f: float, acc_f_only: float) -> float:
+    """u = (A(f) − A(f')) / A(f), f' = the same head with cross-modal flow off. Never clipped: A(f') > A(f) gives u < 0."""
+    if acc_f == 0:
+        return math.nan
+    return (acc_f - acc_f_only) / acc_f
+
+
+def d_util(u_m1_m0: float, u_m0_m1: float) -> float:
+    """d_util = u(m1|m0) − u(m0|m1)."""
+    return u_m1_m0 - u_m0_m1

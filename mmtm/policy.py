@@ -1,0 +1,108 @@
+"""Step-mode policies (SPEC §4): which MMTM mode each training step runs in. One training loop serves all three.
+
+Per step: `mode = policy.next_mode(epoch)`; forward/backward/step in that mode; update the speed meter;
+`policy.observe(mode, meter.d_speed, epoch)`. Epochs count from 0, so warmup_epochs=1 makes epoch 0 warm-up.
+"""
+from __future__ import annotations
+
+import random
+
+from mmtm.errors import UserError
+from mmtm.fusion import NORMAL, REBALANCE_M0, REBALANCE_M1
+
+
+class StepPolicy:
+    """The interface; its defaults are the vanilla behaviour (every step regular, no state)."""
+
+    name: str
+
+    def next_mode(self, epoch: int) -> str:
+        """The mode of the step about to run."""
+        return NORMAL
+
+    def observe(self, mode: str, d_speed: float, epoch: int) -> None:
+        """Called after each step with the mode it ran in and the meter's d_speed after it."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Vanilla(StepPolicy):
+    name = "vanilla"
+
+
+class Balanced(StepPolicy):
+    """Balanced multi-modal learning: after a regular step past warm-up, d_speed > α re-balances m0 (the slow
+    modality) for the next Q steps, d_speed < −α re-balances m1; |d_speed| ≤ α or nan does nothing."""
+
+    name = "balanced"
+
+    def __init__(self, alpha: float = 0.01, rebalance_steps: int = 5, warmup_epochs: int = 1):
+        if alpha < 0 or rebalance_steps < 0 or warmup_epochs < 0:
+            raise ValueError("alpha, rebalance_steps and warmup_epochs must be non-negative")
+        self.alpha, self.rebalance_steps, self.warmup_epochs = alpha, rebalance_steps, warmup_epochs
+        self.rebalance_mode = NORMAL
+        self.remaining = 0  # re-balancing steps still to run
+
+    def next_mode(self, epoch: int) -> str:
+        return self.rebalance_mode if self.remaining > 0 else NORMAL
+
+    def observe(self, mode: str, d_speed: float, epoch: int) -> None:
+        if mode != NORMAL:
+            self.remaining = max(0, self.remaining - 1)
+        elif epoch >= self.warmup_epochs:
+            if d_speed > self.alpha:
+                self.rebalance_mode, self.remaining = REBALANCE_M0, self.rebalance_steps
+            elif d_speed < -self.alpha:
+                self.rebalance_mode, self.remaining = REBALANCE_M1, self.rebalance_steps
+
+    def state_dict(self) -> dict:
+        return {"rebalance_mode": self.rebalance_mode, "remaining": self.remaining}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rebalance_mode, self.remaining = state["rebalance_mode"], int(state["remaining"])
+
+
+class RandomPolicy(StepPolicy):
+    """The random ablation: past warm-up each step is uniformly regular, re-balance m0 or re-balance m1.
+
+    Its own seeded RNG (saved in state_dict), so a resumed run continues exactly and DDP ranks agree."""
+
+    name = "random"
+    CHOICES = (NORMAL, REBALANCE_M0, REBALANCE_M1)
+
+    def __init__(self, warmup_epochs: int = 1, seed: int = 0):
+        self.warmup_epochs = warmup_epochs
+        self.rng = random.Random(seed)
+        self.drawn: str | None = None  # the draw for the coming step, so next_mode may be asked twice
+
+    def next_mode(self, epoch: int) -> str:
+        if epoch < self.warmup_epochs:
+            return NORMAL
+        if self.drawn is None:
+            self.drawn = self.rng.choice(self.CHOICES)
+        return self.drawn
+
+    def observe(self, mode: str, d_speed: float, epoch: int) -> None:
+        self.drawn = None
+
+    def state_dict(self) -> dict:
+        version, internal, gauss_next = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss_next], "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss_next = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss_next))
+        self.drawn = state["drawn"]
+
+
+POLICIES = {p.name: p for p in (Vanilla, Balanced, RandomPolicy)}
+
+
+def make_policy(name: str, **kw) -> StepPolicy:
+    if name not in POLICIES:
+        raise UserError(f"unknown step policy {name!r}; expected one of {', '.join(POLICIES)}")
+    return POLICIES[name](**kw)
