@@ -1,0 +1,313 @@
+"""`mmtm prep`: turn a render tree, a mesh tree or the synthetic set into one prepared dataset folder.
+
+Every source ends in the same layout (loaders/dataset.py). The folder is built under a temporary name and
+renamed into place only after every object was written and checked, so a failure leaves `out` as it was.
+Validation = a seeded fraction of the official train split (SPEC §5: 20%, seed 10), shuffled reproducibly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from loaders import meshes, render, renders, synthetic
+from loaders.dataset import (ENCODINGS, NUM_VIEWS, AtomicDir, DatasetError, Row, view_filename, write_meta,
+                             write_split)
+from mmtm.errors import UserError
+
+OFFICIAL_SPLITS = ("train", "test")
+SYNTHETIC = "synthetic"
+LAYOUT_HELP = ("expected <class>/{train,test}/<class>_<NNNN>.obj.shaded_v<VVV>.png (MVCNN renders) or "
+               f"<class>/{{train,test}}/<name>{{{','.join(meshes.MESH_SUFFIXES)}}} (meshes, e.g. ModelNet40)")
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    cls: str
+    split: str                 # official split: train | test
+    name: str
+    files: tuple[Path, ...]    # the 12 view images, the one mesh file, or nothing (synthetic)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every worker needs besides the object itself."""
+    kind: str                  # renders | meshes | synthetic
+    image_size: int
+    encoding: str
+    root: Path = Path()        # the temporary dataset folder, set once it exists
+    up: str = "z"
+    classes: int = 0           # synthetic only
+    seed: int = 0              # synthetic only
+
+
+def detect_source(src: str | os.PathLike) -> str:
+    """"renders" or "meshes", from the files under `<class>/{train,test}/`; anything else is a UserError."""
+    src = Path(src)
+    if not src.is_dir():
+        raise UserError(f"{src}: no such folder")
+    suffixes = {p.suffix.lower() for split_dir in _split_dirs(src) for p in split_dir.iterdir()
+                if not p.name.startswith(".")}
+    has_images, has_meshes = ".png" in suffixes, bool(suffixes & set(meshes.MESH_SUFFIXES))
+    if has_images and has_meshes:
+        raise UserError(f"{src}: holds both .png renders and meshes; use one source per dataset")
+    if has_images:
+        return "renders"
+    if has_meshes:
+        return "meshes"
+    raise UserError(f"{src}: unknown layout; {LAYOUT_HELP}")
+
+
+def _split_dirs(src: Path) -> list[Path]:
+    return [d / s for d in _class_dirs(src) for s in OFFICIAL_SPLITS if (d / s).is_dir()]
+
+
+def _class_dirs(src: Path) -> list[Path]:
+    return sorted((d for d in src.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def scan_source(src: Path, kind: str, skip_bad: bool) -> tuple[list[SourceObject], list[str]]:
+    """All objects of a render or mesh tree, plus the problems skipped (only when `skip_bad`)."""
+    objects: list[SourceObject] = []
+    problems: list[str] = []
+    for class_dir in _class_dirs(src):
+        if not any((class_dir / s).is_dir() for s in OFFICIAL_SPLITS):
+            raise UserError(f"{class_dir}: class folder has neither train/ nor test/; {LAYOUT_HELP}")
+        for split in OFFICIAL_SPLITS:
+            split_dir = class_dir / split
+            if not split_dir.is_dir():
+                continue
+            if kind == "renders":
+                grouped, found = renders.group_views(split_dir)
+                problems += found
+                objects += [SourceObject(class_dir.name, split, name, tuple(paths))
+                            for name, paths in sorted(grouped.items())]
+            else:
+                objects += [SourceObject(class_dir.name, split, p.stem, (p,)) for p in sorted(split_dir.iterdir())
+                            if p.suffix.lower() in meshes.MESH_SUFFIXES and not p.name.startswith(".")]
+    if problems and not skip_bad:
+        more = f" (and {len(problems) - 1} more problems; --skip-bad drops such objects)" if len(problems) > 1 else ""
+        raise DatasetError(problems[0] + more)
+    return objects, problems
+
+
+def split_train_val(train: list[SourceObject], val_fraction: float, seed: int
+                    ) -> tuple[list[SourceObject], list[SourceObject]]:
+    """Move round(val_fraction·n) official-train objects, drawn by a seeded permutation, to validation."""
+    ordered = sorted(train, key=lambda o: (o.cls, o.name))
+    n_val = int(round(val_fraction * len(ordered)))
+    val_idx = set(np.random.default_rng(seed).permutation(len(ordered))[:n_val].tolist())
+    return ([o for i, o in enumerate(ordered) if i not in val_idx],
+            [o for i, o in enumerate(ordered) if i in val_idx])
+
+
+def prepare(src: str | os.PathLike, out: str | os.PathLike, *, image_size: int = 224, encoding: str = "jpeg",
+            val_fraction: float = 0.2, seed: int = 10, workers: int = 2, skip_bad: bool = False,
+            progress: bool = True, up: str = "z") -> dict:
+    """Prepare a render tree or a mesh tree (rendered with the MVCNN protocol, `up` = upright axis)."""
+    _check_options(image_size, encoding, val_fraction, workers)
+    if up not in render.UP_AXES:
+        raise UserError(f"up axis must be one of {', '.join(render.UP_AXES)}, not {up!r}")
+    src = Path(src)
+    kind = detect_source(src)
+    _check_out(Path(out), src)
+    objects, skipped = scan_source(src, kind, skip_bad)
+    classes = sorted({d.name for d in _class_dirs(src)})
+    job = _Job(kind, image_size, encoding, up=up)
+    return _build(out, objects, classes, job, src, skipped=skipped, val_fraction=val_fraction, seed=seed,
+                  workers=workers, skip_bad=skip_bad, progress=progress, source=kind,
+                  extra={"source_path": str(src.resolve()), **({"up_axis": up} if kind == "meshes" else {})})
+
+
+def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAULT_CLASSES,
+                      per_class: int = synthetic.DEFAULT_PER_CLASS, image_size: int = synthetic.DEFAULT_IMAGE_SIZE,
+                      encoding: str = "jpeg", val_fraction: float = 0.2, seed: int = 10, workers: int = 2,
+                      progress: bool = True, test_fraction: float = 0.2) -> dict:
+    """Generate and render the procedural set (loaders/synthetic.py). `seed` seeds both generation and the
+    validation split; the last `test_fraction` of each class's objects form the official test split."""
+    _check_options(image_size, encoding, val_fraction, workers)
+    if not 2 <= classes <= synthetic.MAX_CLASSES:
+        raise UserError(f"--classes must be 2..{synthetic.MAX_CLASSES} for the synthetic set, not {classes}")
+    if per_class < 5:
+        raise UserError(f"--per-class must be at least 5 (train, validation and test all need objects), "
+                        f"not {per_class}")
+    _check_out(Path(out), None)
+    names = synthetic.class_names(classes)
+    n_test = max(1, int(round(test_fraction * per_class)))
+    objects = [SourceObject(cls, "test" if i >= per_class - n_test else "train", f"{cls}_{i + 1:04d}", ())
+               for cls in names for i in range(per_class)]
+    job = _Job(SYNTHETIC, image_size, encoding, classes=classes, seed=seed)
+    return _build(out, objects, sorted(names), job, None, skipped=[], val_fraction=val_fraction, seed=seed,
+                  workers=workers, skip_bad=False, progress=progress, source=SYNTHETIC,
+                  extra={"synthetic": {"classes": classes, "per_class": per_class, "seed": seed,
+                                       "test_fraction": test_fraction}})
+
+
+def _check_options(image_size: int, encoding: str, val_fraction: float, workers: int) -> None:
+    if not 8 <= image_size <= 4096:
+        raise UserError(f"--image-size must be 8..4096 pixels, not {image_size}")
+    if encoding not in ENCODINGS:
+        raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be in [0, 1), not {val_fraction}")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, not {workers}")
+
+
+def _check_out(out: Path, src: Path | None) -> None:
+    """Refuse an --out whose replacement would destroy data: the source itself, a folder holding the source,
+    a folder inside the source (it would be read as a class next time), or a folder that is not a dataset."""
+    out_abs = out.resolve()
+    if src is not None:
+        src_abs = src.resolve()
+        if out_abs == src_abs or out_abs in src_abs.parents or src_abs in out_abs.parents:
+            raise UserError(f"{out}: --out must lie outside the source folder {src} and not contain it")
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"{out}: exists and is not a folder")
+        if any(out.iterdir()) and not (out / "dataset.json").is_file():
+            raise UserError(f"{out}: exists, is not empty and is not a prepared dataset; refusing to replace it")
+
+
+def _build(out, objects: list[SourceObject], classes: list[str], job: _Job, src: Path | None, *,
+           skipped: list[str], val_fraction: float, seed: int, workers: int, skip_bad: bool, progress: bool,
+           source: str, extra: dict) -> dict:
+    """Write every object, check the result, write the split files and dataset.json, commit atomically."""
+    start = time.perf_counter()
+    _check_names(objects)
+    _check_classes(classes, objects, src, where="")
+    with AtomicDir(out) as root:
+        job = dataclasses.replace(job, root=root)
+        failed = _run(job, objects, workers, progress, skip_bad)
+        skipped = skipped + list(failed.values())
+        kept = [o for o in objects if (o.cls, o.name) not in failed]
+        _check_classes(classes, kept, src, where=" after dropping bad objects")
+        train, val = split_train_val([o for o in kept if o.split == "train"], val_fraction, seed)
+        test = [o for o in kept if o.split == "test"]
+        label = {c: i for i, c in enumerate(classes)}
+        (root / "splits").mkdir()
+        counts = {}
+        for split, members in (("train", train), ("val", val), ("test", test)):
+            members = sorted(members, key=lambda o: (label[o.cls], o.name))
+            write_split(root / "splits" / f"{split}.csv",
+                        [Row(i, o.name, o.cls, label[o.cls], f"images/{o.cls}/{o.name}")
+                         for i, o in enumerate(members)])
+            counts[split] = len(members)
+        _check_written(job, kept)
+        write_meta(root, classes=classes, image_size=job.image_size, encoding=job.encoding,
+                   source=source, counts=counts, val_fraction=val_fraction, split_seed=seed, skipped=skipped, **extra)
+    seconds = time.perf_counter() - start
+    views = NUM_VIEWS * len(kept)
+    return {"out": str(out), "source": source, "classes": len(classes), "counts": counts, "views": views,
+            "seconds": round(seconds, 2), "views_per_s": round(views / seconds, 1), "skipped": skipped}
+
+
+def _check_written(job: _Job, kept: list[SourceObject]) -> None:
+    """Every kept object has its 12 non-empty view files (a full disk can fail silently on some filesystems)."""
+    for o in kept:
+        for view in range(NUM_VIEWS):
+            path = job.root / "images" / o.cls / o.name / view_filename(view, job.encoding)
+            if not path.is_file() or path.stat().st_size == 0:
+                raise DatasetError(f"{path}: written view is missing or empty; is the output disk full?")
+
+
+def _check_names(objects: list[SourceObject]) -> None:
+    seen: dict[tuple[str, str], SourceObject] = {}
+    for o in objects:
+        other = seen.setdefault((o.cls, o.name), o)
+        if other is not o:
+            raise DatasetError(f"{o.files[0] if o.files else o.name}: object {o.name} of class {o.cls} appears "
+                               f"twice (also {other.files[0] if other.files else other.split}); names must be unique")
+
+
+def _check_classes(classes: list[str], objects: list[SourceObject], src: Path | None, *, where: str) -> None:
+    present = {o.cls for o in objects}
+    empty = [c for c in classes if c not in present]
+    if empty:
+        folder = f"{src / empty[0]}: " if src is not None else ""
+        raise DatasetError(f"{folder}class {empty[0]} has no objects{where}" +
+                           (f" (nor have {', '.join(empty[1:4])}{'...' if len(empty) > 4 else ''})"
+                            if len(empty) > 1 else ""))
+    if not any(o.split == "train" for o in objects):
+        raise DatasetError(f"no objects in any train/ folder{where}")
+
+
+def _run(job: _Job, objects: list[SourceObject], workers: int, progress: bool,
+         skip_bad: bool) -> dict[tuple[str, str], str]:
+    """Write all objects with `workers` processes; returns {(class, name): problem} of the objects that failed
+    (with `skip_bad`; otherwise the first problem stops the run at once)."""
+    work = functools.partial(_write_object, job)
+    workers = min(workers, len(objects))
+    failed: dict[tuple[str, str], str] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ViewsPerSecond(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task(f"prep {job.kind} (views)", total=NUM_VIEWS * len(objects))
+        if workers == 1 and job.kind == "renders":
+            results = map(work, objects)
+            pool = None
+        else:
+            # Rendering always runs in spawned workers: an EGL/llvmpipe context in the calling process makes a
+            # later `import torchvision` there crash (seen with torch 2.14), and the caller may be a test or a
+            # training script. spawn, not fork: a forked child must not inherit a parent's GL state.
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(workers,))
+            results = pool.imap(work, objects, chunksize=max(1, min(16, len(objects) // (8 * workers))))
+        try:
+            for obj, problem in zip(objects, results):
+                if problem is not None:
+                    if not skip_bad:
+                        raise DatasetError(problem)
+                    failed[(obj.cls, obj.name)] = problem
+                bar.advance(task, NUM_VIEWS)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    return failed
+
+
+def _init_worker(workers: int) -> None:
+    # llvmpipe starts one raster thread per core in every process: split the cores between the workers, and
+    # with one core each rasterise in the calling thread (0), which saves the hand-off.
+    threads = (os.cpu_count() or 1) // workers
+    os.environ.setdefault("LP_NUM_THREADS", str(threads if threads > 1 else 0))
+
+
+def _write_object(job: _Job, obj: SourceObject) -> str | None:
+    """Make and write the 12 views of one object; a DatasetError becomes the returned problem line."""
+    try:
+        if job.kind == "renders":
+            encoded = renders.ingest_object(list(obj.files), job.image_size, job.encoding)
+        else:
+            if job.kind == "meshes":
+                vertices, faces = meshes.read_mesh(obj.files[0])
+            else:
+                index = synthetic.class_names(job.classes).index(obj.cls)
+                vertices, faces = synthetic.make_mesh(index, job.classes, int(obj.name.rsplit("_", 1)[1]), job.seed)
+            views = render.shared_renderer(job.image_size).render(vertices, faces, job.up)
+            if not views.any():
+                raise DatasetError(f"{obj.files[0] if obj.files else obj.name}: mesh renders to 12 blank views")
+            encoded = [render.encode(v, job.encoding) for v in views]
+    except DatasetError as e:
+        return str(e)
+    folder = job.root / "images" / obj.cls / obj.name
+    folder.mkdir(parents=True)
+    for view, data in enumerate(encoded):
+        (folder / view_filename(view, job.encoding)).write_bytes(data)
+    return None
+
+
+class _ViewsPerSecond(ProgressColumn):
+    """Progress column: rendered or ingested views per second."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.0f} views/s" if task.speed else "- views/s", style="progress.data.speed")

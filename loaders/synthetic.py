@@ -1,0 +1,160 @@
+"""A procedural ModelNet-like set whose two default views carry different amounts of class information.
+
+Every object is a z-up body drawn from class-independent families (box, cylinder, prism, domed box) with random
+proportions and optional handles/knob, so the body itself says nothing about the class. The class is written on
+it twice:
+- the **front mark** (on the -Y face, seen by view 0): the class's glyph, large and clear;
+- the **rear mark** (on the +Y face, seen by view 6): a small glyph shared by a pair of classes, and in
+  `REAR_NOISE` of the objects replaced by a random class pair's glyph.
+So view 0 alone can reach high accuracy while view 6 alone is capped well below it (still above chance): the
+information asymmetry that lets greedy learning show up. Each object is rotated by at most ±`YAW_JITTER_DEG`
+about the upright axis, so the front stays the front. Everything derives from (seed, class, object), so a set is
+reproducible byte for byte and independent of how work is split over processes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_CLASSES = 10
+DEFAULT_PER_CLASS = 200   # `mmtm prep synthetic` with defaults: 2,000 objects, well under a minute on 2 cores
+DEFAULT_IMAGE_SIZE = 64
+# Fraction of objects whose rear mark belongs to a random class pair (the "noisy" part of view 6).
+REAR_NOISE = 0.25
+YAW_JITTER_DEG = 20.0
+FRONT_SCALE = 0.9    # glyph size relative to the smaller side of the front face
+# Flat parts lean back by this much so they face the sky: a part parallel to its face would be shaded exactly
+# like the face and only its thin edges would show.
+TILT_DEG = 40.0
+REAR_SCALE = 0.65
+
+# A glyph is a list of parts in face coordinates (u along the face's width, v up), unit = glyph size:
+# ("block", u, v, width, height[, angle°]) | ("disc", u, v, radius) | ("ring", u, v, radius, thickness)
+# | ("spike", u, v, radius, height, +1 up/-1 down) | ("dome", u, v, radius)
+GLYPHS: dict[str, list[tuple]] = {
+    "block": [("block", 0, 0, 0.6, 0.6)],
+    "disc": [("disc", 0, 0, 0.35)],
+    "ring": [("ring", 0, 0, 0.32, 0.07)],
+    "spike_up": [("spike", 0, -0.3, 0.3, 0.7, 1)],
+    "hbar": [("block", 0, 0, 0.9, 0.2)],
+    "vbar": [("block", 0, 0, 0.2, 0.9)],
+    "plus": [("block", 0, 0, 0.85, 0.2), ("block", 0, 0, 0.2, 0.85)],
+    "cross": [("block", 0, 0, 0.95, 0.18, 45), ("block", 0, 0, 0.95, 0.18, -45)],
+    "two_discs": [("disc", -0.28, 0, 0.18), ("disc", 0.28, 0, 0.18)],
+    "two_vbars": [("block", -0.3, 0, 0.18, 0.85), ("block", 0.3, 0, 0.18, 0.85)],
+    "ell": [("block", -0.32, 0.05, 0.2, 0.8), ("block", 0.02, -0.35, 0.7, 0.2)],
+    "tee": [("block", 0, 0.35, 0.9, 0.2), ("block", 0, -0.05, 0.2, 0.75)],
+    "dots_diag": [("block", -0.3, -0.3, 0.22, 0.22), ("block", 0, 0, 0.22, 0.22), ("block", 0.3, 0.3, 0.22, 0.22)],
+    "target": [("ring", 0, 0, 0.38, 0.06), ("disc", 0, 0, 0.13)],
+    "dome": [("dome", 0, 0, 0.38)],
+    "spike_down": [("spike", 0, 0.3, 0.3, 0.7, -1)],
+    "equals": [("block", 0, 0.2, 0.85, 0.18), ("block", 0, -0.2, 0.85, 0.18)],
+    "four_dots": [("disc", u, v, 0.13) for u in (-0.25, 0.25) for v in (-0.25, 0.25)],
+    "cup": [("block", -0.35, 0.05, 0.18, 0.75), ("block", 0.35, 0.05, 0.18, 0.75), ("block", 0, -0.35, 0.88, 0.18)],
+    "disc_over_bar": [("disc", 0, 0.22, 0.2), ("block", 0, -0.3, 0.8, 0.18)],
+}
+MAX_CLASSES = len(GLYPHS)
+_GLYPH_NAMES = list(GLYPHS)
+
+
+def class_names(classes: int) -> list[str]:
+    """The first `classes` glyph names; labels are positions in the sorted list, as for real data."""
+    if not 2 <= classes <= MAX_CLASSES:
+        raise ValueError(f"synthetic classes must be 2..{MAX_CLASSES}, not {classes}")
+    return _GLYPH_NAMES[:classes]
+
+
+def make_mesh(class_index: int, classes: int, object_index: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Object `object_index` of class `class_index` (position in `class_names(classes)`): vertices, faces."""
+    import trimesh
+
+    rng = np.random.default_rng([seed, class_index, object_index])
+    parts, front_y, rear_y, face_width, face_bottom, face_top = _body(rng)
+    size = min(face_width, face_top - face_bottom)
+    centre_v = (face_bottom + face_top) / 2
+
+    front = _GLYPH_NAMES[class_index]
+    parts += _glyph(front, FRONT_SCALE * size * rng.uniform(0.85, 1.1),
+                    rng.uniform(-0.06, 0.06), centre_v + rng.uniform(-0.06, 0.06), front_y, side=-1, rng=rng)
+
+    # Rear: the glyph of the class pair (2k, 2k+1), sometimes a random pair's instead.
+    pairs = (classes + 1) // 2
+    pair = class_index // 2 if rng.random() >= REAR_NOISE else int(rng.integers(pairs))
+    rear_u, rear_v = rng.uniform(-0.15, 0.15) * face_width, centre_v + rng.uniform(-0.15, 0.15) * size
+    parts += _glyph(_GLYPH_NAMES[2 * pair], REAR_SCALE * size * rng.uniform(0.8, 1.2),
+                    rear_u, rear_v, rear_y, side=1, rng=rng)
+
+    mesh = trimesh.util.concatenate(parts)
+    yaw = np.radians(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG))
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 0, 1]))
+    return np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int64)
+
+
+def _body(rng: np.random.Generator) -> tuple[list, float, float, float, float, float]:
+    """A class-independent body; returns parts, the front/rear face planes (y) and the markable face region."""
+    from trimesh import creation
+    from trimesh.transformations import translation_matrix
+
+    width, depth, height = rng.uniform(0.9, 1.4), rng.uniform(0.5, 0.9), rng.uniform(0.9, 1.5)
+    family = rng.integers(4)
+    if family == 0:
+        parts = [creation.box(extents=[width, depth, height])]
+        half_depth, face_width = depth / 2, width
+    elif family in (1, 2):  # cylinder, octagonal prism
+        radius = width / 2
+        parts = [creation.cylinder(radius=radius, height=height, sections=32 if family == 1 else 8)]
+        half_depth, face_width = radius, radius * 1.4
+    else:  # box with a dome on top
+        parts = [creation.box(extents=[width, depth, height]),
+                 creation.icosphere(subdivisions=2, radius=min(width, depth) / 2)
+                 .apply_transform(translation_matrix([0, 0, height / 2]))]
+        half_depth, face_width = depth / 2, width
+    if rng.random() < 0.5:  # side handles
+        for x in (-1, 1):
+            parts.append(creation.cylinder(radius=0.06, height=height * 0.5, sections=12)
+                         .apply_transform(translation_matrix([x * (width / 2 + 0.08), 0, 0])))
+    if rng.random() < 0.5:  # top knob
+        parts.append(creation.cylinder(radius=0.1, height=0.25, sections=16)
+                     .apply_transform(translation_matrix([rng.uniform(-0.2, 0.2) * width, 0, height / 2 + 0.1])))
+    # Marks stay 0.2 below the top edge so the elevated camera on the other side cannot see over it.
+    return parts, -half_depth, half_depth, face_width * 0.9, -height / 2 + 0.05, height / 2 - 0.2
+
+
+def _glyph(name: str, size: float, u0: float, v0: float, face_y: float, *, side: int,
+           rng: np.random.Generator) -> list:
+    """Parts of glyph `name` standing out of the face plane y = face_y on `side` (-1 front, +1 rear)."""
+    from trimesh import creation
+    from trimesh.transformations import rotation_matrix, translation_matrix
+
+    depth = size * rng.uniform(0.2, 0.3)
+    embed = 0.15  # sink each part into the body so it stays attached on curved faces
+    out = []
+    for part in GLYPHS[name]:
+        kind, u, v = part[0], part[1] * size, part[2] * size
+        # u runs along +x seen from the front (-Y), along -x seen from the rear, so glyphs never read mirrored.
+        x, z = u0 - side * u, v0 + v
+        y_mid = face_y + side * (depth - embed) / 2
+        place = translation_matrix([x, y_mid, z]) @ rotation_matrix(side * np.radians(TILT_DEG), [1, 0, 0])
+        if kind == "block":
+            angle = np.radians(part[5]) if len(part) > 5 else 0.0
+            m = creation.box(extents=[part[3] * size, depth + embed, part[4] * size],
+                             transform=place @ rotation_matrix(angle, [0, 1, 0]))
+        elif kind == "disc":
+            m = creation.cylinder(radius=part[3] * size, height=depth + embed, sections=24,
+                                  transform=place @ rotation_matrix(np.pi / 2, [1, 0, 0]))
+        elif kind == "ring":
+            m = creation.torus(major_radius=part[3] * size, minor_radius=part[4] * size, major_sections=32,
+                               minor_sections=8)
+            m.apply_transform(translation_matrix([x, face_y + side * part[4] * size, z])
+                              @ rotation_matrix(np.pi / 2 + side * np.radians(TILT_DEG), [1, 0, 0]))
+        elif kind == "spike":
+            radius, height, direction = part[3] * size, part[4] * size, part[5]
+            m = creation.cone(radius=radius, height=height, sections=24)
+            m.apply_transform(translation_matrix([x, face_y + side * radius * 0.5, z])
+                              @ rotation_matrix(0.0 if direction > 0 else np.pi, [1, 0, 0]))
+        elif kind == "dome":
+            m = creation.icosphere(subdivisions=2, radius=part[3] * size)
+            m.apply_transform(translation_matrix([x, face_y, z]))
+        else:
+            raise ValueError(f"unknown glyph part {kind!r}")
+        out.append(m)
+    return out
