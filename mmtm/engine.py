@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from mmtm.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from mmtm.config import TrainConfig, to_dict
 from mmtm.errors import UserError
 from mmtm.evaluate import autocast_for, evaluate, to_model_layout
-from mmtm.fusion import NORMAL
+from mmtm.fusion import NORMAL, REBALANCED_BRANCH
 from mmtm.network import TwoViewMMTMNet, fused_logits, two_head_loss
 from mmtm.policy import make_policy
 from mmtm.progress import TrainProgress
@@ -161,9 +162,21 @@ def _sync_running_gates(t: Trainer) -> None:
             buf /= t.ddp.world_size
 
 
+def _check_ranks_agree(t: Trainer) -> None:
+    """The CLS meter and the step policy must be identical on every rank (grads are all-reduced)."""
+    if t.ddp.world_size == 1:
+        return
+    policy_digest = zlib.crc32(repr(t.policy.state_dict()).encode())
+    mine = torch.tensor([t.step, t.meter.d_speed, policy_digest], dtype=torch.float64, device=t.device)
+    everyone = [torch.zeros_like(mine) for _ in range(t.ddp.world_size)]
+    dist.all_gather(everyone, mine)
+    if any(not torch.allclose(other, mine, equal_nan=True) for other in everyone):
+        raise RuntimeError(f"ranks disagree on step/d_CLS/policy after epoch {t.epoch}: {everyone}")
+
+
 def _keep_only_slow_branch_grads(t: Trainer, mode: str) -> None:
     """SPEC §4 option: a re-balancing step updates only the slow modality's own branch θ0 or θ1."""
-    slow = set(map(id, t.net.param_groups()["theta0" if mode.endswith("m0") else "theta1"]))
+    slow = set(map(id, t.net.branch_params(REBALANCED_BRANCH[mode])))
     for p in t.net.parameters():
         if id(p) not in slow:
             p.grad = None
@@ -303,6 +316,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | Non
             train_loader.set_epoch(t.epoch)
             steps_log: list[dict] = []
             train = train_one_epoch(t, train_loader, steps_log, progress)
+            _check_ranks_agree(t)
             val = evaluate(t.net, val_loader, amp=t.amp, channels_last=t.channels_last)
             lr = t.optimizer.param_groups[0]["lr"]
             t.scheduler.step(train["train_loss"])  # SPEC §5: plateau on the training loss
