@@ -80,7 +80,7 @@ PRESETS: dict[str, dict] = {
     # Wu et al.'s ModelNet40 setup (SPEC §5).
     "paper": {},
     # Sized for a 2-core CPU: a narrow ResNet-18 on the built-in synthetic set, a few minutes per run.
-    "demo": {"width": 16, "epochs": 12, "batch_size": 32, "lr": 0.05, "momentum": 0.9,
+    "demo": {"width": 16, "epochs": 15, "batch_size": 32, "lr": 0.05, "momentum": 0.9,
              "plateau_patience": 3, "early_stop_epochs": 3, "seed": 0},
 }
 
