@@ -12,11 +12,15 @@ from rich.table import Table
 from cli.errors import user_errors
 from mmtm.errors import UserError
 
-app = typer.Typer(help="Loader and training throughput; `mmtm bench --data D` runs both.", no_args_is_help=False)
+app = typer.Typer(
+    help="Loader and training throughput, side by side as ratios; `mmtm bench --data D` runs both.\n\n"
+    "\b\nExamples:\n  mmtm bench --data demo/data\n  mmtm bench loader --data demo/data --json\n"
+    "  mmtm bench train --data demo/data --device cuda --preset paper",
+    no_args_is_help=False)
 
 DATA = typer.Option(..., "--data", help="Prepared dataset folder (from `mmtm prep`).")
 JSON_OUT = typer.Option(False, "--json", help="Print one JSON object (also written to --save).")
-SAVE = typer.Option(None, "--save", help="Write the JSON here [default: bench.json, bench-loader.json or bench-train.json].")
+SAVE = typer.Option(None, "--save", help="Write the JSON here (default: bench.json, bench-loader.json or bench-train.json).")
 
 
 def _emit(result: dict, path: Path, as_json: bool, *tables: Table) -> None:
@@ -81,16 +85,7 @@ def bench(
     as_json: bool = JSON_OUT,
     save: Optional[Path] = SAVE,
 ) -> None:
-    """Run the loader and the training benches and print one table.
-
-    Examples:
-
-      mmtm bench --data demo/data
-
-      mmtm bench loader --data demo/data --json
-
-      mmtm bench train --data demo/data --device cuda --preset paper
-    """
+    """Run the loader and the training benches and print their tables; write bench.json."""
     if ctx.invoked_subcommand is not None:
         return
     if data is None:
@@ -107,7 +102,9 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
            as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
     """Images/s of each loader backend (dali, torch, in-memory ceiling) with warm-up and median of repeats.
 
-    Example: mmtm bench loader --data demo/data --threads 2 --json
+    \b
+    Example:
+      mmtm bench loader --data demo/data --threads 2 --json
     """
     r = _run_loader(data, batch_size, threads)
     _emit(r, save or Path("bench-loader.json"), as_json, _loader_table(r))
@@ -123,7 +120,9 @@ def train(data: Path = DATA, batch_size: Optional[int] = typer.Option(None, help
           as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
     """Samples/s end to end vs. compute only, and the share of step time spent waiting for data.
 
-    Example: mmtm bench train --data demo/data --json
+    \b
+    Example:
+      mmtm bench train --data demo/data --json
     """
     r = _run_train(data, batch_size, threads, device, preset, steps)
     _emit(r, save or Path("bench-train.json"), as_json, _train_table(r))

@@ -22,15 +22,15 @@ def compare(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
 ) -> None:
-    """Train each policy for each seed, run eval-cur on each, and write mean ± std of test accuracy,
-    per-head accuracy, |d_util| and final |d_CLS| to OUT/comparison.md with plots.
+    """Compare vanilla, balanced and random training over seeds: train, eval-cur, table and plots.
+
+    Writes mean ± std of test accuracy, per-head accuracy, |d_util| and final |d_CLS| to OUT/comparison.md.
 
     Re-running the same command resumes: finished runs are kept, unfinished ones continue.
 
+    \b
     Examples:
-
       mmtm compare --data demo/data --out demo/compare
-
       mmtm compare --data demo/data --out demo/compare3 --seeds 0,1,2
     """
     from mmtm.compare import run_comparison

@@ -28,10 +28,9 @@ def eval_cur(
     Pass 1 averages every MMTM's squeeze vectors over the training subset; pass 2 evaluates the split
     with normal fusion and with cross-modal flow off. The checkpoint is only read.
 
+    \b
     Examples:
-
       mmtm eval-cur runs/balanced
-
       mmtm eval-cur runs/balanced --checkpoint last --split val --json
     """
     from mmtm.evaluate import evaluate_cur

@@ -52,17 +52,14 @@ def train(
 ) -> None:
     """Train the two-view MMTM network and log d_CLS every step.
 
+    \b
     Examples:
-
-      mmtm train --data data/synthetic --out runs/vanilla --preset demo
-
-      mmtm train --data data/synthetic --out runs/balanced --preset demo --balanced
-
-      mmtm train --data data/modelnet40 --out runs/paper-balanced --balanced   # SPEC §5 setup
-
-      mmtm train --out runs/balanced --resume                                  # after an interruption
-
-      torchrun --standalone --nproc-per-node=2 --no-python mmtm train --data D --out R --balanced
+      mmtm train --data data/syn --out runs/vanilla --preset demo
+      mmtm train --data data/syn --out runs/bal --preset demo --balanced
+      mmtm train --data data/mn40 --out runs/paper --balanced  # SPEC §5
+      mmtm train --out runs/bal --resume           # after an interruption
+      torchrun --standalone --nproc-per-node=2 --no-python \\
+        mmtm train --data data/mn40 --out runs/ddp --balanced  # 2 procs
     """
     from mmtm import config as cfgmod
     from mmtm.engine import fit
