@@ -1,0 +1,105 @@
+"""Shared test fixtures: tiny prepared datasets whose pixels say what they show.
+
+`make_dataset(root, ...)` writes a dataset that follows `loaders.dataset`'s contract (12 views per
+object, split index files, dataset.json). Every image is four flat blocks, so JPEG keeps the
+colours to a few levels when the size is a multiple of 16:
+
+    top half      (R, G, B) = (24 + 16*(n % 13), 24 + 16*view, 24 + 16*(n // 13 % 13))
+    bottom-left   the class colour (`class_colour`): the label is learnable from the pixels
+    bottom-right  black: a horizontal flip moves it to the left
+
+n is the object's number, also the last field of its name (`c1_0007` is object 7 of class 1);
+objects are numbered over train, val, test in index order, classes interleaved within a split.
+The `identify` fixture reads (n, view, mirrored) back from a normalised [3,H,W] image; n is unique up to 169
+objects. Training tests can use the same datasets: the class colour makes them learnable.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision  # noqa: F401  before any test makes a GL context here: the reverse order crashes torch 2.14
+from PIL import Image
+
+from loaders.dataset import NUM_VIEWS, SPLITS, Row, view_filename, write_meta, write_split
+
+_DEFAULT_PER_SPLIT = {"train": 4, "val": 2, "test": 2}
+
+
+def pytest_configure(config):
+    # torchvision 0.29 warns on every decode that TorchCodec will replace it; the loaders accept that.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+
+
+def class_colour(label: int) -> tuple[int, int, int]:
+    return (60 + 70 * label) % 256, (200 - 50 * label) % 256, (120 + 90 * label) % 256
+
+
+def object_image(number: int, view: int, label: int, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: the pattern described in the module docstring."""
+    half = size // 2
+    img = np.zeros((size, size, 3), dtype=np.uint8)
+    img[:half] = (24 + 16 * (number % 13), 24 + 16 * view, 24 + 16 * (number // 13 % 13))
+    img[half:, :half] = class_colour(label)
+    return img
+
+
+def write_dataset(root: Path, *, classes: int = 3, per_split: dict[str, int] | None = None, size: int = 16,
+                  encoding: str = "jpeg", grey: bool = False) -> Path:
+    """Write a prepared dataset into `root` (created); per_split counts objects per class."""
+    per_split = {**_DEFAULT_PER_SPLIT, **(per_split or {})}
+    names = [f"c{c}" for c in range(classes)]
+    root.mkdir(parents=True)
+    (root / "splits").mkdir()
+    number = 0
+    for split in SPLITS:
+        rows = []
+        for k in range(per_split[split]):
+            for label, cls in enumerate(names):
+                obj = f"{cls}_{number:04d}"
+                folder = root / "images" / cls / obj
+                folder.mkdir(parents=True)
+                for view in range(NUM_VIEWS):
+                    img = Image.fromarray(object_image(number, view, label, size))
+                    if grey:
+                        img = img.convert("L")
+                    # 4:4:4 chroma and high quality keep flat blocks within a few levels
+                    img.save(folder / view_filename(view, encoding), quality=95, subsampling=0)
+                rows.append(Row(len(rows), obj, cls, label, f"images/{cls}/{obj}"))
+                number += 1
+        write_split(root / "splits" / f"{split}.csv", rows)
+    counts = {s: per_split[s] * classes for s in SPLITS}
+    write_meta(root, classes=names, image_size=size, encoding=encoding, source="synthetic-test",
+               counts=counts, val_fraction=0.0, split_seed=0)
+    return root
+
+
+def _identify(image: torch.Tensor) -> tuple[int, int, bool]:
+    """(object number, view, mirrored) of one ImageNet-normalised [3,H,W] image from `write_dataset`."""
+    from loaders.two_view import MEAN, STD
+
+    pixels = image.detach().cpu().float() * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    size = pixels.shape[-1]
+    half = size // 2
+    r, g, b = (round((float(v) - 24) / 16) for v in pixels[:, 1:half - 1, 1:-1].mean(dim=(1, 2)))
+    left = float(pixels[:, half + 1:-1, 1:half - 1].mean())
+    right = float(pixels[:, half + 1:-1, half + 1:-1].mean())
+    return r + 13 * b, g, left < right
+
+
+@pytest.fixture(scope="session")
+def identify():
+    """identify(image [3,H,W] normalised) -> (object number, view, mirrored); see the module docstring."""
+    return _identify
+
+
+@pytest.fixture(scope="session")
+def make_dataset():
+    """make_dataset(tmp_path, classes=3, per_split={...}, size=16, encoding="jpeg", grey=False, name="data")
+    -> the dataset folder tmp_path/name."""
+    def make(parent: Path, *, name: str = "data", **kwargs) -> Path:
+        return write_dataset(Path(parent) / name, **kwargs)
+    return make
