@@ -186,3 +186,14 @@ def test_two_process_ddp_on_gloo(data, tmp_path):
     assert len(steps) == 2 * ((n_train // 2) // 4)      # each rank: half the split, batches of 4
     assert {s["mode"] for s in steps} > {"regular"}
     assert load_checkpoint(out / "last.pt")["world_size"] == 2
+
+
+def test_eval_cur_gives_the_same_numbers_with_either_loader(runs):
+    pytest.importorskip("nvidia.dali", reason="DALI is not installed")
+    results = {}
+    for backend in ("torch", "dali"):
+        r = invoke("eval-cur", runs / "random", "--loader", backend, "--json")
+        assert r.exit_code == 0, r.output
+        results[backend] = json.loads((runs / "random" / "cur.json").read_text())
+    for key in ("acc", "acc_m0", "acc_m1", "acc_m0_only", "acc_m1_only", "d_util"):
+        assert results["dali"][key] == pytest.approx(results["torch"][key], abs=1e-6), key
