@@ -71,7 +71,8 @@ def train(
     if resume and config is None and run_config.is_file():
         config = run_config  # a resumed run keeps its own settings unless flags override them
     cfg = cfgmod.resolve(
-        preset, config, data=str(data) if data else None, out=str(out), policy=policy, views=_views(views),
+        preset, config, data=str(data.resolve()) if data else None, out=str(out), policy=policy,
+        views=_views(views),
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, width=width, alpha=alpha,
         rebalance_steps=rebalance_steps, warmup_epochs=warmup_epochs, rebalance_params=rebalance_params,
         speed_window=speed_window, gate=gate, seed=seed, device=device, loader=loader, num_threads=threads,

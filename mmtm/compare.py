@@ -39,6 +39,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
 def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tuple[str, ...] = POLICIES,
                    preset: str = "demo", config_file: str | None = None, **overrides) -> Path:
     out = Path(out)
+    data = str(Path(data).resolve())  # runs record an absolute path, so eval-cur works from any folder
     run_dirs = []
     for seed in seeds:
         for policy in policies:

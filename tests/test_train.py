@@ -197,3 +197,13 @@ def test_eval_cur_gives_the_same_numbers_with_either_loader(runs):
         results[backend] = json.loads((runs / "random" / "cur.json").read_text())
     for key in ("acc", "acc_m0", "acc_m1", "acc_m0_only", "acc_m1_only", "d_util"):
         assert results["dali"][key] == pytest.approx(results["torch"][key], abs=1e-6), key
+
+
+def test_run_records_an_absolute_data_path(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(data.parent)
+    r = invoke("train", "--data", data.name, "--out", tmp_path / "rel", "--epochs", 1, *TINY)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "rel" / "config.json").read_text())["data"] == str(data.resolve())
+    monkeypatch.chdir(tmp_path)
+    r = invoke("eval-cur", tmp_path / "rel")
+    assert r.exit_code == 0, r.output
