@@ -23,41 +23,49 @@ JSON_OUT = typer.Option(False, "--json", help="Print one JSON object (also writt
 SAVE = typer.Option(None, "--save", help="Write the JSON here (default: bench.json, bench-loader.json or bench-train.json).")
 
 
-def _emit(result: dict, path: Path, as_json: bool, *tables: Table) -> None:
+def _emit(result: dict, path: Path, as_json: bool, table: Table) -> None:
     from mmtm.checkpoint import atomic_write_text
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    for table in tables:
-        Console().print(table)
+    Console(width=max(Console().width, 100)).print(table)
     typer.echo(f"wrote {path}")
 
 
-def _loader_table(r: dict) -> Table:
-    t = Table(title="loader throughput (two views per sample = 2 images)")
-    for c in ("backend", "images/s", "CPU ms/image", "× torch", "of memory ceiling"):
-        t.add_column(c, justify="right")
+def _table(title: str, rows: list[tuple[str, str, str]]) -> Table:
+    t = Table(title=title)
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("ratio", justify="right")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def _loader_rows(r: dict) -> list[tuple[str, str, str]]:
+    """images/s per backend (2 images per sample), with its ratio to torch and to the in-memory ceiling."""
     res = r["results"]
     base = res.get("torch", {}).get("images_per_s")
     ceiling = res.get("memory", {}).get("images_per_s")
+    rows = []
     for name, v in res.items():
         ips = v["images_per_s"]
-        t.add_row(name, f"{ips:.0f}", f"{v['cpu_ms_per_image']:.2f}", f"{ips / base:.2f}" if base else "-",
-                  f"{ips / ceiling:.0%}" if ceiling else "-")
-    return t
+        ratio = " · ".join(x for x in (f"{ips / base:.2f}× torch" if base else "",
+                                       f"{ips / ceiling:.0%} of memory" if ceiling else "") if x)
+        rows.append((f"loader {name} images/s ({v['cpu_ms_per_image']:.2f} CPU ms/image)", f"{ips:.0f}", ratio))
+    return rows
 
 
-def _train_table(r: dict) -> Table:
-    t = Table(title=f"training throughput ({r['config']['device']}, loader {r['config']['loader']})")
-    t.add_column("measure")
-    t.add_column("value", justify="right")
-    res = r["results"]
-    t.add_row("end to end samples/s", f"{res['end_to_end_samples_per_s']:.1f}")
-    t.add_row("compute only samples/s", f"{res['compute_only_samples_per_s']:.1f}")
-    t.add_row("end to end / compute (target ≥ 0.90)", f"{res['end_to_end_over_compute']:.2f}")
-    t.add_row("data wait share (target ≤ 5%)", f"{res['data_wait_share']:.1%}")
-    return t
+def _train_rows(r: dict) -> list[tuple[str, str, str]]:
+    res, cfg = r["results"], r["config"]
+    where = f"{cfg['device']}, loader {cfg['loader']}"
+    return [
+        (f"train end to end samples/s ({where})", f"{res['end_to_end_samples_per_s']:.1f}",
+         f"{res['end_to_end_over_compute']:.2f}× compute (target ≥ 0.90)"),
+        ("train compute only samples/s", f"{res['compute_only_samples_per_s']:.1f}", "1.00×"),
+        ("train data wait share of step time", f"{res['data_wait_share']:.1%}", "target ≤ 5%"),
+    ]
 
 
 def _run_loader(data: Path, batch_size: int, threads: int) -> dict:
@@ -92,7 +100,8 @@ def bench(
         raise UserError("--data is required (a folder made by `mmtm prep`)")
     result = {"loader": _run_loader(data, batch_size, threads),
               "train": _run_train(data, batch_size, threads, device, preset, steps)}
-    _emit(result, save or Path("bench.json"), as_json, _loader_table(result["loader"]), _train_table(result["train"]))
+    _emit(result, save or Path("bench.json"), as_json,
+          _table("mmtm bench", _loader_rows(result["loader"]) + _train_rows(result["train"])))
 
 
 @app.command("loader")
@@ -107,7 +116,7 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
       mmtm bench loader --data demo/data --threads 2 --json
     """
     r = _run_loader(data, batch_size, threads)
-    _emit(r, save or Path("bench-loader.json"), as_json, _loader_table(r))
+    _emit(r, save or Path("bench-loader.json"), as_json, _table("loader throughput", _loader_rows(r)))
 
 
 @app.command("train")
@@ -125,4 +134,4 @@ def train(data: Path = DATA, batch_size: Optional[int] = typer.Option(None, help
       mmtm bench train --data demo/data --json
     """
     r = _run_train(data, batch_size, threads, device, preset, steps)
-    _emit(r, save or Path("bench-train.json"), as_json, _train_table(r))
+    _emit(r, save or Path("bench-train.json"), as_json, _table("training throughput", _train_rows(r)))
