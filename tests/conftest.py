@@ -15,6 +15,7 @@ objects. Training tests can use the same datasets: the class colour makes them l
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,14 @@ def make_dataset():
     def make(parent: Path, *, name: str = "data", **kwargs) -> Path:
         return write_dataset(Path(parent) / name, **kwargs)
     return make
+
+
+@pytest.fixture
+def roundtrip():
+    """Save with torch.save and load back with weights_only=True, as checkpoints are read."""
+    def through_checkpoint(state):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        buf.seek(0)
+        return torch.load(buf, weights_only=True)
+    return through_checkpoint

@@ -1,9 +1,7 @@
-import io
 import math
 from collections import Counter
 
 import pytest
-import torch
 
 from mmtm.errors import UserError
 from mmtm.fusion import NORMAL, REBALANCE_M0, REBALANCE_M1
@@ -21,13 +19,6 @@ def run(policy, d_speeds, epoch):
         modes.append(mode)
         policy.observe(mode, d, epoch)
     return modes
-
-
-def roundtrip(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_balanced_ignores_warmup():
@@ -49,7 +40,7 @@ def test_balanced_threshold_and_nan_do_nothing():
     assert run(policy, [-0.5, 0.0], epoch=3) == [R, M1]
 
 
-def test_balanced_state_round_trip_mid_rebalance():
+def test_balanced_state_round_trip_mid_rebalance(roundtrip):
     d = [0.3, 0, 0, 0.2, -0.2, 0, 0, 0, 0, -0.3, 0, 0, 0]
     a = Balanced(ALPHA, Q)
     run(a, d[:3], epoch=1)
@@ -73,7 +64,7 @@ def test_random_same_seed_agrees_and_next_mode_is_stable_within_a_step():
     assert run(RandomPolicy(seed=8), [0.0] * 50, epoch=2) != run(RandomPolicy(seed=7), [0.0] * 50, epoch=2)
 
 
-def test_random_state_round_trip_gives_identical_continuation():
+def test_random_state_round_trip_gives_identical_continuation(roundtrip):
     a = RandomPolicy(seed=1)
     run(a, [0.0] * 37, epoch=1)
     b = RandomPolicy(seed=999)

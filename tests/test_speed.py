@@ -1,4 +1,3 @@
-import io
 import math
 
 import pytest
@@ -12,13 +11,6 @@ from mmtm.speed import GROUPS, SpeedMeter
 def direct_mu(params):
     grad = sum(float(p.grad.double().square().sum()) for p in params if p.grad is not None)
     return grad / sum(float(p.detach().double().square().sum()) for p in params)
-
-
-def roundtrip(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_two_step_toy_run_matches_direct_computation():
@@ -70,7 +62,7 @@ def test_windowed_variant_sums_the_last_K_regular_steps():
 
 
 @pytest.mark.parametrize("window", [None, 3])
-def test_state_round_trip_continues_exactly(window):
+def test_state_round_trip_continues_exactly(window, roundtrip):
     a = SpeedMeter(dict.fromkeys(GROUPS, []), window=window)
     for i in range(1, 6):
         a.update(mus(i * 0.37), regular=i != 4)
