@@ -219,14 +219,15 @@ def train_one_epoch(t: Trainer, loader, steps_log: list[dict], progress: TrainPr
             break
         mode = t.policy.next_mode(t.epoch)
         loss, correct = train_step(t, batch, mode)
-        t.policy.observe(mode, t.meter.d_speed, t.epoch)
+        s_m1_m0, s_m0_m1, d_speed = t.meter.s_m1_m0, t.meter.s_m0_m1, t.meter.d_speed
+        t.policy.observe(mode, d_speed, t.epoch)
         counts[mode] = counts.get(mode, 0) + 1
         n = batch.label.numel()
         loss_sum += torch.tensor([loss * n, correct, n], dtype=torch.float64)
         steps_log.append({"step": t.step, "epoch": t.epoch, "mode": _mode_name(mode), "loss": loss,
-                          "s_m1_m0": t.meter.s_m1_m0, "s_m0_m1": t.meter.s_m0_m1, "d_speed": t.meter.d_speed})
+                          "s_m1_m0": s_m1_m0, "s_m0_m1": s_m0_m1, "d_speed": d_speed})
         t.step += 1
-        progress.step(loss=loss, acc=correct / n, d_speed=t.meter.d_speed)
+        progress.step(loss=loss, acc=correct / n, d_speed=d_speed)
     if t.ddp.world_size > 1:
         dist.all_reduce(loss_sum)
     total_loss, correct, n = loss_sum.tolist()
