@@ -33,7 +33,7 @@ def eval_cur(
       mmtm eval-cur runs/balanced
       mmtm eval-cur runs/balanced --checkpoint last --split val --json
     """
-    from mmtm.evaluate import evaluate_cur
+    from mmtm.utilization import evaluate_cur
 
     r = evaluate_cur(run, checkpoint=checkpoint, data=str(data) if data else None, split=split,
                      device=device, loader=loader, batch_size=batch_size)

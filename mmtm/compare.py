@@ -11,7 +11,7 @@ from pathlib import Path
 from mmtm.checkpoint import atomic_write_text
 from mmtm.config import POLICIES, resolve
 from mmtm.engine import fit
-from mmtm.evaluate import evaluate_cur
+from mmtm.utilization import evaluate_cur
 from mmtm.report import load_run, markdown_table, summary_rows, write_plots
 
 METRICS = ("acc", "acc_m0", "acc_m1", "abs_d_util", "abs_final_d_speed")
