@@ -1,4 +1,4 @@
-"""`mmtm bench [loader|train]`: throughput figures side by side, as ratios, in one run."""
+"""`mmtm bench [loader|train|render]`: throughput figures side by side, as ratios, in one run."""
 from __future__ import annotations
 
 import json
@@ -10,21 +10,23 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.errors import user_errors
-from mmtm.errors import UserError
+from loaders.errors import UserError
 
 app = typer.Typer(
-    help="Loader and training throughput, side by side as ratios; `mmtm bench --data D` runs both.\n\n"
+    help="Loader, training and rendering throughput, side by side as ratios; `mmtm bench --data D` runs the "
+    "loader and training benches.\n\n"
     "\b\nExamples:\n  mmtm bench --data demo/data\n  mmtm bench loader --data demo/data --json\n"
-    "  mmtm bench train --data demo/data --device cuda --preset paper",
+    "  mmtm bench train --data demo/data --device cuda --preset paper\n  mmtm bench render --workers 2",
     no_args_is_help=False)
 
 DATA = typer.Option(..., "--data", help="Prepared dataset folder (from `mmtm prep`).")
 JSON_OUT = typer.Option(False, "--json", help="Print one JSON object (also written to --save).")
-SAVE = typer.Option(None, "--save", help="Write the JSON here (default: bench.json, bench-loader.json or bench-train.json).")
+SAVE = typer.Option(None, "--save", help="Write the JSON here "
+                                         "[bench.json, bench-loader.json, bench-train.json or bench-render.json].")
 
 
 def _emit(result: dict, path: Path, as_json: bool, table: Table) -> None:
-    from mmtm.checkpoint import atomic_write_text
+    from loaders.atomic import atomic_write_text
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -68,16 +70,40 @@ def _train_rows(r: dict) -> list[tuple[str, str, str]]:
     ]
 
 
-def _run_loader(data: Path, batch_size: int, threads: int) -> dict:
-    from loaders.bench import bench_loader
+def _render_rows(r: dict) -> list[tuple[str, str, str]]:
+    render, prep, projection = r["render"], r["prep"], r["projection"]
+    rows = [
+        (f"render 1 process views/s ({render['faces']} faces, {render['image_size']} px)",
+         f"{render['views_per_s']:.1f}", "1.00×"),
+        (f"prep meshes views/s ({prep['workers']} workers, parse+render+JPEG+write)", f"{prep['views_per_s']:.1f}",
+         f"{prep['views_per_s'] / render['views_per_s']:.2f}× render"),
+        (f"ingest MVCNN renders views/s ({r['ingest']['workers']} workers)", f"{r['ingest']['views_per_s']:.1f}",
+         f"{r['ingest']['views_per_s'] / render['views_per_s']:.2f}× render"),
+        (f"ModelNet40 projection ({projection['meshes']} meshes × 12 views), min",
+         f"{projection['seconds'] / 60:.1f}",
+         f"{projection['seconds'] / projection['target_s']:.2f}× the {projection['target_s'] // 60}-min target"),
+    ]
+    if "synthetic" in r:
+        s = r["synthetic"]
+        rows.append((f"prep synthetic defaults ({s['classes'] * s['per_class']} objects, {s['image_size']} px), s",
+                     f"{s['seconds']:.1f}", f"{s['views_per_s']:.0f} views/s"))
+    return rows
+
+
+def _check_folder(data: Path) -> str:
     if not data.is_dir():
         raise UserError(f"{data}: not a folder")
-    return bench_loader(str(data), batch_size=batch_size, threads=threads)
+    return str(data)
 
 
-def _run_train(data: Path, batch_size: Optional[int], threads: int, device: str, preset: str, steps: int) -> dict:
-    from mmtm.bench import bench_train
-    return bench_train(str(data), preset=preset, batch_size=batch_size, threads=threads, device=device, steps=steps)
+def _run_loader(data: Path, batch_size: int, threads: int, **kw) -> dict:
+    from mmtm.bench.loader import bench_loader
+    return bench_loader(_check_folder(data), batch_size=batch_size, threads=threads, **kw)
+
+
+def _run_train(data: Path, batch_size: Optional[int], threads: int, **kw) -> dict:
+    from mmtm.bench.train import bench_train
+    return bench_train(_check_folder(data), batch_size=batch_size, threads=threads, **kw)
 
 
 @app.callback(invoke_without_command=True)
@@ -99,7 +125,7 @@ def bench(
     if data is None:
         raise UserError("--data is required (a folder made by `mmtm prep`)")
     result = {"loader": _run_loader(data, batch_size, threads),
-              "train": _run_train(data, batch_size, threads, device, preset, steps)}
+              "train": _run_train(data, batch_size, threads, device=device, preset=preset, steps=steps)}
     _emit(result, save or Path("bench.json"), as_json,
           _table("mmtm bench", _loader_rows(result["loader"]) + _train_rows(result["train"])))
 
@@ -108,6 +134,12 @@ def bench(
 @user_errors
 def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch size."),
            threads: int = typer.Option(2, help="Loader threads (DALI threads / DataLoader workers)."),
+           split: str = typer.Option("train", help="Split to read."),
+           views: tuple[int, int] = typer.Option((0, 6), help="The two view indices."),
+           repeats: int = typer.Option(3, help="Timed repeats; the median is reported."),
+           warmup_batches: int = typer.Option(2, help="Untimed batches before each repeat."),
+           max_batches: Optional[int] = typer.Option(None, help="Timed batches per repeat [one epoch, ≥ 1 s]."),
+           device: str = typer.Option("auto", help="auto | cpu | cuda."),
            as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
     """Images/s of each loader backend (dali, torch, in-memory ceiling) with warm-up and median of repeats.
 
@@ -115,7 +147,8 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
     Example:
       mmtm bench loader --data demo/data --threads 2 --json
     """
-    r = _run_loader(data, batch_size, threads)
+    r = _run_loader(data, batch_size, threads, split=split, views=views, repeats=repeats,
+                    warmup_batches=warmup_batches, max_batches=max_batches, device=device)
     _emit(r, save or Path("bench-loader.json"), as_json, _table("loader throughput", _loader_rows(r)))
 
 
@@ -125,6 +158,8 @@ def train(data: Path = DATA, batch_size: Optional[int] = typer.Option(None, help
           threads: int = typer.Option(2, help="Loader threads."),
           device: str = typer.Option("auto", help="auto | cpu | cuda."),
           preset: str = typer.Option("demo", help="Model size: demo or paper."),
+          loader: str = typer.Option("auto", help="auto | dali | torch."),
+          channels_last: str = typer.Option("auto", help="auto (on CUDA) | on | off."),
           steps: int = typer.Option(20, help="Timed steps per repeat."),
           as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
     """Samples/s end to end vs. compute only, and the share of step time spent waiting for data.
@@ -133,5 +168,27 @@ def train(data: Path = DATA, batch_size: Optional[int] = typer.Option(None, help
     Example:
       mmtm bench train --data demo/data --json
     """
-    r = _run_train(data, batch_size, threads, device, preset, steps)
+    r = _run_train(data, batch_size, threads, device=device, preset=preset, loader=loader,
+                   channels_last=channels_last, steps=steps)
     _emit(r, save or Path("bench-train.json"), as_json, _table("training throughput", _train_rows(r)))
+
+
+@app.command("render")
+@user_errors
+def render(workers: int = typer.Option(2, help="Processes of the prep and ingest stages."),
+           meshes: int = typer.Option(96, help="Mesh (and render-tree object) copies the prep and ingest stages make."),
+           repeats: int = typer.Option(10, help="Timed renders of the single-process stage; the median is reported."),
+           skip_synthetic: bool = typer.Option(False, "--skip-synthetic", help="Leave out `prep synthetic`."),
+           as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
+    """Views/s of the MVCNN renderer, of mesh prep and of render-tree ingest; ModelNet40 projection.
+
+    Needs no data: it renders a ~5k-face mesh at 224 px.
+
+    \b
+    Example:
+      mmtm bench render --workers 2 --json
+    """
+    from mmtm.bench.render import bench_render
+
+    r = bench_render(workers=workers, meshes=meshes, repeats=repeats, synthetic_set=not skip_synthetic)
+    _emit(r, save or Path("bench-render.json"), as_json, _table("rendering throughput", _render_rows(r)))

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from cli.errors import user_errors
-from mmtm.errors import UserError
+from loaders.errors import UserError
 
 
 @user_errors
@@ -24,7 +24,7 @@ def compare(
 ) -> None:
     """Compare vanilla, balanced and random training over seeds: train, eval-cur, table and plots.
 
-    Writes mean ± std of test accuracy, per-head accuracy, |d_util| and final |d_CLS| to OUT/comparison.md.
+    Writes mean ± std of test accuracy, per-head accuracy, |d_util| and final |d_speed| to OUT/comparison.md.
 
     Re-running the same command resumes: finished runs are kept, unfinished ones continue.
 

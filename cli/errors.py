@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from mmtm.errors import UserError
+from loaders.errors import UserError
 
 
 def user_errors(fn):

@@ -33,7 +33,8 @@ def eval_cur(
       mmtm eval-cur runs/balanced
       mmtm eval-cur runs/balanced --checkpoint last --split val --json
     """
-    from mmtm.utilization import evaluate_cur
+    from mmtm.eval_cur import evaluate_cur
+    from mmtm.run import RunFolder
 
     r = evaluate_cur(run, checkpoint=checkpoint, data=str(data) if data else None, split=split,
                      device=device, loader=loader, batch_size=batch_size)
@@ -48,4 +49,4 @@ def eval_cur(
                        ("u_m0_given_m1", "u(m0|m1)"), ("d_util", "d_util")):
         table.add_row(label, f"{r[key]:+.4f}" if key.startswith(("u_", "d_")) else f"{r[key]:.4f}")
     Console().print(table)
-    typer.echo(f"wrote {Path(run) / 'cur.json'}")
+    typer.echo(f"wrote {RunFolder(run).cur}")

@@ -7,9 +7,9 @@ from typing import Optional
 import typer
 
 from cli.errors import user_errors
-from loaders import synthetic
-from loaders.prep import SYNTHETIC, prepare, prepare_synthetic
-from mmtm.errors import UserError
+from loaders.errors import UserError
+from loaders.prep import synthetic
+from loaders.prep.build import SYNTHETIC, prepare, prepare_synthetic
 
 FOLDER_IMAGE_SIZE = 224
 

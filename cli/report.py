@@ -13,9 +13,9 @@ def report(
     runs: list[Path] = typer.Argument(..., help="Run folders made by `mmtm train` (and `mmtm eval-cur`)."),
     out: Path = typer.Option(..., "--out", help="Folder for the PNG plots and summary.md."),
 ) -> None:
-    """Plot d_CLS, s(m1|m0), s(m0|m1), accuracies and u(·|·) of runs; write summary.md.
+    """Plot d_speed, s(m1|m0), s(m0|m1), accuracies and u(·|·) of runs; write summary.md.
 
-    Plots: d_CLS over steps with the re-balancing steps marked, s(m1|m0) and s(m0|m1), train/val accuracy
+    Plots: d_speed (d_CLS) over steps with the re-balancing steps marked, s(m1|m0) and s(m0|m1), train/val accuracy
     per head, and a bar chart of u(m1|m0), u(m0|m1) per run (runs with a cur.json).
 
     \b

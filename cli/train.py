@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from cli.errors import user_errors
-from mmtm.errors import UserError
+from loaders.errors import UserError
 
 
 def _views(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -34,12 +34,12 @@ def train(
     lr: Optional[float] = typer.Option(None, help="SGD learning rate."),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum."),
     width: Optional[int] = typer.Option(None, help="ResNet-18 base width (64 = torchvision's)."),
-    alpha: Optional[float] = typer.Option(None, help="Re-balancing threshold α on d_CLS [0.01]."),
+    alpha: Optional[float] = typer.Option(None, help="Re-balancing threshold α on d_speed [0.01]."),
     rebalance_steps: Optional[int] = typer.Option(None, help="Q, re-balancing steps per trigger [5]."),
     warmup_epochs: Optional[int] = typer.Option(None, help="Epochs of regular steps before re-balancing [1]."),
     rebalance_params: Optional[str] = typer.Option(None, help="all: re-balancing steps update every parameter "
                                                    "(official code); slow: only the slow branch."),
-    speed_window: Optional[int] = typer.Option(None, help="Windowed d_CLS over the last K regular steps."),
+    speed_window: Optional[int] = typer.Option(None, help="Windowed d_speed over the last K regular steps."),
     gate: Optional[str] = typer.Option(None, help="MMTM gate: sigmoid (code) or 2sigmoid (paper)."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, shuffling and augmentation."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
@@ -50,7 +50,7 @@ def train(
     preset: str = typer.Option("paper", help="Defaults: paper (SPEC §5) or demo (2-core CPU)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
 ) -> None:
-    """Train the two-view MMTM network and log d_CLS every step.
+    """Train the two-view MMTM network and log d_speed (d_CLS) every step.
 
     \b
     Examples:
@@ -62,12 +62,13 @@ def train(
         mmtm train --data data/mn40 --out runs/ddp --balanced  # 2 procs
     """
     from mmtm import config as cfgmod
-    from mmtm.engine import fit
+    from mmtm.run import RunFolder
+    from mmtm.training import fit
 
     if balanced and random_:
         raise UserError("choose one of --balanced and --random")
     policy = "balanced" if balanced else "random" if random_ else None
-    run_config = out / "config.json"
+    run_config = RunFolder(out).config
     if resume and config is None and run_config.is_file():
         config = run_config  # a resumed run keeps its own settings unless flags override them
     cfg = cfgmod.resolve(
@@ -81,4 +82,4 @@ def train(
         raise UserError("--data is required (a folder made by `mmtm prep`)")
     row = fit(cfg, resume=resume)
     if row:
-        typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_CLS {row['d_speed']:+.4f}")
+        typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_speed {row['d_speed']:+.4f}")

@@ -1,12 +1,8 @@
-"""Data in and out: dataset preparation (`prep`) and the two-view loaders (DALI and a torch twin)."""
-from __future__ import annotations
+"""Data in and out, below everything else (imports nothing from `mmtm` or `cli`).
 
-__all__ = ["Batch", "two_view_loader"]
-
-
-def __getattr__(name: str):
-    # Lazy, so `loaders.dataset` users (prep) do not pay for importing torch.
-    if name in __all__:
-        from loaders import two_view
-        return getattr(two_view, name)
-    raise AttributeError(f"module 'loaders' has no attribute {name!r}")
+- `dataset`: the prepared-dataset contract, read by the loaders and written by `prep`;
+  `errors`: the project's base error type; `atomic`: crash-safe writes; `device`: device choice.
+- `prep/`: making a dataset folder (MVCNN render trees, meshes, the renderer, the synthetic set).
+- loading: `two_view` (the loader interface), `factory` (`two_view_loader`), `dali_backend`,
+  `torch_backend`, `sampling` (order, flips, shards), `files` (reading view files).
+"""

@@ -14,12 +14,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmtm.errors import UserError
+from loaders.errors import UserError
 
 FORMAT = "mmtm-dataset"
 VERSION = 1
@@ -117,35 +115,6 @@ def write_split(path: Path, rows: list[Row]) -> None:
         w.writerow(FIELDS)
         for r in rows:
             w.writerow((r.index, r.object, r.cls, r.label, r.path))
-
-
-class AtomicDir:
-    """Build a folder under a temporary name beside `final`, rename it into place on success.
-
-    A crash or an error leaves `final` as it was (absent or the previous complete dataset)."""
-
-    def __init__(self, final: str | os.PathLike):
-        self.final = Path(final)
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        os.chmod(self.tmp, 0o755)
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.rename(self.final, old)
-            os.rename(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.tmp, self.final)
 
 
 def write_meta(root: Path, *, classes: list[str], image_size: int, encoding: str, source: str,

@@ -6,35 +6,15 @@ A checkpoint holds tensors and plain data only (state dicts, numbers, strings, l
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from mmtm.errors import UserError
+from loaders.atomic import atomic_write_bytes
+from loaders.errors import UserError
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-def save_checkpoint(ckpt: dict, path: Path) -> None:
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
 
 

@@ -8,11 +8,13 @@ import math
 import statistics
 from pathlib import Path
 
-from mmtm.checkpoint import atomic_write_text
-from mmtm.config import POLICIES, resolve
-from mmtm.engine import fit
-from mmtm.utilization import evaluate_cur
-from mmtm.report import load_run, markdown_table, summary_rows, write_plots
+from loaders.atomic import atomic_write_text
+from mmtm.config import resolve
+from mmtm.eval_cur import evaluate_cur
+from mmtm.policy import POLICIES
+from mmtm.report import markdown_table, summary_rows, write_plots
+from mmtm.run import RunFolder, load_run
+from mmtm.training import fit
 
 METRICS = ("acc", "acc_m0", "acc_m1", "abs_d_util", "abs_final_d_speed")
 
@@ -36,7 +38,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return table
 
 
-def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tuple[str, ...] = POLICIES,
+def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tuple[str, ...] = tuple(POLICIES),
                    preset: str = "demo", config_file: str | None = None, **overrides) -> Path:
     out = Path(out)
     data = str(Path(data).resolve())  # runs record an absolute path, so eval-cur works from any folder
@@ -46,7 +48,7 @@ def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tu
             run_dir = out / f"{policy}-s{seed}"
             cfg = resolve(preset, config_file, data=data, out=str(run_dir), policy=policy, seed=seed, **overrides)
             print(f"== {policy}, seed {seed} -> {run_dir}", flush=True)
-            fit(cfg, resume=(run_dir / "last.pt").is_file())
+            fit(cfg, resume=RunFolder(run_dir).last.is_file())
             evaluate_cur(run_dir, checkpoint="best")
             run_dirs.append(run_dir)
     runs = [load_run(d) for d in run_dirs]
@@ -58,7 +60,7 @@ def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tu
     text = (
         "# mmtm comparison\n\n"
         f"Dataset `{data}`, preset `{preset}`, seeds {seeds}. Test split, best-validation checkpoint. "
-        "|d_util| from `mmtm eval-cur`; |d_CLS| is the cumulative d_CLS after the last step. "
+        "|d_util| from `mmtm eval-cur`; |d_speed| is the cumulative d_speed (d_CLS) after the last step. "
         "Mean ± sample standard deviation over seeds.\n\n"
         + markdown_table(table, ["policy", "seeds", *METRICS])
         + "\n## Runs\n\n"

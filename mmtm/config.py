@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from mmtm.errors import UserError
-
-POLICIES = ("vanilla", "balanced", "random")
+from loaders.dataset import NUM_VIEWS
+from loaders.device import check_device_name
+from loaders.errors import UserError
+from loaders.factory import BACKENDS
+from mmtm.fusion import GATES
+from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS
+from mmtm.policy import ALPHA, POLICIES, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
 
 
 @dataclass
 class TrainConfig:
     data: str = ""
     out: str = ""
-    policy: str = "vanilla"                 # vanilla | balanced | random (SPEC §4)
+    policy: str = "vanilla"                 # a name in mmtm.policy.POLICIES (SPEC §4)
     views: tuple[int, int] = (0, 6)         # SPEC §5: v001 and v007, "front" and "rear"
     # model (SPEC §1); width 64 is torchvision's ResNet-18, smaller widths keep its structure
     width: int = 64
@@ -35,33 +39,31 @@ class TrainConfig:
     min_lr: float = 1e-6
     early_stop_epochs: int = 5              # stop once this many epochs reached 100% train accuracy; 0 = never
     # balanced training (SPEC §3-4)
-    alpha: float = 0.01
-    rebalance_steps: int = 5
-    warmup_epochs: int = 1
+    alpha: float = ALPHA
+    rebalance_steps: int = REBALANCE_STEPS
+    warmup_epochs: int = WARMUP_EPOCHS
     rebalance_params: str = "all"           # "all" (official code) or "slow" (only the slow branch's θ)
     speed_window: int | None = None         # None: cumulative M since step 0; K: last K regular steps
     # reproducibility and hardware
     seed: int = 777
-    device: str = "auto"                    # auto | cpu | cuda
+    device: str = "auto"                    # auto | cpu | cuda[:index]
     loader: str = "auto"                    # auto | dali | torch
     num_threads: int = 2
     amp: str = "auto"                       # auto (bf16 on cuda) | off
     channels_last: str = "auto"             # auto (on cuda) | on | off
     max_steps_per_epoch: int | None = None  # cap for quick looks and benchmarks; None = whole epoch
-    notes: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
-        if self.policy not in POLICIES:
-            raise UserError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        for name, choices in (("policy", POLICIES), ("gate", GATES), ("rebalance_params", REBALANCE_PARAMS),
+                              ("loader", ("auto", *BACKENDS)), ("amp", AMP_SETTINGS),
+                              ("channels_last", CHANNELS_LAST_SETTINGS)):
+            if getattr(self, name) not in choices:
+                raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if len(self.views) != 2 or self.views[0] == self.views[1]:
             raise UserError(f"--views needs two different view indices, got {self.views}")
         for v in self.views:
-            if not 0 <= v < 12:
-                raise UserError(f"view index {v} is out of range; views are 0..11")
-        if self.gate not in ("sigmoid", "2sigmoid"):
-            raise UserError(f"gate must be sigmoid or 2sigmoid, got {self.gate!r}")
-        if self.rebalance_params not in ("all", "slow"):
-            raise UserError(f"rebalance_params must be all or slow, got {self.rebalance_params!r}")
+            if not 0 <= v < NUM_VIEWS:
+                raise UserError(f"view index {v} is out of range; views are 0..{NUM_VIEWS - 1}")
         for name in ("epochs", "batch_size", "width", "rebalance_steps", "num_threads"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -69,10 +71,7 @@ class TrainConfig:
             raise UserError("batch_size must be at least 2 (BatchNorm needs two samples)")
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.loader not in ("auto", "dali", "torch"):
-            raise UserError(f"loader must be auto, dali or torch, got {self.loader!r}")
+        check_device_name(self.device)
         return self
 
 

@@ -25,9 +25,12 @@ def sum_of_squares(tensors: Iterable[Tensor | None]) -> Tensor:
     return torch.stack(torch._foreach_norm(ts)).float().square().sum()
 
 
-def mu(grads: Iterable[Tensor | None], params: Iterable[Tensor]) -> float:
-    """μ_g(t) = Σ_{p∈g} ‖∇p‖² / Σ_{p∈g} ‖p‖²  (ratio of the group sums, not a mean of per-tensor ratios)."""
-    return float(sum_of_squares(grads) / sum_of_squares(params))
+@torch.no_grad()
+def mu(grads: Iterable[Tensor | None], params: Iterable[Tensor]) -> Tensor:
+    """μ_g(t) = Σ_{p∈g} ‖∇p‖² / Σ_{p∈g} ‖p‖²  (ratio of the group sums, not a mean of per-tensor ratios),
+    as a 0-dim float32 tensor on the parameters' device, so a step can read all groups in one host sync."""
+    params = list(params)
+    return (sum_of_squares(grads) / sum_of_squares(params)).to(params[0].device)
 
 
 def conditional_speed(M_fusion: float, M_uni: float) -> float:

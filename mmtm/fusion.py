@@ -5,7 +5,7 @@ Z = ReLU(W_s [S_A; S_B] + b_s) (the shared `squeeze` layer); E_A = W_A Z + b_A, 
 `excite_b`); g = σ(E) (or the paper's 2σ(E)); Ã = A ⊙ g_A, B̃ = B ⊙ g_B.
 
 Modes (SPEC §1):
-  normal        the above.
+  regular       the above (the fusion of a regular training step, and of evaluation).
   flow_off      cross-modal flow off: g_A from [S_A; S̄_B], g_B from [S̄_A; S_B], S̄ = mean squeeze vectors over the
                 training subset (set by `mmtm.utilization.collect_mean_squeeze`). Branch 0 then sees view 0 only.
   rebalance_m0  g_A := running mean of g_A over regular training steps (a constant, no gradient); g_B as usual.
@@ -15,7 +15,7 @@ Running means are the cumulative mean of the batch-mean gate over regular traini
 step, as in the official code (nyukat/greedy_multimodal_learning). Fixed here:
   - the official code updates m1's running mean from m0's gate; here each mean tracks its own gate;
   - it also updates them on every forward, evaluation passes and re-balancing steps included; here only when
-    `self.training and mode == "normal"`;
+    `self.training and mode == "regular"`;
   - it allocates them on "cuda:<device>" and keeps them outside the state_dict; here they are persistent buffers,
     so they follow `.to()`, run on CPU, and are saved and restored with the checkpoint.
 Like the official code the running means start at zero, so re-balancing assumes a warm-up of regular steps.
@@ -25,11 +25,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-NORMAL = "normal"
+REGULAR = "regular"
 FLOW_OFF = "flow_off"
 REBALANCE_M0 = "rebalance_m0"
 REBALANCE_M1 = "rebalance_m1"
-MODES = (NORMAL, FLOW_OFF, REBALANCE_M0, REBALANCE_M1)
+MODES = (REGULAR, FLOW_OFF, REBALANCE_M0, REBALANCE_M1)
+# The modes a training step runs in (SPEC §4); flow_off is for evaluation only.
+STEP_MODES = (REGULAR, REBALANCE_M0, REBALANCE_M1)
 # The branch a re-balancing step is for: re-balance m0 when m0 (branch 0) is the slow modality.
 REBALANCED_BRANCH = {REBALANCE_M0: 0, REBALANCE_M1: 1}
 GATES = ("sigmoid", "2sigmoid")
@@ -65,7 +67,7 @@ class MMTM(nn.Module):
             self.mean_squeeze_b.copy_(mean_b)
             self.has_mean_squeeze.fill_(True)
 
-    def forward(self, a: Tensor, b: Tensor, mode: str = NORMAL) -> tuple[Tensor, Tensor]:
+    def forward(self, a: Tensor, b: Tensor, mode: str = REGULAR) -> tuple[Tensor, Tensor]:
         if mode not in MODES:
             raise ValueError(f"unknown MMTM mode {mode!r}; expected one of {', '.join(MODES)}")
         s_a, s_b = self.squeeze_vectors(a, b)
@@ -80,7 +82,7 @@ class MMTM(nn.Module):
             # A re-balanced gate skips its excitation layer: the constant carries no gradient, as in the code.
             g_a = self.running_gate_a.expand_as(s_a) if mode == REBALANCE_M0 else self._gate(self.excite_a(z))
             g_b = self.running_gate_b.expand_as(s_b) if mode == REBALANCE_M1 else self._gate(self.excite_b(z))
-            if self.training and mode == NORMAL:
+            if self.training and mode == REGULAR:
                 self._update_running_gates(g_a, g_b)
         return a * _broadcast(g_a, a), b * _broadcast(g_b, b)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from mmtm.fusion import MMTM, NORMAL
+from mmtm.fusion import MMTM, REGULAR
 
 STAGES = ("layer2", "layer3", "layer4")  # the stages followed by an MMTM
 
@@ -52,7 +52,7 @@ class TwoViewMMTMNet(nn.Module):
         self.branch1 = ResNet18(num_classes, width)
         self.mmtms = nn.ModuleList(MMTM(c, c, ratio, gate) for c in (2 * width, 4 * width, 8 * width))
 
-    def forward(self, x0: Tensor, x1: Tensor, mode: str = NORMAL) -> tuple[Tensor, Tensor]:
+    def forward(self, x0: Tensor, x1: Tensor, mode: str = REGULAR) -> tuple[Tensor, Tensor]:
         h0, h1 = _stem(self.branch0, x0), _stem(self.branch1, x1)
         for stage, mmtm in zip(STAGES, self.mmtms):
             h0, h1 = mmtm(getattr(self.branch0, stage)(h0), getattr(self.branch1, stage)(h1), mode)
@@ -71,6 +71,11 @@ class TwoViewMMTMNet(nn.Module):
             "fusion0": [p for m in self.mmtms for p in m.excite_a.parameters()] + squeeze,
             "fusion1": [p for m in self.mmtms for p in m.excite_b.parameters()] + squeeze,
         }
+
+
+def build_network(cfg, num_classes: int) -> TwoViewMMTMNet:
+    """The network a run config describes (its width, MMTM ratio and gate)."""
+    return TwoViewMMTMNet(num_classes, width=cfg.width, ratio=cfg.mmtm_ratio, gate=cfg.gate)
 
 
 def _stem(net: ResNet, x: Tensor) -> Tensor:

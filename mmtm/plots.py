@@ -1,4 +1,4 @@
-"""Matplotlib figures of runs: d_CLS over steps, s(·|·), accuracies per head, u(·|·) bars."""
+"""Matplotlib figures of runs: d_speed over steps, s(·|·), accuracies per head, u(·|·) bars."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,12 +24,12 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_d_speed(runs: list[dict], path: Path) -> Path:
-    """d_CLS per step, one panel per run, re-balancing steps marked by which modality they re-balance."""
+    """d_speed per step, one panel per run, re-balancing steps marked by which modality they re-balance."""
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.6 * len(runs)), sharex=True, squeeze=False)
     for ax, run in zip(axes[:, 0], runs):
         steps = run["steps"]
         x, d = _column(steps, "step", int), _column(steps, "d_speed")
-        ax.plot(x, d, lw=1, color="black", label="d_CLS")
+        ax.plot(x, d, lw=1, color="black", label="d_speed (d_CLS)")
         modes = np.array([r["mode"] for r in steps])
         for mode, color in REBALANCE_COLORS.items():
             sel = modes == mode
@@ -39,7 +39,7 @@ def plot_d_speed(runs: list[dict], path: Path) -> Path:
         if run["config"].get("policy") == "balanced" and alpha is not None:
             ax.axhspan(-alpha, alpha, color="grey", alpha=0.2, lw=0, label="±α")
         ax.axhline(0, color="grey", lw=0.5)
-        ax.set_ylabel("d_CLS")
+        ax.set_ylabel("d_speed (d_CLS)")
         ax.set_title(run["name"], fontsize=10)
         ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("step")

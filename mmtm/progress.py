@@ -48,14 +48,14 @@ class TrainProgress:
         self._acc += (acc - self._acc) / self._n
         if self._progress is not None:
             self._progress.update(self._batches, advance=1,
-                                  info=f"loss {self._loss:.3f}  acc {self._acc:.3f}  d_CLS {_fmt(d_speed)}")
+                                  info=f"loss {self._loss:.3f}  acc {self._acc:.3f}  d_speed {_fmt(d_speed)}")
 
     def end_epoch(self, row: dict) -> None:
         if not self.enabled:
             return
         line = (f"epoch {row['epoch']:>3}  lr {row['lr']:.2g}  train loss {row['train_loss']:.4f} "
                 f"acc {row['train_acc']:.3f}  val acc {row['val_acc']:.3f} (m0 {row['val_acc_m0']:.3f}, "
-                f"m1 {row['val_acc_m1']:.3f})  d_CLS {_fmt(row['d_speed'])}  "
+                f"m1 {row['val_acc_m1']:.3f})  d_speed {_fmt(row['d_speed'])}  "
                 f"rebalance m0/m1 {row['rebalance_m0_steps']}/{row['rebalance_m1_steps']}  {row['seconds']:.1f}s")
         if self._progress is not None:
             self._progress.update(self._epochs, completed=row["epoch"] + 1)

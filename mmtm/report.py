@@ -1,28 +1,12 @@
 """Read run folders and write plots plus a markdown summary of them."""
 from __future__ import annotations
 
-import csv
-import json
 import math
 from pathlib import Path
 
-from mmtm.errors import UserError
-
-
-def load_run(run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
-    for name in ("config.json", "steps.csv", "epochs.csv"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir}: not a run folder (no {name}); make one with `mmtm train`")
-    with (run_dir / "steps.csv").open(newline="") as f:
-        steps = list(csv.DictReader(f))
-    with (run_dir / "epochs.csv").open(newline="") as f:
-        epochs = list(csv.DictReader(f))
-    if not epochs:
-        raise UserError(f"{run_dir}: the run has not finished an epoch yet")
-    cur_path = run_dir / "cur.json"
-    return {"name": run_dir.name, "dir": str(run_dir), "config": json.loads((run_dir / "config.json").read_text()),
-            "steps": steps, "epochs": epochs, "cur": json.loads(cur_path.read_text()) if cur_path.is_file() else None}
+from loaders.atomic import atomic_write_text
+from mmtm import plots
+from mmtm.run import load_run
 
 
 def final_d_speed(run: dict) -> float:
@@ -52,9 +36,8 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_plots(runs: list[dict], out: Path) -> list[Path]:
-    from mmtm import plots
     out.mkdir(parents=True, exist_ok=True)
-    paths = [plots.plot_d_speed(runs, out / "d_cls.png"), plots.plot_speeds(runs, out / "speeds.png"),
+    paths = [plots.plot_d_speed(runs, out / "d_speed.png"), plots.plot_speeds(runs, out / "speeds.png"),
              plots.plot_accuracy(runs, out / "accuracy.png")]
     if any(r["cur"] for r in runs):
         paths.append(plots.plot_cur(runs, out / "cur.png"))
@@ -68,8 +51,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     columns = ["run", "policy", "seed", "epochs", "acc", "acc_m0", "acc_m1", "u_m1_given_m0", "u_m0_given_m1",
                "d_util", "final_d_speed", "rebalance_steps"]
     text = ("# mmtm report\n\nTest-split CUR from each run's `cur.json` (nan where `mmtm eval-cur` was not run); "
-            "final d_CLS from `steps.csv`.\n\n" + markdown_table(summary_rows(runs), columns) + "\n"
+            "final d_speed (d_CLS) from `steps.csv`.\n\n" + markdown_table(summary_rows(runs), columns) + "\n"
             + "".join(f"![{p.stem}]({p.name})\n" for p in plots))
-    from mmtm.checkpoint import atomic_write_text
     atomic_write_text(out / "summary.md", text)
     return out / "summary.md"

@@ -1,7 +1,7 @@
 """Conditional learning speed (SPEC §3): per-step μ of the four parameter groups, their sums M, s and d_speed.
 
 Use per step: `mu = meter.measure()` right after backward (before optimizer.step), then
-`meter.update(mu, regular=mode == NORMAL)`; `meter.d_speed` is then what the step policy observes.
+`meter.update(mu, regular=mode == REGULAR)`; `meter.d_speed` is then what the step policy observes.
 """
 from __future__ import annotations
 
@@ -31,10 +31,8 @@ class SpeedMeter:
 
     def measure(self) -> dict[str, float]:
         """μ_g = Σ‖∇p‖² / Σ‖p‖² for every group from the current .grad; one host sync for all groups."""
-        ratios = [formulas.sum_of_squares(p.grad for p in ps) / formulas.sum_of_squares(ps)
-                  for ps in self.groups.values()]
-        device = next(p.device for ps in self.groups.values() for p in ps)
-        return dict(zip(self.groups, torch.stack([r.to(device) for r in ratios]).tolist()))
+        ratios = [formulas.mu((p.grad for p in ps), ps) for ps in self.groups.values()]
+        return dict(zip(self.groups, torch.stack(ratios).tolist()))
 
     def update(self, mu: dict[str, float], regular: bool) -> None:
         """Add μ to M; re-balancing steps (regular=False) are not counted."""

@@ -115,3 +115,28 @@ def roundtrip():
         buf.seek(0)
         return torch.load(buf, weights_only=True)
     return through_checkpoint
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """A tiny `mmtm prep synthetic` set: 3 classes × 16 objects at 32 px."""
+    from helpers import invoke
+
+    out = tmp_path_factory.mktemp("prep") / "synthetic"
+    r = invoke("prep", "synthetic", "--out", out, "--classes", "3", "--per-class", "16", "--image-size", "32",
+               "--workers", "1")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_runs(synthetic_data, tmp_path_factory):
+    """Run folders vanilla/, balanced/ (α = 0, so it re-balances) and random/: 2 epochs of a width-4 network.
+    Tests may add files (cur.json) but must not change what training wrote."""
+    from helpers import TINY, invoke
+
+    root = tmp_path_factory.mktemp("runs")
+    for name, flags in (("vanilla", []), ("balanced", ["--balanced", "--alpha", "0"]), ("random", ["--random"])):
+        r = invoke("train", "--data", synthetic_data, "--out", root / name, "--epochs", 2, *TINY, *flags)
+        assert r.exit_code == 0, r.output
+    return root

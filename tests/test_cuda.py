@@ -4,9 +4,10 @@ Skipped with a reason on machines without a GPU (CI here has none); run them whe
 import pytest
 import torch
 
-from loaders import two_view_loader
+from loaders.factory import two_view_loader
 from mmtm.config import resolve
-from mmtm.engine import Distributed, build_trainer, train_step
+from mmtm.hardware import Distributed
+from mmtm.training import build_trainer, train_step
 from mmtm.evaluate import evaluate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -25,16 +26,16 @@ def test_bf16_channels_last_steps_learn_on_the_gpu(make_dataset, tmp_path):
     data = make_dataset(tmp_path, size=32)
     cfg = resolve("demo", width=8, batch_size=4, policy="balanced", loader="torch", device="cuda")
     t = build_trainer(cfg, 3, torch.device("cuda"), Distributed())
-    assert t.amp and t.channels_last
+    assert t.compute.amp and t.compute.channels_last
     loader = two_view_loader(data, "train", batch_size=4, train=True, seed=0, backend="torch", device="cuda")
     losses = []
     for epoch in range(40):
         loader.set_epoch(epoch)
         for batch in loader:
-            losses.append(train_step(t, batch, "normal")[0])
+            losses.append(train_step(t, batch, "regular")[0])
     for mode in ("rebalance_m0", "rebalance_m1"):
         losses.append(train_step(t, batch, mode)[0])
     assert all(torch.isfinite(torch.tensor(losses)))
     fit = evaluate(t.net, two_view_loader(data, "train", batch_size=4, train=False, seed=0, backend="torch",
-                                          device="cuda"), amp=True, channels_last=True)
+                                          device="cuda"), t.compute)
     assert fit["acc"] >= 0.9  # the class colour block is easy to fit

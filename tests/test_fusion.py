@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mmtm.fusion import FLOW_OFF, MODES, NORMAL, REBALANCE_M0, REBALANCE_M1, MMTM
+from mmtm.fusion import FLOW_OFF, MODES, REGULAR, REBALANCE_M0, REBALANCE_M1, MMTM
 from mmtm.network import TwoViewMMTMNet
 
 # MMTM(2, 2): C_Z = int(2*(2+2)/4) = 2. Weights chosen so that the ReLU clips one unit.
@@ -49,7 +49,7 @@ def test_layer_shapes_follow_the_paper():
 
 
 @pytest.mark.parametrize("gate, scale", [("sigmoid", 1.0), ("2sigmoid", 2.0)])
-def test_normal_mode_matches_hand_computation(gate, scale):
+def test_regular_mode_matches_hand_computation(gate, scale):
     g_a, g_b = hand_gates([2.0, -1.0], [2.0, 2.0], scale)
     assert g_a[0] == pytest.approx(scale * sigmoid(1.5))  # z = [1.5, relu(-1) = 0]
     a_out, b_out = make_mmtm(gate).eval()(A, B)
@@ -159,4 +159,4 @@ def test_flow_off_network_heads_see_only_their_own_view():
 
 
 def test_modes_constants():
-    assert MODES == ("normal", "flow_off", "rebalance_m0", "rebalance_m1") and NORMAL == "normal"
+    assert MODES == ("regular", "flow_off", "rebalance_m0", "rebalance_m1") and REGULAR == "regular"

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from loaders import Batch, two_view_loader
-from loaders.bench import bench_loader
+from loaders.factory import two_view_loader
+from mmtm.bench.loader import bench_loader
 from loaders.dataset import DatasetError, open_dataset
-from loaders.two_view import MEAN, STD
-from mmtm.errors import UserError
+from loaders.two_view import MEAN, STD, Batch
+from loaders.errors import UserError
 
 try:
     import nvidia.dali  # noqa: F401
@@ -221,7 +221,7 @@ def test_backend_and_batch_choices(small, monkeypatch):
         two_view_loader(small, "val", batch_size=2, train=False, seed=0, backend="jax")
     with pytest.raises(UserError, match="less than one batch"):
         two_view_loader(small, "train", batch_size=8, train=True, seed=0, backend="torch")
-    monkeypatch.setattr("loaders.two_view._dali_imports", lambda: False)
+    monkeypatch.setattr("loaders.factory._dali_imports", lambda: False)
     with pytest.raises(ImportError, match="needs NVIDIA DALI"):
         two_view_loader(small, "val", batch_size=2, train=False, seed=0, backend="dali")
     assert two_view_loader(small, "val", batch_size=2, train=False, seed=0).backend == "torch"

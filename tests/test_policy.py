@@ -1,14 +1,12 @@
 import math
 from collections import Counter
 
-import pytest
-
-from mmtm.errors import UserError
-from mmtm.fusion import NORMAL, REBALANCE_M0, REBALANCE_M1
-from mmtm.policy import Balanced, RandomPolicy, Vanilla, make_policy
+from mmtm.config import resolve
+from mmtm.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR
+from mmtm.policy import POLICIES, BalancedPolicy, RandomPolicy, VanillaPolicy, make_policy
 
 ALPHA, Q = 0.01, 5
-R, M0, M1 = NORMAL, REBALANCE_M0, REBALANCE_M1
+R, M0, M1 = REGULAR, REBALANCE_M0, REBALANCE_M1
 
 
 def run(policy, d_speeds, epoch):
@@ -22,29 +20,29 @@ def run(policy, d_speeds, epoch):
 
 
 def test_balanced_ignores_warmup():
-    policy = Balanced(ALPHA, Q, warmup_epochs=1)
+    policy = BalancedPolicy(ALPHA, Q, warmup_epochs=1)
     assert run(policy, [1.0, -1.0, 1.0], epoch=0) == [R, R, R]
     assert policy.next_mode(1) == R
 
 
 def test_balanced_positive_d_rebalances_m0_for_exactly_Q_steps_then_may_refire():
-    policy = Balanced(ALPHA, Q, warmup_epochs=1)
+    policy = BalancedPolicy(ALPHA, Q, warmup_epochs=1)
     # d during re-balancing steps is ignored (they are not regular steps)
     modes = run(policy, [0.02] + [-1.0] * Q + [-0.02] + [0.0] * Q + [0.0], epoch=1)
     assert modes == [R] + [M0] * Q + [R] + [M1] * Q + [R]
 
 
 def test_balanced_threshold_and_nan_do_nothing():
-    policy = Balanced(ALPHA, Q, warmup_epochs=1)
+    policy = BalancedPolicy(ALPHA, Q, warmup_epochs=1)
     assert run(policy, [ALPHA, -ALPHA, 0.0, math.nan, 0.005], epoch=3) == [R] * 5
     assert run(policy, [-0.5, 0.0], epoch=3) == [R, M1]
 
 
 def test_balanced_state_round_trip_mid_rebalance(roundtrip):
     d = [0.3, 0, 0, 0.2, -0.2, 0, 0, 0, 0, -0.3, 0, 0, 0]
-    a = Balanced(ALPHA, Q)
+    a = BalancedPolicy(ALPHA, Q)
     run(a, d[:3], epoch=1)
-    b = Balanced(ALPHA, Q)
+    b = BalancedPolicy(ALPHA, Q)
     b.load_state_dict(roundtrip(a.state_dict()))
     assert run(a, d[3:], epoch=1) == run(b, d[3:], epoch=1)
 
@@ -72,11 +70,12 @@ def test_random_state_round_trip_gives_identical_continuation(roundtrip):
     assert run(a, [0.0] * 100, epoch=1) == run(b, [0.0] * 100, epoch=1)
 
 
-def test_vanilla_and_factory():
-    assert run(Vanilla(), [1.0, -1.0, math.nan], epoch=5) == [R, R, R]
-    assert isinstance(make_policy("vanilla"), Vanilla)
-    balanced = make_policy("balanced", alpha=0.1, rebalance_steps=2, warmup_epochs=0)
+def test_vanilla_and_the_registry_build_policies_from_the_config():
+    assert run(VanillaPolicy(), [1.0, -1.0, math.nan], epoch=5) == [R, R, R]
+    assert isinstance(make_policy(resolve("paper")), VanillaPolicy)
+    balanced = make_policy(resolve("paper", policy="balanced", alpha=0.1, rebalance_steps=2, warmup_epochs=0))
     assert (balanced.name, balanced.alpha, balanced.rebalance_steps, balanced.warmup_epochs) == ("balanced", 0.1, 2, 0)
-    assert make_policy("random", seed=4).name == "random"
-    with pytest.raises(UserError, match="greedy"):
-        make_policy("greedy")
+    random_policy = make_policy(resolve("paper", policy="random", seed=4))
+    assert random_policy.name == "random" and run(random_policy, [0.0] * 20, 1) == run(RandomPolicy(seed=4), [0.0] * 20, 1)
+    assert set(POLICIES) == {"vanilla", "balanced", "random"}
+    assert all(name == cls.name for name, cls in POLICIES.items())

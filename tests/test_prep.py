@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from cli.prep import prep
 from loaders.dataset import open_dataset
-from loaders.prep import detect_source, prepare
-from loaders.renders import render_filename
-from mmtm.errors import UserError
+from loaders.prep.build import detect_source, prepare
+from loaders.prep.mvcnn_tree import render_filename
+from loaders.errors import UserError
 
 SIZE = 16
 OPTS = dict(image_size=SIZE, workers=1, progress=False)

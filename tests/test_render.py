@@ -8,7 +8,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from loaders.render import Renderer, encode, normalize
+from loaders.prep.render import Renderer, encode, fit_unit_sphere
 
 SIZE = 32
 
@@ -51,7 +51,7 @@ def test_twelve_distinct_lit_views(renderer):
 
 def test_next_camera_sees_the_mesh_turned_back_30_degrees(renderer):
     vertices, faces = asymmetric_mesh()
-    unit = normalize(vertices)
+    unit = fit_unit_sphere(vertices)
     views = renderer.render_normalized(unit, faces).astype(int)
     turned = renderer.render_normalized((unit @ rotation_z(-30).T).astype(np.float32), faces).astype(int)
     for k in range(11):
@@ -82,12 +82,12 @@ def test_up_axis_option(renderer):
     y_up = renderer.render(y_up_vertices, faces, up="y")
     assert np.abs(z_up.astype(int) - y_up).mean() < 1.0
     with pytest.raises(ValueError):
-        normalize(vertices, up="w")
+        fit_unit_sphere(vertices, up="w")
 
 
-def test_normalize_fits_unit_sphere():
+def test_fit_unit_sphere():
     vertices, _ = asymmetric_mesh()
-    unit = normalize(vertices * 7 + 3)
+    unit = fit_unit_sphere(vertices * 7 + 3)
     assert np.isclose(np.linalg.norm(unit, axis=1).max(), 1.0, atol=1e-5)
     assert np.allclose((unit.min(0) + unit.max(0)) / 2, 0, atol=1e-5)
 

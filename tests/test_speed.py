@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mmtm.fusion import NORMAL, REBALANCE_M0
+from mmtm.fusion import REGULAR, REBALANCE_M0
 from mmtm.network import TwoViewMMTMNet, two_head_loss
 from mmtm.speed import GROUPS, SpeedMeter
 
@@ -21,15 +21,15 @@ def test_two_step_toy_run_matches_direct_computation():
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     assert math.isnan(meter.d_speed)  # before the first regular step
     M = dict.fromkeys(GROUPS, 0.0)
-    for mode in (NORMAL, NORMAL, REBALANCE_M0):
+    for mode in (REGULAR, REGULAR, REBALANCE_M0):
         opt.zero_grad(set_to_none=True)
         x0, x1, y = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
         two_head_loss(*net(x0, x1, mode), y).backward()
         mu = meter.measure()
         expected = {g: direct_mu(groups[g]) for g in GROUPS}
         assert mu == pytest.approx(expected, rel=1e-5)
-        meter.update(mu, regular=mode == NORMAL)
-        if mode == NORMAL:
+        meter.update(mu, regular=mode == REGULAR)
+        if mode == REGULAR:
             M = {g: M[g] + expected[g] for g in GROUPS}
         opt.step()
     # the re-balancing step (third) is not accumulated

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loaders import synthetic
+from loaders.prep import synthetic
 from loaders.dataset import open_dataset
-from loaders.prep import prepare_synthetic
-from mmtm.errors import UserError
+from loaders.prep.build import prepare_synthetic
+from loaders.errors import UserError
 
 TINY = dict(classes=3, per_class=5, image_size=16, progress=False)
 

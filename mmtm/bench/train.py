@@ -9,11 +9,13 @@ from types import SimpleNamespace
 
 import torch
 
-from loaders import two_view_loader
 from loaders.dataset import open_dataset
+from loaders.device import resolve_device
+from loaders.factory import two_view_loader
 from mmtm.config import resolve
-from mmtm.engine import Distributed, build_trainer, resolve_device, train_step
-from mmtm.fusion import NORMAL
+from mmtm.fusion import REGULAR
+from mmtm.hardware import Distributed
+from mmtm.training import build_trainer, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -25,15 +27,15 @@ def _timed_steps(trainer, batches, steps: int) -> tuple[float, float, int]:
     """Run `steps` regular steps pulling batches from the iterator; return (seconds, wait seconds, samples)."""
     wait = 0.0
     samples = 0
-    _sync(trainer.device)
+    _sync(trainer.compute.device)
     start = time.perf_counter()
     for _ in range(steps):
         t0 = time.perf_counter()
         batch = next(batches)
         wait += time.perf_counter() - t0
-        train_step(trainer, batch, NORMAL)
+        train_step(trainer, batch, REGULAR)
         samples += batch.label.numel()
-    _sync(trainer.device)
+    _sync(trainer.compute.device)
     return time.perf_counter() - start, wait, samples
 
 
@@ -81,7 +83,7 @@ def bench_train(data: str, *, preset: str = "demo", batch_size: int | None = Non
         },
         "config": {"data": data, "preset": preset, "batch_size": cfg.batch_size, "width": cfg.width,
                    "image_size": ds.image_size, "device": str(dev), "loader": data_loader.backend,
-                   "threads": threads, "steps": steps, "repeats": repeats, "amp": trainer.amp,
-                   "channels_last": trainer.channels_last, "torch": torch.__version__,
+                   "threads": threads, "steps": steps, "repeats": repeats, "amp": trainer.compute.amp,
+                   "channels_last": trainer.compute.channels_last, "torch": torch.__version__,
                    "cpu_threads": torch.get_num_threads()},
     }

@@ -55,7 +55,7 @@ void main() {
 """
 
 
-def normalize(vertices: np.ndarray, up: str = "z") -> np.ndarray:
+def fit_unit_sphere(vertices: np.ndarray, up: str = "z") -> np.ndarray:
     """Rotate `up` onto +z, centre the bounding box at the origin, scale the farthest vertex to radius 1."""
     if up not in UP_AXES:
         raise ValueError(f"up axis must be one of {UP_AXES}, not {up!r}")
@@ -127,7 +127,7 @@ class Renderer:
 
     def render(self, vertices: np.ndarray, faces: np.ndarray, up: str = "z") -> np.ndarray:
         """The 12 MVCNN views of a raw mesh: uint8 grey [12, H, W]."""
-        return self.render_normalized(normalize(vertices, up), faces)
+        return self.render_normalized(fit_unit_sphere(vertices, up), faces)
 
     def render_normalized(self, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """The 12 views of a mesh already z-up and inside the unit sphere: uint8 grey [12, H, W]."""

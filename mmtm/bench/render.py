@@ -1,6 +1,4 @@
-"""Measure MVCNN rendering throughput and project the time to prepare ModelNet40 from its meshes.
-
-    python benchmarks/bench_render.py [--json render.json] [--workers 2] [--meshes 48] [--skip-synthetic]
+"""Rendering throughput (`mmtm bench render`) and the projected time to prepare ModelNet40 from its meshes.
 
 1. render: one process, one Renderer, a ~5k-face mesh at 224 px: render + JPEG encode, views/s.
 2. prep: `prepare()` on a temporary tree of OFF copies of that mesh with --workers processes: the whole path
@@ -11,19 +9,21 @@ Projection: ModelNet40's 12,311 meshes × 12 views at the prep rate, against the
 """
 from __future__ import annotations
 
-import argparse
-import json
+import multiprocessing
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
+import numpy as np
 
-import numpy as np  # noqa: E402
+from loaders.errors import UserError
+from loaders.prep import synthetic
+from loaders.prep.build import prepare, prepare_synthetic
+from loaders.prep.mvcnn_tree import render_filename
+from loaders.prep.render import Renderer, encode
 
 MODELNET40_MESHES = 12_311
 TARGET_S = 15 * 60
@@ -40,9 +40,15 @@ def bench_mesh() -> tuple[np.ndarray, np.ndarray]:
     return (v * bumps[:, None] * [1.0, 0.7, 1.3]).astype(np.float32), np.asarray(sphere.faces)
 
 
-def bench_render(vertices: np.ndarray, faces: np.ndarray, repeats: int) -> dict:
-    from loaders.render import Renderer, encode
+def _spawned(fn, *args):
+    """fn(*args) in a fresh spawned process: a GL context in this process would make a later `import torchvision`
+    here crash (torch 2.14), as `prep` also knows (it renders only in spawned workers)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
 
+
+def _render(vertices: np.ndarray, faces: np.ndarray, repeats: int) -> dict:
+    """One process, one Renderer (run through `_spawned`)."""
     renderer = Renderer(IMAGE_SIZE)
     renderer.render(vertices, faces)  # warm-up: shader compile, first allocations
     render_s, encode_s = [], []
@@ -60,9 +66,7 @@ def bench_render(vertices: np.ndarray, faces: np.ndarray, repeats: int) -> dict:
             "ms_per_mesh_jpeg": round(1000 * e, 2), "views_per_s": round(12 / (r + e), 1)}
 
 
-def bench_prep(vertices: np.ndarray, faces: np.ndarray, meshes: int, workers: int) -> dict:
-    from loaders.prep import prepare
-
+def _prep(vertices: np.ndarray, faces: np.ndarray, meshes: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         # ModelNet40-style tree; the header glued to the counts as in many of its files.
         lines = [f"OFF{len(vertices)} {len(faces)} 0"] + [f"{x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices]
@@ -77,16 +81,17 @@ def bench_prep(vertices: np.ndarray, faces: np.ndarray, meshes: int, workers: in
     return {"meshes": meshes, "workers": workers, "seconds": summary["seconds"], "views_per_s": summary["views_per_s"]}
 
 
-def bench_ingest(vertices: np.ndarray, faces: np.ndarray, objects: int, workers: int) -> dict:
-    from PIL import Image
-
-    from loaders.prep import prepare
-    from loaders.render import Renderer
-    from loaders.renders import render_filename
-
+def _views(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     renderer = Renderer(IMAGE_SIZE)
     views = renderer.render(vertices, faces)
     renderer.release()
+    return views
+
+
+def _ingest(vertices: np.ndarray, faces: np.ndarray, objects: int, workers: int) -> dict:
+    from PIL import Image
+
+    views = _spawned(_views, vertices, faces)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(objects):
             folder = Path(tmp, "src", f"class{i % 4}", "test" if i % 5 == 4 else "train")
@@ -98,10 +103,7 @@ def bench_ingest(vertices: np.ndarray, faces: np.ndarray, objects: int, workers:
             "views_per_s": summary["views_per_s"]}
 
 
-def bench_synthetic(workers: int) -> dict:
-    from loaders import synthetic
-    from loaders.prep import prepare_synthetic
-
+def _synthetic(workers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         summary = prepare_synthetic(Path(tmp, "out"), workers=workers, progress=False)
     return {"classes": synthetic.DEFAULT_CLASSES, "per_class": synthetic.DEFAULT_PER_CLASS,
@@ -109,41 +111,19 @@ def bench_synthetic(workers: int) -> dict:
             "views_per_s": summary["views_per_s"]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", default=None, help="write the results here as JSON")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--meshes", type=int, default=96, help="OFF copies in the prep and ingest benchmarks")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--skip-synthetic", action="store_true")
-    a = ap.parse_args()
-
+def bench_render(*, workers: int = 2, meshes: int = 96, repeats: int = 10, synthetic_set: bool = True) -> dict:
+    """{"render", "prep", "projection", "ingest"[, "synthetic"], "machine"}: views/s of each stage."""
+    if workers < 1 or meshes < 5 or repeats < 1:
+        raise UserError("--workers and --repeats must be at least 1, --meshes at least 5")
     vertices, faces = bench_mesh()
-    result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS")}}
-    result["render"] = bench_render(vertices, faces, a.repeats)
-    print(f"render  1 process : {result['render']['views_per_s']:7.1f} views/s  ({len(faces)} faces, "
-          f"{IMAGE_SIZE} px: {result['render']['ms_per_mesh_render']:.1f} ms render + "
-          f"{result['render']['ms_per_mesh_jpeg']:.1f} ms JPEG per 12 views)")
-    result["prep"] = bench_prep(vertices, faces, a.meshes, a.workers)
-    rate = result["prep"]["views_per_s"]
-    print(f"prep    {a.workers} workers : {rate:7.1f} views/s  (OFF parse + render + JPEG + write, {a.meshes} meshes)")
-    projected = MODELNET40_MESHES * 12 / rate
-    result["projection"] = {"meshes": MODELNET40_MESHES, "views": MODELNET40_MESHES * 12, "workers": a.workers,
-                            "seconds": round(projected, 1), "target_s": TARGET_S, "meets_target": projected <= TARGET_S}
-    print(f"ModelNet40 projection: {MODELNET40_MESHES} meshes × 12 views ≈ {projected / 60:.1f} min with "
-          f"{a.workers} workers (target {TARGET_S // 60} min: {'met' if projected <= TARGET_S else 'NOT met'}; "
-          f"assumes ~{len(faces)} faces per mesh)")
-    result["ingest"] = bench_ingest(vertices, faces, a.meshes, a.workers)
-    print(f"ingest  {a.workers} workers : {result['ingest']['views_per_s']:7.1f} views/s  (MVCNN PNG renders → JPEG)")
-    if not a.skip_synthetic:
-        result["synthetic"] = bench_synthetic(a.workers)
-        s = result["synthetic"]
-        print(f"synthetic defaults : {s['seconds']:.1f} s for {s['classes'] * s['per_class']} objects "
-              f"({s['views_per_s']:.0f} views/s, {s['image_size']} px)")
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    result: dict = {"render": _spawned(_render, vertices, faces, repeats), "prep": _prep(vertices, faces, meshes, workers)}
+    projected = MODELNET40_MESHES * 12 / result["prep"]["views_per_s"]
+    result["projection"] = {"meshes": MODELNET40_MESHES, "views": MODELNET40_MESHES * 12, "workers": workers,
+                            "faces_per_mesh": int(len(faces)), "seconds": round(projected, 1), "target_s": TARGET_S,
+                            "meets_target": projected <= TARGET_S}
+    result["ingest"] = _ingest(vertices, faces, meshes, workers)
+    if synthetic_set:
+        result["synthetic"] = _synthetic(workers)
+    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                         "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS")}
+    return result

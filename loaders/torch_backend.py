@@ -37,7 +37,7 @@ def _scale_bias(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, bias
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
+def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N,3,H,W] -> float32 ImageNet-normalised, as DALI's crop_mirror_normalize computes it.
 
     Convert, then in-place mul_/add_ with [1,3,1,1] constants: each pass vectorises, unlike one
@@ -161,7 +161,7 @@ class TorchTwoViewLoader(TwoViewLoader):
             else:  # already mirrored by the worker
                 view0 = view0.to(self.device, non_blocking=True)
                 view1 = view1.to(self.device, non_blocking=True)
-            yield Batch(normalize(view0), normalize(view1), self._labels[index], index)
+            yield Batch(normalize_pixels(view0), normalize_pixels(view1), self._labels[index], index)
 
     def _decode_gpu(self, rows: torch.Tensor, encoded: list[torch.Tensor], slot: int) -> torch.Tensor:
         size = self.dataset.image_size

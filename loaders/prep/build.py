@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from loaders import meshes, render, renders, synthetic
-from loaders.dataset import (ENCODINGS, NUM_VIEWS, AtomicDir, DatasetError, Row, view_filename, write_meta,
-                             write_split)
-from mmtm.errors import UserError
+from loaders.atomic import AtomicDir
+from loaders.dataset import ENCODINGS, NUM_VIEWS, DatasetError, Row, view_filename, write_meta, write_split
+from loaders.errors import UserError
+from loaders.prep import meshes, mvcnn_tree, render, synthetic
 
 OFFICIAL_SPLITS = ("train", "test")
 SYNTHETIC = "synthetic"
@@ -87,7 +87,7 @@ def scan_source(src: Path, kind: str, skip_bad: bool) -> tuple[list[SourceObject
             if not split_dir.is_dir():
                 continue
             if kind == "renders":
-                grouped, found = renders.group_views(split_dir)
+                grouped, found = mvcnn_tree.group_views(split_dir)
                 problems += found
                 objects += [SourceObject(class_dir.name, split, name, tuple(paths))
                             for name, paths in sorted(grouped.items())]
@@ -132,7 +132,7 @@ def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAUL
                       per_class: int = synthetic.DEFAULT_PER_CLASS, image_size: int = synthetic.DEFAULT_IMAGE_SIZE,
                       encoding: str = "jpeg", val_fraction: float = 0.2, seed: int = 10, workers: int = 2,
                       progress: bool = True, test_fraction: float = 0.2) -> dict:
-    """Generate and render the procedural set (loaders/synthetic.py). `seed` seeds both generation and the
+    """Generate and render the procedural set (loaders/prep/synthetic.py). `seed` seeds both generation and the
     validation split; the last `test_fraction` of each class's objects form the official test split."""
     _check_options(image_size, encoding, val_fraction, workers)
     if not 2 <= classes <= synthetic.MAX_CLASSES:
@@ -286,7 +286,7 @@ def _write_object(job: _Job, obj: SourceObject) -> str | None:
     """Make and write the 12 views of one object; a DatasetError becomes the returned problem line."""
     try:
         if job.kind == "renders":
-            encoded = renders.ingest_object(list(obj.files), job.image_size, job.encoding)
+            encoded = mvcnn_tree.ingest_object(list(obj.files), job.image_size, job.encoding)
         else:
             if job.kind == "meshes":
                 vertices, faces = meshes.read_mesh(obj.files[0])

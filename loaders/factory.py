@@ -1,0 +1,76 @@
+"""`two_view_loader`: the one entry point of the loading side; it checks the request and picks a backend."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from loaders.dataset import DatasetError, check_view, open_dataset
+from loaders.device import resolve_device
+from loaders.errors import UserError
+from loaders.sampling import num_rank_rows
+from loaders.torch_backend import TorchTwoViewLoader
+from loaders.two_view import TwoViewLoader
+
+BACKENDS = ("dali", "torch")
+
+
+class BackendUnavailable(UserError, ImportError):
+    """A backend was asked for by name but its package does not import (also an ImportError)."""
+
+
+def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[int] = (0, 6), batch_size: int,
+                    train: bool, seed: int, backend: str = "auto", device: str | torch.device = "auto",
+                    rank: int = 0, world_size: int = 1, num_threads: int = 2) -> TwoViewLoader:
+    """Batches of two views of the same objects of one split, see `TwoViewLoader`.
+
+    train=True: seeded shuffle per epoch, independent random horizontal flip per view (the paper's
+    train transform), last partial batch dropped. train=False: index-file order, no augmentation,
+    partial last batch kept. With world_size > 1 each rank gets its share (see `epoch_order`).
+    backend: "dali", "torch" or "auto" (dali when it imports); device: "cpu", "cuda[:i]" or "auto".
+    """
+    if batch_size < 1 or num_threads < 1:
+        raise ValueError(f"batch_size ({batch_size}) and num_threads ({num_threads}) must be at least 1")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
+    name = _resolve_backend(backend)
+    dev = resolve_device(device)
+    dataset = open_dataset(data_dir)
+    if len(views) != 2:
+        raise UserError(f"two views are needed, got {list(views)}")
+    for v in views:
+        check_view(v)
+    rows = dataset.rows(split)
+    if not rows:
+        raise DatasetError(f"{dataset.root}: split {split!r} has no objects; re-run `mmtm prep`")
+    share = num_rank_rows(len(rows), train=train, rank=rank, world_size=world_size)
+    if train and share < batch_size:  # an epoch without a single batch would train silently on nothing
+        raise UserError(f"split {split!r} gives rank {rank} of {world_size} only {share} objects, "
+                        f"less than one batch of {batch_size}; lower the batch size")
+    if name == "dali":
+        from loaders.dali_backend import DaliTwoViewLoader as cls  # DALI is optional: imported only when used
+    else:
+        cls = TorchTwoViewLoader
+    return cls(dataset, split, rows, views=(int(views[0]), int(views[1])), batch_size=batch_size, train=train,
+               seed=seed, device=dev, rank=rank, world_size=world_size, num_threads=num_threads)
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in ("auto", *BACKENDS):
+        raise UserError(f"unknown loader backend {backend!r}; expected auto, {', '.join(BACKENDS)}")
+    dali_found = _dali_imports()
+    if backend == "auto":
+        return "dali" if dali_found else "torch"
+    if backend == "dali" and not dali_found:
+        raise BackendUnavailable("loader backend 'dali' needs NVIDIA DALI, which does not import; "
+                                 "install it with `pip install -e .[dali]` or use the torch backend")
+    return backend
+
+
+def _dali_imports() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True

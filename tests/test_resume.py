@@ -1,0 +1,50 @@
+"""Resuming a run: after kill -9 it ends exactly like an uninterrupted one; resuming on other data is refused."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from helpers import invoke, read_csv, train_command
+from mmtm.checkpoint import load_checkpoint
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_ends_like_an_uninterrupted_run(synthetic_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(train_command(synthetic_data, full), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(train_command(synthetic_data, cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    done = load_checkpoint(cut / "last.pt")["epoch"]
+    assert done < 5
+    subprocess.run(train_command(synthetic_data, cut, "--resume"), check=True, env=env, capture_output=True)
+
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(read_csv(cut / "epochs.csv")) == drop(read_csv(full / "epochs.csv"))
+    assert read_csv(cut / "steps.csv") == read_csv(full / "steps.csv")
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(cut / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_resume_on_other_classes_is_refused(synthetic_data, trained_runs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_data, other)
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["classes"] = list(reversed(meta["classes"]))
+    (other / "dataset.json").write_text(json.dumps(meta))
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs / "vanilla", run)
+    r = invoke("train", "--data", other, "--out", run, "--resume", "--epochs", 3)
+    assert r.exit_code == 2 and "classes differ" in r.output
