@@ -23,10 +23,10 @@ def eval_cur(
     batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print cur.json instead of a table."),
 ) -> None:
-    """Measure u(m1|m0), u(m0|m1) and d_util (SPEC §2) and write RUN/cur.json.
+    """Measure u(m1|m0), u(m0|m1) and d_util (SPEC §2) and write RUN/cur.json (cur-last.json for last).
 
     Pass 1 averages every MMTM's squeeze vectors over the training subset; pass 2 evaluates the split
-    with normal fusion and with cross-modal flow off. The checkpoint is only read.
+    with regular fusion and with cross-modal flow off, both in float32. The checkpoint is only read.
 
     \b
     Examples:
@@ -49,4 +49,4 @@ def eval_cur(
                        ("u_m0_given_m1", "u(m0|m1)"), ("d_util", "d_util")):
         table.add_row(label, f"{r[key]:+.4f}" if key.startswith(("u_", "d_")) else f"{r[key]:.4f}")
     Console().print(table)
-    typer.echo(f"wrote {RunFolder(run).cur}")
+    typer.echo(f"wrote {RunFolder(run).cur_for(checkpoint)}")

@@ -26,8 +26,12 @@ def _views(text: Optional[str]) -> Optional[tuple[int, int]]:
 def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (from `mmtm prep`)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.json, steps.csv, epochs.csv, last.pt, best.pt."),
-    balanced: bool = typer.Option(False, "--balanced", help="Balanced multi-modal learning (SPEC §4)."),
-    random_: bool = typer.Option(False, "--random", help="Random re-balancing ablation."),
+    balanced: bool = typer.Option(False, "--balanced", help="Balanced multi-modal learning (SPEC §4); "
+                                                            "= --policy balanced."),
+    random_: bool = typer.Option(False, "--random", help="Random re-balancing ablation; = --policy random."),
+    policy: Optional[str] = typer.Option(None, help="Step policy: vanilla, balanced, random, or flipped (the "
+                                                    "balanced rule re-balancing the other branch, a control) "
+                                                    "[vanilla]."),
     views: Optional[str] = typer.Option(None, help="Two view indices 0..11 [paper: 0,6]."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per process."),
@@ -39,7 +43,14 @@ def train(
     warmup_epochs: Optional[int] = typer.Option(None, help="Epochs of regular steps before re-balancing [1]."),
     rebalance_params: Optional[str] = typer.Option(None, help="all: re-balancing steps update every parameter "
                                                    "(official code); slow: only the slow branch."),
-    speed_window: Optional[int] = typer.Option(None, help="Windowed d_speed over the last K regular steps."),
+    speed_window: Optional[int] = typer.Option(None, help="K of the windowed d_speed view: the last K regular "
+                                                          "steps [100]."),
+    speed_signal: Optional[str] = typer.Option(None, help="The d_speed view the policy reads: cumulative "
+                                                          "(official) or window (last K regular steps)."),
+    speed_from_epoch: Optional[int] = typer.Option(None, help="Count the cumulative signal from this epoch, "
+                                                              "e.g. after warm-up (official: 0)."),
+    plateau_on: Optional[str] = typer.Option(None, help="Loss the plateau schedule watches: all steps (official) "
+                                                        "or regular steps only."),
     gate: Optional[str] = typer.Option(None, help="MMTM gate: sigmoid (code) or 2sigmoid (paper)."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, shuffling and augmentation."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
@@ -56,6 +67,9 @@ def train(
     Examples:
       mmtm train --data data/syn --out runs/vanilla --preset demo
       mmtm train --data data/syn --out runs/bal --preset demo --balanced
+      mmtm train --data data/syn --out runs/flip --preset demo --policy flipped
+      mmtm train --data data/syn --out runs/w --preset demo --balanced \
+        --speed-signal window --speed-window 50     # policy reads 50 steps
       mmtm train --data data/mn40 --out runs/paper --balanced  # SPEC §5
       mmtm train --out runs/bal --resume           # after an interruption
       torchrun --standalone --nproc-per-node=2 --no-python \\
@@ -65,9 +79,10 @@ def train(
     from mmtm.run import RunFolder
     from mmtm.training import fit
 
-    if balanced and random_:
-        raise UserError("choose one of --balanced and --random")
-    policy = "balanced" if balanced else "random" if random_ else None
+    chosen = {name for name, given in (("balanced", balanced), ("random", random_), (policy, policy)) if given}
+    if len(chosen) > 1:
+        raise UserError(f"choose one policy, got {', '.join(sorted(chosen))} (--balanced, --random, --policy)")
+    policy = chosen.pop() if chosen else None
     run_config = RunFolder(out).config
     if resume and config is None and run_config.is_file():
         config = run_config  # a resumed run keeps its own settings unless flags override them
@@ -76,7 +91,8 @@ def train(
         views=_views(views),
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, width=width, alpha=alpha,
         rebalance_steps=rebalance_steps, warmup_epochs=warmup_epochs, rebalance_params=rebalance_params,
-        speed_window=speed_window, gate=gate, seed=seed, device=device, loader=loader, num_threads=threads,
+        speed_window=speed_window, speed_signal=speed_signal, speed_from_epoch=speed_from_epoch,
+        plateau_on=plateau_on, gate=gate, seed=seed, device=device, loader=loader, num_threads=threads,
         max_steps_per_epoch=max_steps_per_epoch)
     if not cfg.data:
         raise UserError("--data is required (a folder made by `mmtm prep`)")

@@ -16,6 +16,8 @@ from loaders.factory import BACKENDS
 from mmtm.fusion import GATES
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS
 from mmtm.policy import ALPHA, POLICIES, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
+from mmtm.speed import SIGNALS
+from mmtm.schedule import PLATEAU_ON
 
 
 @dataclass
@@ -36,6 +38,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     plateau_factor: float = 0.3
     plateau_patience: int = 10
+    plateau_threshold: float = 1e-3         # relative, as the official code
+    plateau_on: str = "all"                 # the loss the plateau schedule watches: all steps (official) | regular
     min_lr: float = 1e-6
     early_stop_epochs: int = 5              # stop once this many epochs reached 100% train accuracy; 0 = never
     # balanced training (SPEC §3-4)
@@ -43,7 +47,9 @@ class TrainConfig:
     rebalance_steps: int = REBALANCE_STEPS
     warmup_epochs: int = WARMUP_EPOCHS
     rebalance_params: str = "all"           # "all" (official code) or "slow" (only the slow branch's θ)
-    speed_window: int | None = None         # None: cumulative M since step 0; K: last K regular steps
+    speed_window: int = 100                 # K of the windowed d_speed view (last K regular steps)
+    speed_signal: str = "cumulative"        # the d_speed view the policy reads: cumulative (official) | window
+    speed_from_epoch: int = 0               # the cumulative signal counts regular steps from this epoch (official: 0)
     # reproducibility and hardware
     seed: int = 777
     device: str = "auto"                    # auto | cpu | cuda[:index]
@@ -56,7 +62,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         for name, choices in (("policy", POLICIES), ("gate", GATES), ("rebalance_params", REBALANCE_PARAMS),
                               ("loader", ("auto", *BACKENDS)), ("amp", AMP_SETTINGS),
-                              ("channels_last", CHANNELS_LAST_SETTINGS)):
+                              ("channels_last", CHANNELS_LAST_SETTINGS), ("speed_signal", SIGNALS),
+                              ("plateau_on", PLATEAU_ON)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if len(self.views) != 2 or self.views[0] == self.views[1]:
@@ -64,13 +71,16 @@ class TrainConfig:
         for v in self.views:
             if not 0 <= v < NUM_VIEWS:
                 raise UserError(f"view index {v} is out of range; views are 0..{NUM_VIEWS - 1}")
-        for name in ("epochs", "batch_size", "width", "rebalance_steps", "num_threads"):
+        for name in ("epochs", "batch_size", "width", "rebalance_steps", "num_threads", "speed_window"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise UserError("batch_size must be at least 2 (BatchNorm needs two samples)")
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        for name in ("plateau_threshold", "speed_from_epoch"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
         check_device_name(self.device)
         return self
 

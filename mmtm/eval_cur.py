@@ -22,14 +22,15 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
 
     Pass 1: mean squeeze vectors of every MMTM over the training subset (val excluded), eval mode,
     deterministic transform. Pass 2: the split with regular fusion and with cross-modal flow off.
-    The checkpoint file is only read; nothing in it changes."""
+    Both passes run in float32, whatever the run trained in (cur.json says so). The checkpoint file is only
+    read; nothing in it changes. best.pt (or a path) → RUN/cur.json, last.pt → RUN/cur-last.json."""
     run = RunFolder(run_dir)
     ckpt_path = run.checkpoint(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     cfg = from_dict(ckpt["config"])
     data = data or cfg.data
     check_dataset_matches(data, ckpt["classes"], cfg.views)
-    compute = Compute.of(resolve_device(device), amp=cfg.amp, channels_last=cfg.channels_last)
+    compute = Compute.of(resolve_device(device), amp=cfg.amp, channels_last=cfg.channels_last).fp32()
     net = build_network(cfg, len(ckpt["classes"]))
     net.load_state_dict(ckpt["model"])
     net = compute.place(net)
@@ -48,7 +49,7 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
         "acc_m0_only": flow_off["acc_m0"], "acc_m1_only": flow_off["acc_m1"],
         **cur_from_accuracies(regular["acc_m0"], regular["acc_m1"], flow_off["acc_m0"], flow_off["acc_m1"]),
         "checkpoint": str(ckpt_path), "epochs_trained": ckpt.get("epoch"), "policy": cfg.policy, "views": list(cfg.views),
-        "split": split, "n": regular["n"], "data": str(data),
+        "split": split, "n": regular["n"], "data": str(data), "precision": "float32",
     }
-    run.write_cur(result)
+    run.write_cur(checkpoint, result)
     return result

@@ -2,7 +2,7 @@
 
 CLS (conditional learning speed, during training):
     μ_g(t)   = Σ_{p∈g} ‖∇p‖² / Σ_{p∈g} ‖p‖²
-    M_g      = Σ_t μ_g(t) over regular steps
+    M_g      = Σ_t μ_g(t) over regular steps (the paper: since training began; see mmtm/speed.py for the views)
     s(m1|m0) = log10(M_θ'0 / M_θ0),  s(m0|m1) = log10(M_θ'1 / M_θ1),  d_speed = s(m1|m0) − s(m0|m1)
 CUR (conditional utilisation rate, after training):
     u(m1|m0) = (A(f0) − A(f0')) / A(f0),  u(m0|m1) = (A(f1) − A(f1')) / A(f1),  d_util = u(m1|m0) − u(m0|m1)
@@ -33,14 +33,12 @@ def mu(grads: Iterable[Tensor | None], params: Iterable[Tensor]) -> Tensor:
     return (sum_of_squares(grads) / sum_of_squares(params)).to(params[0].device)
 
 
-def conditional_speed(M_fusion: float, M_uni: float) -> float:
-    """s = log10(M_θ' / M_θ); nan while either sum is still zero (no regular step yet)."""
-    if not (M_fusion > 0 and M_uni > 0):
-        return math.nan
-    return math.log10(M_fusion / M_uni)
+def conditional_speed(M_fusion: Tensor, M_uni: Tensor) -> Tensor:
+    """s = log10(M_θ' / M_θ), elementwise on tensors; nan while either sum is still zero (no regular step yet)."""
+    return torch.where((M_fusion > 0) & (M_uni > 0), torch.log10(M_fusion / M_uni), math.nan)
 
 
-def d_speed(s_m1_m0: float, s_m0_m1: float) -> float:
+def d_speed(s_m1_m0, s_m0_m1):
     """d_speed = s(m1|m0) − s(m0|m1); > 0 means branch 0 leans on m1 more than branch 1 on m0 (m0 is slow)."""
     return s_m1_m0 - s_m0_m1
 

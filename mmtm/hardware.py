@@ -3,6 +3,7 @@ used alike by training, eval-cur and bench. The device itself comes from `loader
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -33,6 +34,11 @@ class Compute:
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def fp32(self) -> "Compute":
+        """The same device and layout without autocast. Metrics (validation accuracy, CUR) are computed in float32:
+        under bf16 borderline samples could flip, on GPU runs only."""
+        return dataclasses.replace(self, amp=False)
 
     def autocast(self):
         """bf16 autocast on CUDA (tensor cores); full precision elsewhere."""

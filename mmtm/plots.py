@@ -1,4 +1,5 @@
-"""Matplotlib figures of runs: d_speed over steps, s(·|·), accuracies per head, u(·|·) bars."""
+"""Matplotlib figures of runs: d_speed over steps and over regular steps, s(·|·), accuracies per head, u(·|·)
+bars per run and per policy."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,25 +25,42 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_d_speed(runs: list[dict], path: Path) -> Path:
-    """d_speed per step, one panel per run, re-balancing steps marked by which modality they re-balance."""
+    """d_speed per step, one panel per run: the cumulative view (black) and the windowed one (grey), re-balancing
+    steps marked by which modality they re-balance."""
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.6 * len(runs)), sharex=True, squeeze=False)
     for ax, run in zip(axes[:, 0], runs):
         steps = run["steps"]
         x, d = _column(steps, "step", int), _column(steps, "d_speed")
-        ax.plot(x, d, lw=1, color="black", label="d_speed (d_CLS)")
+        ax.plot(x, _column(steps, "d_speed_window"), lw=0.8, color="grey", label="windowed")
+        ax.plot(x, d, lw=1, color="black", label="cumulative")
         modes = np.array([r["mode"] for r in steps])
         for mode, color in REBALANCE_COLORS.items():
             sel = modes == mode
             if sel.any():
                 ax.scatter(x[sel], d[sel], s=6, color=color, label=mode.replace("_", " "), zorder=3)
         alpha = run["config"].get("alpha")
-        if run["config"].get("policy") == "balanced" and alpha is not None:
+        if run["config"].get("policy") in ("balanced", "flipped") and alpha is not None:
             ax.axhspan(-alpha, alpha, color="grey", alpha=0.2, lw=0, label="±α")
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_ylabel("d_speed (d_CLS)")
         ax.set_title(run["name"], fontsize=10)
         ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("step")
+    return _save(fig, path)
+
+
+def plot_d_speed_by_regular_steps(runs: list[dict], path: Path) -> Path:
+    """Cumulative d_speed against the number of regular steps it rests on, every run on one axis: at equal x the
+    runs are compared on equal evidence."""
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for i, run in enumerate(runs):
+        regular = [r for r in run["steps"] if r["mode"] == "regular"]
+        ax.plot(np.arange(1, len(regular) + 1), _column(regular, "d_speed"), lw=1, color=f"C{i % 10}",
+                label=run["name"])
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("regular steps so far")
+    ax.set_ylabel("cumulative d_speed (d_CLS)")
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 
@@ -84,6 +102,24 @@ def plot_cur(runs: list[dict], path: Path) -> Path:
     ax.bar(x + 0.2, [r["cur"]["u_m0_given_m1"] for r in runs], 0.4, label="u(m0|m1)", color="tab:blue")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xticks(x, [r["name"] for r in runs], rotation=20, fontsize=8)
+    ax.set_ylabel("conditional utilisation rate")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_cur_by_policy(rows: list[dict], path: Path) -> Path:
+    """Mean u(m1|m0) and u(m0|m1) per policy over seeds, with the seeds as dots (rows from `summary_rows`)."""
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(policies) + 2), 3.6))
+    for offset, key, label, color in ((-0.2, "u_m1_given_m0", "u(m1|m0)", "tab:red"),
+                                      (0.2, "u_m0_given_m1", "u(m0|m1)", "tab:blue")):
+        values = [[r[key] for r in rows if r["policy"] == p] for p in policies]
+        x = np.arange(len(policies)) + offset
+        ax.bar(x, [np.mean(v) for v in values], 0.4, label=label, color=color, alpha=0.6)
+        for xi, v in zip(x, values):
+            ax.scatter(np.full(len(v), xi), v, s=8, color="black", zorder=3)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(np.arange(len(policies)), policies, rotation=20, fontsize=8)
     ax.set_ylabel("conditional utilisation rate")
     ax.legend(fontsize=8)
     return _save(fig, path)

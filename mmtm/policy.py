@@ -1,7 +1,8 @@
 """Step-mode policies (SPEC §4): which MMTM mode each training step runs in. One training loop serves them all.
 
 Per step: `mode = policy.next_mode(epoch)`; forward/backward/step in that mode; update the speed meter;
-`policy.observe(mode, meter.d_speed, epoch)`. Epochs count from 0, so warmup_epochs=1 makes epoch 0 warm-up.
+`policy.observe(mode, d_speed, epoch)` with the meter's signal (`d_speed_signal`, mmtm/speed.py). Epochs count
+from 0, so warmup_epochs=1 makes epoch 0 warm-up.
 `make_policy(cfg)` builds the policy a run's config names, through the `POLICIES` registry.
 """
 from __future__ import annotations
@@ -50,6 +51,8 @@ class BalancedPolicy(StepPolicy):
     modality) for the next Q steps, d_speed < −α re-balances m1; |d_speed| ≤ α or nan does nothing."""
 
     name = "balanced"
+    # The mode the rule picks when d_speed > α (m0 is slow) and when d_speed < −α (m1 is slow).
+    ON_POSITIVE, ON_NEGATIVE = REBALANCE_M0, REBALANCE_M1
 
     def __init__(self, alpha: float = ALPHA, rebalance_steps: int = REBALANCE_STEPS,
                  warmup_epochs: int = WARMUP_EPOCHS):
@@ -71,15 +74,24 @@ class BalancedPolicy(StepPolicy):
             self.remaining = max(0, self.remaining - 1)
         elif epoch >= self.warmup_epochs:
             if d_speed > self.alpha:
-                self.rebalance_mode, self.remaining = REBALANCE_M0, self.rebalance_steps
+                self.rebalance_mode, self.remaining = self.ON_POSITIVE, self.rebalance_steps
             elif d_speed < -self.alpha:
-                self.rebalance_mode, self.remaining = REBALANCE_M1, self.rebalance_steps
+                self.rebalance_mode, self.remaining = self.ON_NEGATIVE, self.rebalance_steps
 
     def state_dict(self) -> dict:
         return {"rebalance_mode": self.rebalance_mode, "remaining": self.remaining}
 
     def load_state_dict(self, state: dict) -> None:
         self.rebalance_mode, self.remaining = state["rebalance_mode"], int(state["remaining"])
+
+
+class FlippedPolicy(BalancedPolicy):
+    """Control for the balanced rule (not in the paper): the same timing and counts, but each trigger re-balances
+    the branch the rule does not choose. Comparing it with `balanced` separates what steering the right branch
+    does from what re-balancing steps do by themselves."""
+
+    name = "flipped"
+    ON_POSITIVE, ON_NEGATIVE = REBALANCE_M1, REBALANCE_M0
 
 
 class RandomPolicy(StepPolicy):
@@ -118,7 +130,8 @@ class RandomPolicy(StepPolicy):
         self.drawn = state["drawn"]
 
 
-POLICIES: dict[str, type[StepPolicy]] = {p.name: p for p in (VanillaPolicy, BalancedPolicy, RandomPolicy)}
+POLICIES: dict[str, type[StepPolicy]] = {p.name: p for p in (VanillaPolicy, BalancedPolicy, RandomPolicy,
+                                                              FlippedPolicy)}
 
 
 def make_policy(cfg) -> StepPolicy:

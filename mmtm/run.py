@@ -8,7 +8,7 @@ Layout of a run folder::
     epochs.csv    one row per epoch (EPOCH_FIELDS)
     last.pt       the checkpoint after the last finished epoch (what --resume continues)
     best.pt       the checkpoint of the best validation accuracy of ŷ
-    cur.json      written by `mmtm eval-cur`
+    cur.json      written by `mmtm eval-cur` for best.pt (or a checkpoint named by path); cur-last.json for last.pt
 """
 from __future__ import annotations
 
@@ -23,12 +23,16 @@ from loaders.errors import UserError
 from mmtm.config import TrainConfig, to_dict
 
 CONFIG_JSON, STEPS_CSV, EPOCHS_CSV = "config.json", "steps.csv", "epochs.csv"
-LAST_PT, BEST_PT, CUR_JSON = "last.pt", "best.pt", "cur.json"
+LAST_PT, BEST_PT, CUR_JSON, CUR_LAST_JSON = "last.pt", "best.pt", "cur.json", "cur-last.json"
 CHECKPOINTS = ("best", "last")
 
-STEP_FIELDS = ("step", "epoch", "mode", "loss", "s_m1_m0", "s_m0_m1", "d_speed")
-EPOCH_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "val_acc_m0", "val_acc_m1", "val_loss",
-                "d_speed", "s_m1_m0", "s_m0_m1", "rebalance_m0_steps", "rebalance_m1_steps", "seconds")
+# d_speed, s_m1_m0, s_m0_m1: the cumulative view (the paper's); d_speed_step, d_speed_window: the other two views
+# (nan on re-balancing steps for the per-step one); d_speed_signal: what the step policy read (mmtm/speed.py).
+STEP_FIELDS = ("step", "epoch", "mode", "loss", "s_m1_m0", "s_m0_m1", "d_speed", "d_speed_step", "d_speed_window",
+               "d_speed_signal")
+EPOCH_FIELDS = ("epoch", "lr", "train_loss", "train_loss_regular", "train_acc", "val_acc", "val_acc_m0",
+                "val_acc_m1", "val_loss", "d_speed", "s_m1_m0", "s_m0_m1", "d_speed_window", "regular_steps",
+                "rebalance_m0_steps", "rebalance_m1_steps", "seconds")
 
 
 class RunFolder:
@@ -40,6 +44,7 @@ class RunFolder:
         self.last = self.root / LAST_PT
         self.best = self.root / BEST_PT
         self.cur = self.root / CUR_JSON
+        self.cur_last = self.root / CUR_LAST_JSON
 
     def checkpoint(self, which: str) -> Path:
         """`best`, `last`, or a path to a checkpoint file."""
@@ -66,8 +71,12 @@ class RunFolder:
     def append_epoch(self, row: dict) -> None:
         _append(self.epochs, EPOCH_FIELDS, [row])
 
-    def write_cur(self, result: dict) -> None:
-        atomic_write_text(self.cur, json.dumps(result, indent=2) + "\n")
+    def cur_for(self, which: str) -> Path:
+        """Where eval-cur writes the result for checkpoint `which` (best, last or a path)."""
+        return self.cur_last if which == "last" else self.cur
+
+    def write_cur(self, which: str, result: dict) -> None:
+        atomic_write_text(self.cur_for(which), json.dumps(result, indent=2) + "\n")
 
 
 def _append(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
@@ -78,7 +87,7 @@ def _append(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
 
 
 def load_run(root: str | os.PathLike) -> dict:
-    """A finished-epoch run as {name, dir, config, steps, epochs, cur (None without eval-cur)}."""
+    """A finished-epoch run as {name, dir, config, steps, epochs, cur, cur_last} (cur* None without eval-cur)."""
     run = RunFolder(root)
     for path in (run.config, run.steps, run.epochs):
         if not path.is_file():
@@ -90,7 +99,11 @@ def load_run(root: str | os.PathLike) -> dict:
     if not epochs:
         raise UserError(f"{run.root}: the run has not finished an epoch yet")
     return {"name": run.root.name, "dir": str(run.root), "config": json.loads(run.config.read_text()),
-            "steps": steps, "epochs": epochs, "cur": json.loads(run.cur.read_text()) if run.cur.is_file() else None}
+            "steps": steps, "epochs": epochs, "cur": _json_or_none(run.cur), "cur_last": _json_or_none(run.cur_last)}
+
+
+def _json_or_none(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def check_dataset_matches(data: str, classes: list[str], views) -> None:

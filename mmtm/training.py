@@ -27,7 +27,8 @@ from mmtm.network import TwoViewMMTMNet, build_network, fused_logits, two_head_l
 from mmtm.policy import StepPolicy, make_policy
 from mmtm.progress import TrainProgress
 from mmtm.run import RunFolder, check_dataset_matches
-from mmtm.speed import SpeedMeter
+from mmtm.schedule import make_scheduler, plateau_loss
+from mmtm.speed import READOUT, SpeedMeter
 
 
 class NonFiniteLoss(UserError):
@@ -87,10 +88,9 @@ def build_trainer(cfg: TrainConfig, num_classes: int, device: torch.device, ddp:
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.policy != "vanilla")
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
-    return Trainer(cfg, net, model, optimizer, scheduler, make_policy(cfg),
-                   SpeedMeter(net.param_groups(), window=cfg.speed_window), compute, ddp)
+    meter = SpeedMeter(net.param_groups(), window=cfg.speed_window, signal=cfg.speed_signal,
+                       signal_from_epoch=cfg.speed_from_epoch)
+    return Trainer(cfg, net, model, optimizer, make_scheduler(optimizer, cfg), make_policy(cfg), meter, compute, ddp)
 
 
 def _sync_running_gates(t: Trainer) -> None:
@@ -108,7 +108,8 @@ def _check_ranks_agree(t: Trainer) -> None:
     if t.ddp.world_size == 1:
         return
     policy_digest = zlib.crc32(repr(t.policy.state_dict()).encode())
-    mine = torch.tensor([t.step, t.meter.d_speed, policy_digest], dtype=torch.float64, device=t.compute.device)
+    d_speed = t.meter.values()["d_speed"]
+    mine = torch.tensor([t.step, d_speed, policy_digest], dtype=torch.float64, device=t.compute.device)
     everyone = [torch.zeros_like(mine) for _ in range(t.ddp.world_size)]
     dist.all_gather(everyone, mine)
     if any(not torch.allclose(other, mine, equal_nan=True) for other in everyone):
@@ -123,33 +124,38 @@ def _keep_only_slow_branch_grads(t: Trainer, mode: str) -> None:
             p.grad = None
 
 
-def train_step(t: Trainer, batch, mode: str) -> tuple[float, int]:
-    """One optimizer step in the given fusion mode; returns (loss, correct predictions of ŷ)."""
+def train_step(t: Trainer, batch, mode: str) -> dict:
+    """One optimizer step in the given fusion mode. Returns loss, correct (predictions of ŷ) and the speed
+    meter's READOUT values, read from the device in one copy: the step's only host sync."""
     t.optimizer.zero_grad(set_to_none=True)
     with t.compute.autocast():
         logits0, logits1 = t.model(t.compute.layout(batch.view0), t.compute.layout(batch.view1), mode=mode)
     logits0, logits1 = logits0.float(), logits1.float()
     loss = two_head_loss(logits0, logits1, batch.label)
-    loss_value = loss.item()
-    if not math.isfinite(loss_value):
-        raise NonFiniteLoss(f"loss is {loss_value} at step {t.step} (epoch {t.epoch}); training stopped, "
-                            f"the last good checkpoint is kept in {RunFolder(t.cfg.out).last}")
     loss.backward()
     regular = mode == REGULAR
     if regular:
-        t.meter.update(t.meter.measure(), regular=True)  # μ right after backward, before the step (SPEC §3)
+        t.meter.update(t.meter.measure())  # μ right after backward, before the step (SPEC §3)
     elif t.cfg.rebalance_params == "slow":
         _keep_only_slow_branch_grads(t, mode)
     t.optimizer.step()
     if regular:
         _sync_running_gates(t)
-    correct = int((fused_logits(logits0, logits1).argmax(1) == batch.label).sum())
-    return loss_value, correct
+    correct = (fused_logits(logits0, logits1).argmax(1) == batch.label).sum()
+    values = torch.cat([torch.stack([loss.detach().double(), correct.double()]), t.meter.readout()]).tolist()
+    out = dict(zip(("loss", "correct", *READOUT), values))
+    if not math.isfinite(out["loss"]):
+        raise NonFiniteLoss(f"loss is {out['loss']} at step {t.step} (epoch {t.epoch}); training stopped, "
+                            f"the last good checkpoint is kept in {RunFolder(t.cfg.out).last}")
+    if not regular:
+        out["d_speed_step"] = math.nan  # a re-balancing step is not measured
+    return out
 
 
 def train_one_epoch(t: Trainer, loader, steps_log: list[dict], progress: TrainProgress) -> dict:
     t.net.train()
-    loss_sum = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
+    t.meter.start_epoch(t.epoch)
+    sums = torch.zeros(5, dtype=torch.float64)  # loss*n, correct, n, loss*n of regular steps, n of regular steps
     counts = {"rebalance_m0": 0, "rebalance_m1": 0}
     n_batches = len(loader) if t.cfg.max_steps_per_epoch is None else min(len(loader), t.cfg.max_steps_per_epoch)
     progress.start_epoch(t.epoch, n_batches)
@@ -157,20 +163,23 @@ def train_one_epoch(t: Trainer, loader, steps_log: list[dict], progress: TrainPr
         if i >= n_batches:
             break
         mode = t.policy.next_mode(t.epoch)
-        loss, correct = train_step(t, batch, mode)
-        s_m1_m0, s_m0_m1, d_speed = t.meter.s_m1_m0, t.meter.s_m0_m1, t.meter.d_speed
-        t.policy.observe(mode, d_speed, t.epoch)
+        out = train_step(t, batch, mode)
+        t.policy.observe(mode, out["d_speed_signal"], t.epoch)
         counts[mode] = counts.get(mode, 0) + 1
         n = batch.label.numel()
-        loss_sum += torch.tensor([loss * n, correct, n], dtype=torch.float64)
-        steps_log.append({"step": t.step, "epoch": t.epoch, "mode": mode, "loss": loss,
-                          "s_m1_m0": s_m1_m0, "s_m0_m1": s_m0_m1, "d_speed": d_speed})
+        regular = mode == REGULAR
+        sums += torch.tensor([out["loss"] * n, out["correct"], n, out["loss"] * n * regular, n * regular],
+                             dtype=torch.float64)
+        steps_log.append({"step": t.step, "epoch": t.epoch, "mode": mode, "loss": out["loss"],
+                          **{k: out[k] for k in READOUT}})
         t.step += 1
-        progress.step(loss=loss, acc=correct / n, d_speed=d_speed)
+        progress.step(loss=out["loss"], acc=out["correct"] / n, d_speed=out["d_speed"])
     if t.ddp.world_size > 1:
-        dist.all_reduce(loss_sum)
-    total_loss, correct, n = loss_sum.tolist()
-    return {"train_loss": total_loss / max(n, 1), "train_acc": correct / max(n, 1),
+        dist.all_reduce(sums)
+    total_loss, correct, n, regular_loss, n_regular = sums.tolist()
+    return {"train_loss": total_loss / max(n, 1),
+            "train_loss_regular": regular_loss / n_regular if n_regular else math.nan,
+            "train_acc": correct / max(n, 1),
             "rebalance_m0_steps": counts["rebalance_m0"], "rebalance_m1_steps": counts["rebalance_m1"]}
 
 
@@ -218,14 +227,15 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | Non
             steps_log: list[dict] = []
             train = train_one_epoch(t, train_loader, steps_log, progress)
             _check_ranks_agree(t)
-            val = evaluate(t.net, val_loader, t.compute)
+            val = evaluate(t.net, val_loader, t.compute.fp32())  # selects best.pt: no bf16 flips
             lr = t.optimizer.param_groups[0]["lr"]
-            t.scheduler.step(train["train_loss"])  # SPEC §5: plateau on the training loss
+            t.scheduler.step(plateau_loss(train, cfg))  # SPEC §5: plateau on the training loss
             t.full_acc_epochs += int(train["train_acc"] >= 1.0)
+            speed = t.meter.values()
             row = {"epoch": t.epoch, "lr": lr, **train, "val_acc": val["acc"], "val_acc_m0": val["acc_m0"],
-                   "val_acc_m1": val["acc_m1"], "val_loss": val["loss"], "d_speed": t.meter.d_speed,
-                   "s_m1_m0": t.meter.s_m1_m0, "s_m0_m1": t.meter.s_m0_m1,
-                   "seconds": round(time.perf_counter() - started, 3)}
+                   "val_acc_m1": val["acc_m1"], "val_loss": val["loss"], "d_speed": speed["d_speed"],
+                   "s_m1_m0": speed["s_m1_m0"], "s_m0_m1": speed["s_m0_m1"], "d_speed_window": speed["d_speed_window"],
+                   "regular_steps": t.meter.regular_steps, "seconds": round(time.perf_counter() - started, 3)}
             is_best = val["acc"] > t.best_val_acc
             t.best_val_acc = max(t.best_val_acc, val["acc"])
             t.epoch += 1

@@ -31,3 +31,37 @@ def test_eval_cur_gives_the_same_numbers_with_either_loader(trained_runs):
         results[backend] = json.loads((trained_runs / "random" / "cur.json").read_text())
     for key in ("acc", "acc_m0", "acc_m1", "acc_m0_only", "acc_m1_only", "d_util"):
         assert results["dali"][key] == pytest.approx(results["torch"][key], abs=1e-6), key
+
+
+def test_eval_cur_is_float32_and_equals_a_direct_evaluation(trained_runs):
+    """cur.json in fp32 equals the two passes done by hand with the plain (float32) CPU evaluation."""
+    import torch
+
+    from loaders.factory import two_view_loader
+    from mmtm.checkpoint import load_checkpoint
+    from mmtm.config import from_dict
+    from mmtm.evaluate import evaluate
+    from mmtm.hardware import Compute
+    from mmtm.network import build_network
+    from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
+
+    run = trained_runs / "vanilla"
+    r = invoke("eval-cur", run, "--checkpoint", "last", "--json")
+    assert r.exit_code == 0, r.output
+    cur = json.loads((run / "cur-last.json").read_text())
+    assert cur["precision"] == "float32" and cur["checkpoint"].endswith("last.pt")
+
+    ckpt = load_checkpoint(run / "last.pt")
+    cfg = from_dict(ckpt["config"])
+    net = build_network(cfg, len(ckpt["classes"]))
+    net.load_state_dict(ckpt["model"])
+    make = lambda split: two_view_loader(cfg.data, split, views=cfg.views, batch_size=32, train=False,  # noqa: E731
+                                         seed=cfg.seed, backend=cfg.loader, device="cpu")
+    collect_mean_squeeze(net, make("train"))
+    cpu = Compute(torch.device("cpu"))
+    regular, flow_off = evaluate(net, make("test"), cpu), evaluate(net, make("test"), cpu, mode="flow_off")
+    assert (cur["acc"], cur["acc_m0"], cur["acc_m1"]) == (regular["acc"], regular["acc_m0"], regular["acc_m1"])
+    assert (cur["acc_m0_only"], cur["acc_m1_only"]) == (flow_off["acc_m0"], flow_off["acc_m1"])
+    assert cur["d_util"] == cur_from_accuracies(regular["acc_m0"], regular["acc_m1"], flow_off["acc_m0"],
+                                                flow_off["acc_m1"])["d_util"]
+    assert Compute(torch.device("cpu"), amp=True).fp32().amp is False

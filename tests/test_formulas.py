@@ -15,15 +15,16 @@ def test_mu_is_ratio_of_group_sums_and_skips_missing_grads():
     assert float(formulas.mu([None, None, None], params)) == 0.0
 
 
-def test_conditional_speed_is_log10_ratio():
-    assert formulas.conditional_speed(10.0, 0.1) == pytest.approx(2.0)
-    assert formulas.conditional_speed(0.5, 2.0) == pytest.approx(math.log10(0.25))
+def test_conditional_speed_is_log10_ratio_elementwise():
+    s = formulas.conditional_speed(torch.tensor([10.0, 0.5], dtype=torch.float64),
+                                   torch.tensor([0.1, 2.0], dtype=torch.float64))
+    assert s.tolist() == pytest.approx([2.0, math.log10(0.25)])
     assert formulas.d_speed(0.3, -0.2) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("M_fusion, M_uni", [(0.0, 1.0), (1.0, 0.0), (0.0, 0.0), (math.nan, 1.0)])
 def test_conditional_speed_nan_cases(M_fusion, M_uni):
-    assert math.isnan(formulas.conditional_speed(M_fusion, M_uni))
+    assert math.isnan(float(formulas.conditional_speed(torch.tensor(M_fusion), torch.tensor(M_uni))))
 
 
 def test_conditional_utilization_and_d_util():

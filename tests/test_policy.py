@@ -3,7 +3,7 @@ from collections import Counter
 
 from mmtm.config import resolve
 from mmtm.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR
-from mmtm.policy import POLICIES, BalancedPolicy, RandomPolicy, VanillaPolicy, make_policy
+from mmtm.policy import POLICIES, BalancedPolicy, FlippedPolicy, RandomPolicy, VanillaPolicy, make_policy
 
 ALPHA, Q = 0.01, 5
 R, M0, M1 = REGULAR, REBALANCE_M0, REBALANCE_M1
@@ -36,6 +36,15 @@ def test_balanced_threshold_and_nan_do_nothing():
     policy = BalancedPolicy(ALPHA, Q, warmup_epochs=1)
     assert run(policy, [ALPHA, -ALPHA, 0.0, math.nan, 0.005], epoch=3) == [R] * 5
     assert run(policy, [-0.5, 0.0], epoch=3) == [R, M1]
+
+
+def test_flipped_fires_like_balanced_but_rebalances_the_other_branch():
+    d = [0.02] + [-1.0] * Q + [-0.02] + [0.0] * Q + [0.005, math.nan, 0.5]
+    balanced = run(BalancedPolicy(ALPHA, Q, warmup_epochs=1), d, epoch=1)
+    flipped = run(FlippedPolicy(ALPHA, Q, warmup_epochs=1), d, epoch=1)
+    assert flipped == [R] + [M1] * Q + [R] + [M0] * Q + [R, R, R]
+    assert [{M0: M1, M1: M0}.get(m, m) for m in balanced] == flipped
+    assert run(FlippedPolicy(ALPHA, Q, warmup_epochs=1), [1.0, -1.0], epoch=0) == [R, R]  # warm-up
 
 
 def test_balanced_state_round_trip_mid_rebalance(roundtrip):
@@ -77,5 +86,6 @@ def test_vanilla_and_the_registry_build_policies_from_the_config():
     assert (balanced.name, balanced.alpha, balanced.rebalance_steps, balanced.warmup_epochs) == ("balanced", 0.1, 2, 0)
     random_policy = make_policy(resolve("paper", policy="random", seed=4))
     assert random_policy.name == "random" and run(random_policy, [0.0] * 20, 1) == run(RandomPolicy(seed=4), [0.0] * 20, 1)
-    assert set(POLICIES) == {"vanilla", "balanced", "random"}
+    assert set(POLICIES) == {"vanilla", "balanced", "random", "flipped"}
+    assert isinstance(make_policy(resolve("paper", policy="flipped")), FlippedPolicy)
     assert all(name == cls.name for name, cls in POLICIES.items())

@@ -76,3 +76,56 @@ def test_run_records_an_absolute_data_path(synthetic_data, tmp_path, monkeypatch
     r = invoke("eval-cur", tmp_path / "rel")
     assert r.exit_code == 0, r.output
 
+
+
+def test_seed_k_of_every_policy_starts_from_the_same_weights(synthetic_data):
+    """Paired comparisons rest on this: the policy does not change the initial weights or the data order."""
+    import torch
+
+    from loaders.factory import two_view_loader
+    from mmtm.config import resolve
+    from mmtm.hardware import Distributed
+    from mmtm.training import build_trainer
+
+    states = [build_trainer(resolve("demo", width=4, policy=p, seed=3), 3, torch.device("cpu"), Distributed())
+              .net.state_dict() for p in ("vanilla", "balanced", "random", "flipped")]
+    assert all(torch.equal(s[k], states[0][k]) for s in states[1:] for k in states[0])
+    other = build_trainer(resolve("demo", width=4, seed=4), 3, torch.device("cpu"), Distributed()).net.state_dict()
+    assert not torch.equal(other["branch0.conv1.weight"], states[0]["branch0.conv1.weight"])
+    orders = [[b.index.tolist() for b in two_view_loader(synthetic_data, "train", batch_size=4, train=True, seed=3,
+                                                         backend="torch", device="cpu", num_threads=1)]
+              for _ in range(2)]
+    assert orders[0] == orders[1]
+
+
+def replay_modes(steps, policy):
+    """The modes `policy` picks when fed the logged signal: the run's modes if the loop wired it correctly."""
+    modes = []
+    for s in steps:
+        mode = policy.next_mode(int(s["epoch"]))
+        modes.append(mode)
+        policy.observe(mode, float(s["d_speed_signal"]), int(s["epoch"]))
+    return modes
+
+
+@pytest.mark.parametrize("flags, signal_column", [([], "d_speed"),
+                                                   (["--speed-signal", "window", "--speed-window", "5"],
+                                                    "d_speed_window")])
+def test_policy_reads_the_configured_signal_and_the_views_are_logged(synthetic_data, tmp_path, flags, signal_column):
+    from mmtm.policy import BalancedPolicy
+
+    run = tmp_path / "run"
+    r = invoke("train", "--data", synthetic_data, "--out", run, "--epochs", 3, "--balanced", "--alpha", "0.001",
+               "--plateau-on", "regular", *TINY, *flags)
+    assert r.exit_code == 0, r.output
+    steps = read_csv(run / "steps.csv")
+    assert all(s["d_speed_signal"] == s[signal_column] for s in steps)
+    assert [s["mode"] for s in steps] == replay_modes(steps, BalancedPolicy(alpha=0.001))
+    regular = [s for s in steps if s["mode"] == "regular"]
+    assert all(s["d_speed_step"] == "nan" for s in steps if s["mode"] != "regular")
+    assert all(s["d_speed_step"] != "nan" for s in regular)
+    epochs = read_csv(run / "epochs.csv")
+    assert int(epochs[-1]["regular_steps"]) == len(regular)
+    losses = [float(s["loss"]) for s in steps if s["epoch"] == "2" and s["mode"] == "regular"]
+    assert float(epochs[-1]["train_loss_regular"]) == pytest.approx(sum(losses) / len(losses))
+    assert json.loads((run / "config.json").read_text())["plateau_on"] == "regular"
