@@ -1,0 +1,91 @@
+"""mmtm.methods: the arithmetic of OGM-GE, G-Blending, ModDrop and PMR pinned on tiny hand-made tensors.
+
+Expected values are worked out by hand (math, not the module under test) in each test."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mmtm.methods import ogm_ge
+from mmtm.network import ResNet18
+
+LN3 = math.log(3.0)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+# ---------------------------------------------------------------------------------------------------- OGM-GE
+# Two classes, labels [0, 1]. logits0 puts 0.75 on the true class of both samples (score0 = 1.5);
+# logits1 is flat (0.5 each, score1 = 1.0). ρ = score0/score1 = 1.5.
+Y2 = torch.tensor([0, 1])
+SHARP = torch.tensor([[LN3, 0.0], [0.0, LN3]])
+FLAT = torch.zeros(2, 2)
+
+
+def test_ogm_scores_are_summed_true_class_probabilities():
+    assert ogm_ge.true_class_scores(SHARP, FLAT, Y2).tolist() == pytest.approx([1.5, 1.0])
+
+
+def test_ogm_branch0_dominates():
+    k = ogm_ge.coefficients(SHARP, FLAT, Y2, alpha=0.1)
+    assert k.tolist() == pytest.approx([1 - math.tanh(0.1 * 1.5), 1.0])
+    k = ogm_ge.coefficients(SHARP, FLAT, Y2, alpha=0.1, shifted=True)  # the first release: α·(ρ − 1)
+    assert k.tolist() == pytest.approx([1 - math.tanh(0.1 * 0.5), 1.0])
+
+
+def test_ogm_branch1_dominates():
+    k = ogm_ge.coefficients(FLAT, SHARP, Y2, alpha=0.8)
+    assert k.tolist() == pytest.approx([1.0, 1 - math.tanh(0.8 * 1.5)])
+
+
+def test_ogm_equal_scores_modulate_nothing():
+    assert ogm_ge.coefficients(SHARP, SHARP.clone(), Y2, alpha=0.8).tolist() == [1.0, 1.0]
+
+
+def test_ogm_window_is_inclusive():
+    assert ogm_ge.in_window(0) and ogm_ge.in_window(50) and not ogm_ge.in_window(51)
+    assert not ogm_ge.in_window(4, starts=5, ends=9) and ogm_ge.in_window(9, starts=5, ends=9)
+
+
+def test_ogm_conv_params_are_the_branch_conv_weights():
+    branch = ResNet18(num_classes=3, width=4)
+    picked = ogm_ge.conv_params(branch)
+    convs = [m.weight for m in branch.modules() if isinstance(m, nn.Conv2d)]
+    assert len(picked) == 20  # conv1 + 2 convs in each of 8 BasicBlocks + 3 downsample convs
+    assert {id(p) for p in picked} == {id(p) for p in convs}
+    assert all(p is not branch.fc.weight for p in picked)
+
+
+def test_ogm_modulation_without_noise_is_exact_scaling():
+    w = nn.Parameter(torch.zeros(2, 1, 2, 2))
+    w.grad = torch.arange(8.0).view(2, 1, 2, 2)
+    untouched = nn.Parameter(torch.zeros(3, 3, 1, 1))  # no grad: skipped
+    ogm_ge.modulate_([w, untouched], torch.tensor(0.25), noise=False)
+    assert torch.equal(w.grad, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]).view(2, 1, 2, 2))
+    assert untouched.grad is None
+
+
+def test_ogm_noise_has_the_unscaled_gradient_std_and_is_seeded():
+    n = 40_000
+    grad = torch.linspace(-3.0, 5.0, n).view(100, 400, 1, 1)
+    # std of an evenly spaced grid of n points over [a, b], unbiased: (b − a)·sqrt(n(n+1)/12)/(n − 1)
+    grad_std = 8.0 * math.sqrt(n * (n + 1) / 12) / (n - 1)
+
+    def run(seed: int) -> torch.Tensor:
+        w = nn.Parameter(torch.zeros_like(grad))
+        w.grad = grad.clone()
+        ogm_ge.modulate_([w], torch.tensor(0.25), generator=torch.Generator().manual_seed(seed), noise=True)
+        return w.grad
+
+    noise = run(0) - 0.25 * grad
+    assert noise.std().item() == pytest.approx(grad_std, rel=0.03)  # not 0.25·std (the scaled gradient's)
+    assert abs(noise.mean().item()) < 5 * grad_std / math.sqrt(n)
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
