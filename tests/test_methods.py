@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmtm.methods import ogm_ge
+from mmtm.methods import g_blending, ogm_ge
 from mmtm.network import ResNet18
 
 LN3 = math.log(3.0)
@@ -87,5 +87,44 @@ def test_ogm_noise_has_the_unscaled_gradient_std_and_is_seeded():
     assert abs(noise.mean().item()) < 5 * grad_std / math.sqrt(n)
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
+
+
+# ---------------------------------------------------------------------------------------------- G-Blending
+def test_gblend_weights_from_hand_losses():
+    train_before = torch.tensor([2.0, 2.0, 2.0])
+    val_before = torch.tensor([2.2, 2.1, 2.3])
+    train_after = torch.tensor([1.0, 1.5, 0.8])
+    val_after = torch.tensor([1.6, 1.8, 2.5])
+    # head0: ΔG = 0.6, O 0.2 → 0.6, ΔO = 0.4, 0.6/0.16 = 3.75
+    # head1: ΔG = 0.3, O 0.1 → 0.3, ΔO = 0.2, 0.3/0.04 = 7.5
+    # fused: ΔG = −0.2 ≤ 0 → weight 0 (the documented rule)
+    w = g_blending.blend_weights(train_before, val_before, train_after, val_after)
+    assert w.tolist() == pytest.approx([3.75 / 11.25, 7.5 / 11.25, 0.0])
+    assert w.sum().item() == pytest.approx(1.0)
+
+
+def test_gblend_no_head_generalises_gives_uniform_weights():
+    w = g_blending.blend_weights(torch.ones(3), torch.ones(3), torch.zeros(3), torch.tensor([1.0, 1.2, 1.5]))
+    assert w.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+
+
+def test_gblend_zero_overfitting_change_stays_finite():
+    # head0: ΔG = 0.5, ΔO = 0 → 0.5/1e-12 dominates; head1: ΔG = 0.1, ΔO = 0.1 → 10; fused: ΔG = 0
+    w = g_blending.blend_weights(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.5, 1.2, 1.3]),
+                                 torch.tensor([0.5, 0.8, 1.0]), torch.tensor([1.0, 1.1, 1.3]))
+    assert torch.isfinite(w).all()
+    assert w.tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-9)
+
+
+def test_gblend_blended_loss_is_the_hand_weighted_sum():
+    y = torch.tensor([0])
+    logits0 = torch.tensor([[LN3, 0.0]])  # p(y) = 0.75
+    logits1 = torch.tensor([[0.0, LN3]])  # p(y) = 0.25
+    # fused = [ln3/2, ln3/2]: p(y) = 0.5
+    expected = 0.2 * -math.log(0.75) + 0.3 * math.log(4.0) + 0.5 * math.log(2.0)
+    assert g_blending.head_losses(logits0, logits1, y).tolist() == pytest.approx(
+        [-math.log(0.75), math.log(4.0), math.log(2.0)])
+    loss = g_blending.blended_loss(logits0, logits1, y, torch.tensor([0.2, 0.3, 0.5]))
+    assert loss.item() == pytest.approx(expected)
 
 
