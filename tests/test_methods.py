@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmtm.methods import g_blending, ogm_ge
+from mmtm.methods import g_blending, moddrop, ogm_ge
 from mmtm.network import ResNet18
 
 LN3 = math.log(3.0)
@@ -126,5 +126,43 @@ def test_gblend_blended_loss_is_the_hand_weighted_sum():
         [-math.log(0.75), math.log(4.0), math.log(2.0)])
     loss = g_blending.blended_loss(logits0, logits1, y, torch.tensor([0.2, 0.3, 0.5]))
     assert loss.item() == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------------------------- ModDrop
+def test_moddrop_rate_and_never_both_views():
+    n, p = 200_000, 0.3
+    mask = moddrop.drop_mask(n, p, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (n, 2) and mask.dtype == torch.bool
+    assert not (mask[:, 0] & mask[:, 1]).any()
+    sd = math.sqrt(p * (1 - p) / n)
+    assert mask.any(1).float().mean().item() == pytest.approx(p, abs=5 * sd)
+    for i in (0, 1):  # each view p/2
+        assert mask[:, i].float().mean().item() == pytest.approx(p / 2, abs=5 * math.sqrt(p / 2 / n))
+
+
+def test_moddrop_extreme_probabilities():
+    assert not moddrop.drop_mask(1000, 0.0).any()
+    assert moddrop.drop_mask(1000, 1.0).sum(1).eq(1).all()
+    with pytest.raises(ValueError):
+        moddrop.drop_mask(4, 1.5)
+
+
+def test_moddrop_is_deterministic_given_a_seed():
+    a = moddrop.drop_mask(64, 0.5, generator=torch.Generator().manual_seed(7))
+    b = moddrop.drop_mask(64, 0.5, generator=torch.Generator().manual_seed(7))
+    c = moddrop.drop_mask(64, 0.5, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_moddrop_zeroes_exactly_the_dropped_views_and_leaves_inputs_alone():
+    view0 = torch.randn(3, 3, 4, 4) + 5
+    view1 = torch.randn(3, 3, 4, 4) - 5
+    before0, before1 = view0.clone(), view1.clone()
+    mask = torch.tensor([[True, False], [False, False], [False, True]])
+    out0, out1 = moddrop.apply(view0, view1, mask)
+    assert torch.equal(view0, before0) and torch.equal(view1, before1)
+    assert torch.equal(out0[0], torch.zeros(3, 4, 4)) and torch.equal(out1[2], torch.zeros(3, 4, 4))
+    assert torch.equal(out0[1:], before0[1:]) and torch.equal(out1[:2], before1[:2])
+    assert out0.data_ptr() != view0.data_ptr() and out1.data_ptr() != view1.data_ptr()
 
 
