@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmtm.methods import g_blending, moddrop, ogm_ge
-from mmtm.network import ResNet18
+from mmtm.methods import g_blending, moddrop, ogm_ge, pmr
+from mmtm.network import ResNet18, TwoViewMMTMNet
 
 LN3 = math.log(3.0)
 
@@ -166,3 +166,96 @@ def test_moddrop_zeroes_exactly_the_dropped_views_and_leaves_inputs_alone():
     assert out0.data_ptr() != view0.data_ptr() and out1.data_ptr() != view1.data_ptr()
 
 
+# ----------------------------------------------------------------------------------------------------- PMR
+def test_pmr_prototypes_are_class_means():
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [5.0, 5.0]])
+    y = torch.tensor([0, 0, 1, 0])
+    protos = pmr.prototypes(f, y, num_classes=3)
+    assert protos[0].tolist() == pytest.approx([3.0, 11 / 3])
+    assert protos[1].tolist() == [10.0, 0.0]
+    assert protos[2].isnan().all()  # class 2 absent and no previous prototype
+
+
+def test_pmr_prototypes_momentum_and_absent_class_keeps_previous():
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [5.0, 5.0]])
+    y = torch.tensor([0, 0, 1, 0])
+    previous = torch.tensor([[0.0, 0.0], [2.0, 2.0], [7.0, 7.0]])
+    protos = pmr.prototypes(f, y, 3, previous=previous, momentum=0.25)
+    # 0.75·new + 0.25·old: class0 0.75·(3, 11/3) = (2.25, 2.75); class1 0.75·(10, 0) + 0.25·(2, 2) = (8, 0.5)
+    assert protos.tolist() == [pytest.approx([2.25, 2.75]), pytest.approx([8.0, 0.5]), [7.0, 7.0]]
+    nan_previous = torch.tensor([[float("nan")] * 2, [2.0, 2.0], [7.0, 7.0]])
+    assert pmr.prototypes(f, y, 3, previous=nan_previous, momentum=0.25)[0].tolist() == pytest.approx([3.0, 11 / 3])
+
+
+def test_pmr_prototype_logits_are_minus_euclidean_distances():
+    f = torch.tensor([[0.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    protos = torch.tensor([[0.0, 0.0], [3.0, 0.0], [float("nan"), float("nan")]])
+    logits = pmr.prototype_logits(f, protos)
+    assert logits[:, :2].tolist() == [pytest.approx([0.0, -3.0], abs=1e-5), pytest.approx([-5.0, -4.0])]
+    assert logits[:, 2].eq(float("-inf")).all()  # no prototype: out of the softmax
+    logits[:, :2].sum().backward()  # distance 0 and a NaN prototype must not poison the gradient
+    assert torch.isfinite(f.grad).all()
+
+
+def test_pmr_coefficients_go_to_the_slow_modality():
+    y = torch.tensor([0])
+    sharp, flat = torch.tensor([[LN3, 0.0]]), torch.zeros(1, 2)  # p(y) 0.75 vs 0.5: ρ = 1.5
+    assert pmr.rebalance_coefficients(sharp, flat, y, alpha=2.0).tolist() == [0.0, 2.0]  # m0 dominant
+    assert pmr.rebalance_coefficients(flat, sharp, y, alpha=2.0).tolist() == [2.0, 0.0]  # m1 dominant
+    assert pmr.rebalance_coefficients(sharp, sharp.clone(), y, alpha=2.0).tolist() == [0.0, 0.0]
+
+
+def _tiny_case():
+    # one feature dimension, two classes; protos0 = {0, 2}, protos1 = {0, 4}
+    protos0, protos1 = torch.tensor([[0.0], [2.0]]), torch.tensor([[0.0], [4.0]])
+    y = torch.tensor([0, 1])
+    f0 = torch.tensor([[0.5], [3.0]])  # distances (0.5, 1.5), (3, 1): p(y) = σ(1), σ(2)
+    f1 = torch.tensor([[1.0], [5.0]])  # distances (1, 3), (5, 1):     p(y) = σ(2), σ(4)
+    return f0, f1, y, protos0, protos1
+
+
+def test_pmr_loss_tiny_case():
+    f0, f1, y, protos0, protos1 = _tiny_case()
+    # score0 = σ(1) + σ(2) < score1 = σ(2) + σ(4): m1 dominates, the PCE of m0 gets α
+    pce0 = (-math.log(sigmoid(1)) - math.log(sigmoid(2))) / 2
+    assert pmr.pmr_loss(f0, f1, y, protos0, protos1, alpha=1.5).item() == pytest.approx(1.5 * pce0)
+
+    def neg_h(q: float) -> float:
+        return q * math.log(q) + (1 - q) * math.log(1 - q)
+
+    # PER on the dominant m1: μ·mean(Σ p log p); sample 0 has p = (σ(2), 1−σ(2)), sample 1 (1−σ(4), σ(4))
+    per = (neg_h(sigmoid(2)) + neg_h(sigmoid(4))) / 2
+    loss = pmr.pmr_loss(f0, f1, y, protos0, protos1, alpha=1.5, mu=0.3)
+    assert loss.item() == pytest.approx(1.5 * pce0 + 0.3 * per)
+
+
+def test_pmr_loss_skips_samples_without_a_prototype():
+    f0, f1, y, protos0, protos1 = _tiny_case()
+    nan_row = torch.full((1, 1), float("nan"))
+    protos0, protos1 = torch.cat([protos0, nan_row]), torch.cat([protos1, nan_row])  # class 2: no prototype
+    f0 = torch.cat([f0, torch.tensor([[9.0]])]).requires_grad_()
+    f1 = torch.cat([f1, torch.tensor([[9.0]])]).requires_grad_()
+    y = torch.tensor([0, 1, 2])
+    pce0 = (-math.log(sigmoid(1)) - math.log(sigmoid(2))) / 2  # the class-2 sample is left out
+    logits0, logits1 = pmr.prototype_logits(f0, protos0), pmr.prototype_logits(f1, protos1)
+    assert pmr.prototypical_ce(logits0, y).item() == pytest.approx(pce0)
+    assert pmr.prototype_scores(logits0, logits1, y).tolist() == pytest.approx(
+        [sigmoid(1) + sigmoid(2), sigmoid(2) + sigmoid(4)])
+    # the class-2 sample changes nothing: the same loss as the two-sample case
+    expected = pmr.pmr_loss(*_tiny_case(), alpha=1.5, mu=0.3).item()
+    loss = pmr.pmr_loss(f0, f1, y, protos0, protos1, alpha=1.5, mu=0.3)
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert torch.isfinite(f0.grad).all() and torch.isfinite(f1.grad).all()
+    assert f0.grad[2].item() == 0.0
+
+
+def test_pmr_branch_features_are_the_fc_inputs():
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    x0, x1 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    with pmr.branch_features(net) as feats:
+        logits0, logits1 = net(x0, x1)
+    assert feats[0].shape == (2, 32) and feats[1].shape == (2, 32) and feats[0].requires_grad
+    assert torch.allclose(net.branch0.fc(feats[0]), logits0) and torch.allclose(net.branch1.fc(feats[1]), logits1)
+    assert not net.branch0.fc._forward_pre_hooks and not net.branch1.fc._forward_pre_hooks
