@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 DEFAULT_ALPHA = 1.0
