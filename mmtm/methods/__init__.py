@@ -1,0 +1,13 @@
+"""Published modality-imbalance remedies, as small pure functions on tensors, for the training policies.
+
+One module per method; each docstring cites the paper and the official code it was checked against, states the
+published defaults, and says how the method maps onto the two-head MMTM network (m0 = view 0 = branch 0 = head ŷ0,
+m1 = view 1 = branch 1 = head ŷ1):
+
+    ogm_ge      OGM-GE, on-the-fly gradient modulation + Gaussian noise (Peng et al., CVPR 2022)
+    g_blending  Gradient-Blending weights from the overfitting-to-generalisation ratio (Wang et al., CVPR 2020)
+    moddrop     modality dropout, one view zeroed per dropped sample (Neverova et al., TPAMI 2016)
+    pmr         prototypical modal rebalance (Fan et al., CVPR 2023)
+
+Nothing here touches the training loop; the integrator calls these functions at the points each docstring names.
+"""

@@ -1,0 +1,90 @@
+"""OGM-GE: on-the-fly gradient modulation with generalisation enhancement.
+
+Peng, Wei, Deng, Wang, Hu, "Balanced Multimodal Learning via On-the-fly Gradient Modulation", CVPR 2022
+(arXiv 2203.15332); official code GeWu-Lab/OGM-GE_CVPR2022, `main.py` at 343dc1d (checked), cross-checked with
+GeWu-Lab/BalanceBenchmark `balancemm/trainer/OGM_trainer.py` at 4c1482f. Per batch, after backward and before the
+optimizer step: score_i = Σ_batch softmax(ŷ_i)[y]; ρ = score0/score1; the dominant branch (ρ > 1: branch 0;
+ρ < 1: branch 1) gets k = 1 − tanh(α·ρ_dom) with ρ_dom = its score over the other's (> 1), the other gets k = 1
+(paper Eq. 10, quoted in the code's comment, and the code since a974f3c; the first release 65b81b1 used
+1 − tanh(α·relu(ρ − 1)), available here as `shifted=True`: continuous at ρ = 1 but a weaker modulation). GE: every
+4-D gradient (the conv weights) of BOTH encoders becomes grad·k + N(0, std(grad) + 1e-8), std taken from the
+unscaled gradient; the non-dominant encoder (k = 1) gets the noise too; biases, BN and fc are left alone.
+Defaults: α = 0.1 (the README's "default modulation setting"; it recommends 0.1 for VGGSound and 0.8 for CREMA-D,
+and `--alpha` has no default in argparse) — two views of one object are close to balanced, and since ρ_dom > 1
+always, k ≤ 1 − tanh(α): α = 0.8 would cut the dominant branch to ≤ 0.34 even at ρ ≈ 1, α = 0.1 to ≤ 0.90.
+Modulation window: epochs 0..50 inclusive, 0-based (`--modulation_starts 0 --modulation_ends 50`,
+`starts <= epoch <= ends`); outside it the step is plain (no scaling, no noise).
+Mapping: the official audio/visual encoders are this network's `branch0`/`branch1` ResNets; ŷ0, ŷ1 are the
+uni-modal heads the scores are taken from (the official code splits its fusion head to get them). `conv_params`
+picks each branch's conv weights (4-D), which excludes its fc head, BN and the MMTM layers, exactly as the
+official 4-D filter does. Deviation: at ρ = 1 exactly both k are 1 (the official code then modulates the audio
+branch with 1 − tanh(α); BalanceBenchmark also gives 1, 1).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_ALPHA = 0.1
+MODULATION_STARTS = 0  # first modulated epoch (0-based, inclusive)
+MODULATION_ENDS = 50  # last modulated epoch (inclusive)
+NOISE_STD_EPS = 1e-8  # the official code's std(grad) + 1e-8
+
+
+@torch.no_grad()
+def true_class_scores(logits0: Tensor, logits1: Tensor, y: Tensor) -> Tensor:
+    """[score0, score1], score_i = Σ_batch softmax(ŷ_i)[y] (float32, no grad). Under DDP, all-reduce (sum) this
+    before `coefficients_from_scores`, so every rank modulates with the same k (the official code saw the whole
+    batch through DataParallel)."""
+    p0 = logits0.float().softmax(dim=1).gather(1, y[:, None]).sum()
+    p1 = logits1.float().softmax(dim=1).gather(1, y[:, None]).sum()
+    return torch.stack([p0, p1])
+
+
+@torch.no_grad()
+def coefficients_from_scores(scores: Tensor, alpha: float = DEFAULT_ALPHA, shifted: bool = False) -> Tensor:
+    """[k0, k1] from [score0, score1]: the dominant branch gets 1 − tanh(α·ρ_dom) (or α·(ρ_dom − 1) if shifted),
+    the other 1; equal scores give [1, 1]. A tensor on the scores' device, no host sync."""
+    rho = scores[0] / scores[1]
+    shift = 1.0 if shifted else 0.0
+    one = torch.ones_like(rho)
+    k0 = torch.where(rho > 1, 1 - torch.tanh(alpha * (rho - shift)), one)
+    k1 = torch.where(rho < 1, 1 - torch.tanh(alpha * (rho.reciprocal() - shift)), one)
+    return torch.stack([k0, k1])
+
+
+def coefficients(logits0: Tensor, logits1: Tensor, y: Tensor, alpha: float = DEFAULT_ALPHA,
+                 shifted: bool = False) -> Tensor:
+    """[k0, k1] for one batch (single process): `coefficients_from_scores(true_class_scores(...))`."""
+    return coefficients_from_scores(true_class_scores(logits0, logits1, y), alpha, shifted)
+
+
+def in_window(epoch: int, starts: int = MODULATION_STARTS, ends: int = MODULATION_ENDS) -> bool:
+    """Whether a (0-based) epoch is modulated: starts <= epoch <= ends, as in the official code."""
+    return starts <= epoch <= ends
+
+
+def conv_params(branch: nn.Module) -> list[nn.Parameter]:
+    """The parameters OGM-GE touches in one branch: its 4-D ones (conv weights, downsample convs included)."""
+    return [p for p in branch.parameters() if p.dim() == 4]
+
+
+@torch.no_grad()
+def modulate_(params: Iterable[Tensor], coeff: Tensor | float, generator: torch.Generator | None = None,
+              noise: bool = True) -> None:
+    """In place on each p.grad (None skipped): grad ← grad·coeff + N(0, std(grad) + 1e-8) (noise=True, OGM-GE) or
+    grad·coeff (noise=False, plain OGM). std is the unscaled gradient's (torch.std, unbiased), as in the code.
+    The noise is drawn from `generator` (on the gradients' device; None = the global RNG). Under DDP this runs
+    after the all-reduce, so give every rank the same seed or the replicas drift apart."""
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        if noise:
+            std = g.std() + NOISE_STD_EPS
+            eps = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype)
+            g.mul_(coeff).add_(eps * std)
+        else:
+            g.mul_(coeff)

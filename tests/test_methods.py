@@ -1,0 +1,261 @@
+"""mmtm.methods: the arithmetic of OGM-GE, G-Blending, ModDrop and PMR pinned on tiny hand-made tensors.
+
+Expected values are worked out by hand (math, not the module under test) in each test."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mmtm.methods import g_blending, moddrop, ogm_ge, pmr
+from mmtm.network import ResNet18, TwoViewMMTMNet
+
+LN3 = math.log(3.0)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+# ---------------------------------------------------------------------------------------------------- OGM-GE
+# Two classes, labels [0, 1]. logits0 puts 0.75 on the true class of both samples (score0 = 1.5);
+# logits1 is flat (0.5 each, score1 = 1.0). ρ = score0/score1 = 1.5.
+Y2 = torch.tensor([0, 1])
+SHARP = torch.tensor([[LN3, 0.0], [0.0, LN3]])
+FLAT = torch.zeros(2, 2)
+
+
+def test_ogm_scores_are_summed_true_class_probabilities():
+    assert ogm_ge.true_class_scores(SHARP, FLAT, Y2).tolist() == pytest.approx([1.5, 1.0])
+
+
+def test_ogm_branch0_dominates():
+    k = ogm_ge.coefficients(SHARP, FLAT, Y2, alpha=0.1)
+    assert k.tolist() == pytest.approx([1 - math.tanh(0.1 * 1.5), 1.0])
+    k = ogm_ge.coefficients(SHARP, FLAT, Y2, alpha=0.1, shifted=True)  # the first release: α·(ρ − 1)
+    assert k.tolist() == pytest.approx([1 - math.tanh(0.1 * 0.5), 1.0])
+
+
+def test_ogm_branch1_dominates():
+    k = ogm_ge.coefficients(FLAT, SHARP, Y2, alpha=0.8)
+    assert k.tolist() == pytest.approx([1.0, 1 - math.tanh(0.8 * 1.5)])
+
+
+def test_ogm_equal_scores_modulate_nothing():
+    assert ogm_ge.coefficients(SHARP, SHARP.clone(), Y2, alpha=0.8).tolist() == [1.0, 1.0]
+
+
+def test_ogm_window_is_inclusive():
+    assert ogm_ge.in_window(0) and ogm_ge.in_window(50) and not ogm_ge.in_window(51)
+    assert not ogm_ge.in_window(4, starts=5, ends=9) and ogm_ge.in_window(9, starts=5, ends=9)
+
+
+def test_ogm_conv_params_are_the_branch_conv_weights():
+    branch = ResNet18(num_classes=3, width=4)
+    picked = ogm_ge.conv_params(branch)
+    convs = [m.weight for m in branch.modules() if isinstance(m, nn.Conv2d)]
+    assert len(picked) == 20  # conv1 + 2 convs in each of 8 BasicBlocks + 3 downsample convs
+    assert {id(p) for p in picked} == {id(p) for p in convs}
+    assert all(p is not branch.fc.weight for p in picked)
+
+
+def test_ogm_modulation_without_noise_is_exact_scaling():
+    w = nn.Parameter(torch.zeros(2, 1, 2, 2))
+    w.grad = torch.arange(8.0).view(2, 1, 2, 2)
+    untouched = nn.Parameter(torch.zeros(3, 3, 1, 1))  # no grad: skipped
+    ogm_ge.modulate_([w, untouched], torch.tensor(0.25), noise=False)
+    assert torch.equal(w.grad, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]).view(2, 1, 2, 2))
+    assert untouched.grad is None
+
+
+def test_ogm_noise_has_the_unscaled_gradient_std_and_is_seeded():
+    n = 40_000
+    grad = torch.linspace(-3.0, 5.0, n).view(100, 400, 1, 1)
+    # std of an evenly spaced grid of n points over [a, b], unbiased: (b − a)·sqrt(n(n+1)/12)/(n − 1)
+    grad_std = 8.0 * math.sqrt(n * (n + 1) / 12) / (n - 1)
+
+    def run(seed: int) -> torch.Tensor:
+        w = nn.Parameter(torch.zeros_like(grad))
+        w.grad = grad.clone()
+        ogm_ge.modulate_([w], torch.tensor(0.25), generator=torch.Generator().manual_seed(seed), noise=True)
+        return w.grad
+
+    noise = run(0) - 0.25 * grad
+    assert noise.std().item() == pytest.approx(grad_std, rel=0.03)  # not 0.25·std (the scaled gradient's)
+    assert abs(noise.mean().item()) < 5 * grad_std / math.sqrt(n)
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+# ---------------------------------------------------------------------------------------------- G-Blending
+def test_gblend_weights_from_hand_losses():
+    train_before = torch.tensor([2.0, 2.0, 2.0])
+    val_before = torch.tensor([2.2, 2.1, 2.3])
+    train_after = torch.tensor([1.0, 1.5, 0.8])
+    val_after = torch.tensor([1.6, 1.8, 2.5])
+    # head0: ΔG = 0.6, O 0.2 → 0.6, ΔO = 0.4, 0.6/0.16 = 3.75
+    # head1: ΔG = 0.3, O 0.1 → 0.3, ΔO = 0.2, 0.3/0.04 = 7.5
+    # fused: ΔG = −0.2 ≤ 0 → weight 0 (the documented rule)
+    w = g_blending.blend_weights(train_before, val_before, train_after, val_after)
+    assert w.tolist() == pytest.approx([3.75 / 11.25, 7.5 / 11.25, 0.0])
+    assert w.sum().item() == pytest.approx(1.0)
+
+
+def test_gblend_no_head_generalises_gives_uniform_weights():
+    w = g_blending.blend_weights(torch.ones(3), torch.ones(3), torch.zeros(3), torch.tensor([1.0, 1.2, 1.5]))
+    assert w.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+
+
+def test_gblend_zero_overfitting_change_stays_finite():
+    # head0: ΔG = 0.5, ΔO = 0 → 0.5/1e-12 dominates; head1: ΔG = 0.1, ΔO = 0.1 → 10; fused: ΔG = 0
+    w = g_blending.blend_weights(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.5, 1.2, 1.3]),
+                                 torch.tensor([0.5, 0.8, 1.0]), torch.tensor([1.0, 1.1, 1.3]))
+    assert torch.isfinite(w).all()
+    assert w.tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-9)
+
+
+def test_gblend_blended_loss_is_the_hand_weighted_sum():
+    y = torch.tensor([0])
+    logits0 = torch.tensor([[LN3, 0.0]])  # p(y) = 0.75
+    logits1 = torch.tensor([[0.0, LN3]])  # p(y) = 0.25
+    # fused = [ln3/2, ln3/2]: p(y) = 0.5
+    expected = 0.2 * -math.log(0.75) + 0.3 * math.log(4.0) + 0.5 * math.log(2.0)
+    assert g_blending.head_losses(logits0, logits1, y).tolist() == pytest.approx(
+        [-math.log(0.75), math.log(4.0), math.log(2.0)])
+    loss = g_blending.blended_loss(logits0, logits1, y, torch.tensor([0.2, 0.3, 0.5]))
+    assert loss.item() == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------------------------- ModDrop
+def test_moddrop_rate_and_never_both_views():
+    n, p = 200_000, 0.3
+    mask = moddrop.drop_mask(n, p, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (n, 2) and mask.dtype == torch.bool
+    assert not (mask[:, 0] & mask[:, 1]).any()
+    sd = math.sqrt(p * (1 - p) / n)
+    assert mask.any(1).float().mean().item() == pytest.approx(p, abs=5 * sd)
+    for i in (0, 1):  # each view p/2
+        assert mask[:, i].float().mean().item() == pytest.approx(p / 2, abs=5 * math.sqrt(p / 2 / n))
+
+
+def test_moddrop_extreme_probabilities():
+    assert not moddrop.drop_mask(1000, 0.0).any()
+    assert moddrop.drop_mask(1000, 1.0).sum(1).eq(1).all()
+    with pytest.raises(ValueError):
+        moddrop.drop_mask(4, 1.5)
+
+
+def test_moddrop_is_deterministic_given_a_seed():
+    a = moddrop.drop_mask(64, 0.5, generator=torch.Generator().manual_seed(7))
+    b = moddrop.drop_mask(64, 0.5, generator=torch.Generator().manual_seed(7))
+    c = moddrop.drop_mask(64, 0.5, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_moddrop_zeroes_exactly_the_dropped_views_and_leaves_inputs_alone():
+    view0 = torch.randn(3, 3, 4, 4) + 5
+    view1 = torch.randn(3, 3, 4, 4) - 5
+    before0, before1 = view0.clone(), view1.clone()
+    mask = torch.tensor([[True, False], [False, False], [False, True]])
+    out0, out1 = moddrop.apply(view0, view1, mask)
+    assert torch.equal(view0, before0) and torch.equal(view1, before1)
+    assert torch.equal(out0[0], torch.zeros(3, 4, 4)) and torch.equal(out1[2], torch.zeros(3, 4, 4))
+    assert torch.equal(out0[1:], before0[1:]) and torch.equal(out1[:2], before1[:2])
+    assert out0.data_ptr() != view0.data_ptr() and out1.data_ptr() != view1.data_ptr()
+
+
+# ----------------------------------------------------------------------------------------------------- PMR
+def test_pmr_prototypes_are_class_means():
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [5.0, 5.0]])
+    y = torch.tensor([0, 0, 1, 0])
+    protos = pmr.prototypes(f, y, num_classes=3)
+    assert protos[0].tolist() == pytest.approx([3.0, 11 / 3])
+    assert protos[1].tolist() == [10.0, 0.0]
+    assert protos[2].isnan().all()  # class 2 absent and no previous prototype
+
+
+def test_pmr_prototypes_momentum_and_absent_class_keeps_previous():
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [5.0, 5.0]])
+    y = torch.tensor([0, 0, 1, 0])
+    previous = torch.tensor([[0.0, 0.0], [2.0, 2.0], [7.0, 7.0]])
+    protos = pmr.prototypes(f, y, 3, previous=previous, momentum=0.25)
+    # 0.75·new + 0.25·old: class0 0.75·(3, 11/3) = (2.25, 2.75); class1 0.75·(10, 0) + 0.25·(2, 2) = (8, 0.5)
+    assert protos.tolist() == [pytest.approx([2.25, 2.75]), pytest.approx([8.0, 0.5]), [7.0, 7.0]]
+    nan_previous = torch.tensor([[float("nan")] * 2, [2.0, 2.0], [7.0, 7.0]])
+    assert pmr.prototypes(f, y, 3, previous=nan_previous, momentum=0.25)[0].tolist() == pytest.approx([3.0, 11 / 3])
+
+
+def test_pmr_prototype_logits_are_minus_euclidean_distances():
+    f = torch.tensor([[0.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    protos = torch.tensor([[0.0, 0.0], [3.0, 0.0], [float("nan"), float("nan")]])
+    logits = pmr.prototype_logits(f, protos)
+    assert logits[:, :2].tolist() == [pytest.approx([0.0, -3.0], abs=1e-5), pytest.approx([-5.0, -4.0])]
+    assert logits[:, 2].eq(float("-inf")).all()  # no prototype: out of the softmax
+    logits[:, :2].sum().backward()  # distance 0 and a NaN prototype must not poison the gradient
+    assert torch.isfinite(f.grad).all()
+
+
+def test_pmr_coefficients_go_to_the_slow_modality():
+    y = torch.tensor([0])
+    sharp, flat = torch.tensor([[LN3, 0.0]]), torch.zeros(1, 2)  # p(y) 0.75 vs 0.5: ρ = 1.5
+    assert pmr.rebalance_coefficients(sharp, flat, y, alpha=2.0).tolist() == [0.0, 2.0]  # m0 dominant
+    assert pmr.rebalance_coefficients(flat, sharp, y, alpha=2.0).tolist() == [2.0, 0.0]  # m1 dominant
+    assert pmr.rebalance_coefficients(sharp, sharp.clone(), y, alpha=2.0).tolist() == [0.0, 0.0]
+
+
+def _tiny_case():
+    # one feature dimension, two classes; protos0 = {0, 2}, protos1 = {0, 4}
+    protos0, protos1 = torch.tensor([[0.0], [2.0]]), torch.tensor([[0.0], [4.0]])
+    y = torch.tensor([0, 1])
+    f0 = torch.tensor([[0.5], [3.0]])  # distances (0.5, 1.5), (3, 1): p(y) = σ(1), σ(2)
+    f1 = torch.tensor([[1.0], [5.0]])  # distances (1, 3), (5, 1):     p(y) = σ(2), σ(4)
+    return f0, f1, y, protos0, protos1
+
+
+def test_pmr_loss_tiny_case():
+    f0, f1, y, protos0, protos1 = _tiny_case()
+    # score0 = σ(1) + σ(2) < score1 = σ(2) + σ(4): m1 dominates, the PCE of m0 gets α
+    pce0 = (-math.log(sigmoid(1)) - math.log(sigmoid(2))) / 2
+    assert pmr.pmr_loss(f0, f1, y, protos0, protos1, alpha=1.5).item() == pytest.approx(1.5 * pce0)
+
+    def neg_h(q: float) -> float:
+        return q * math.log(q) + (1 - q) * math.log(1 - q)
+
+    # PER on the dominant m1: μ·mean(Σ p log p); sample 0 has p = (σ(2), 1−σ(2)), sample 1 (1−σ(4), σ(4))
+    per = (neg_h(sigmoid(2)) + neg_h(sigmoid(4))) / 2
+    loss = pmr.pmr_loss(f0, f1, y, protos0, protos1, alpha=1.5, mu=0.3)
+    assert loss.item() == pytest.approx(1.5 * pce0 + 0.3 * per)
+
+
+def test_pmr_loss_skips_samples_without_a_prototype():
+    f0, f1, y, protos0, protos1 = _tiny_case()
+    nan_row = torch.full((1, 1), float("nan"))
+    protos0, protos1 = torch.cat([protos0, nan_row]), torch.cat([protos1, nan_row])  # class 2: no prototype
+    f0 = torch.cat([f0, torch.tensor([[9.0]])]).requires_grad_()
+    f1 = torch.cat([f1, torch.tensor([[9.0]])]).requires_grad_()
+    y = torch.tensor([0, 1, 2])
+    pce0 = (-math.log(sigmoid(1)) - math.log(sigmoid(2))) / 2  # the class-2 sample is left out
+    logits0, logits1 = pmr.prototype_logits(f0, protos0), pmr.prototype_logits(f1, protos1)
+    assert pmr.prototypical_ce(logits0, y).item() == pytest.approx(pce0)
+    assert pmr.prototype_scores(logits0, logits1, y).tolist() == pytest.approx(
+        [sigmoid(1) + sigmoid(2), sigmoid(2) + sigmoid(4)])
+    # the class-2 sample changes nothing: the same loss as the two-sample case
+    expected = pmr.pmr_loss(*_tiny_case(), alpha=1.5, mu=0.3).item()
+    loss = pmr.pmr_loss(f0, f1, y, protos0, protos1, alpha=1.5, mu=0.3)
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert torch.isfinite(f0.grad).all() and torch.isfinite(f1.grad).all()
+    assert f0.grad[2].item() == 0.0
+
+
+def test_pmr_branch_features_are_the_fc_inputs():
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    x0, x1 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    with pmr.branch_features(net) as feats:
+        logits0, logits1 = net(x0, x1)
+    assert feats[0].shape == (2, 32) and feats[1].shape == (2, 32) and feats[0].requires_grad
+    assert torch.allclose(net.branch0.fc(feats[0]), logits0) and torch.allclose(net.branch1.fc(feats[1]), logits1)
+    assert not net.branch0.fc._forward_pre_hooks and not net.branch1.fc._forward_pre_hooks
