@@ -29,9 +29,10 @@ def train(
     balanced: bool = typer.Option(False, "--balanced", help="Balanced multi-modal learning (SPEC §4); "
                                                             "= --policy balanced."),
     random_: bool = typer.Option(False, "--random", help="Random re-balancing ablation; = --policy random."),
-    policy: Optional[str] = typer.Option(None, help="Step policy: vanilla, balanced, random, or flipped (the "
-                                                    "balanced rule re-balancing the other branch, a control) "
-                                                    "[vanilla]."),
+    policy: Optional[str] = typer.Option(None, help="Training policy [vanilla]: the paper's vanilla, balanced, "
+                                                    "random; flipped (the balanced rule re-balancing the other "
+                                                    "branch, a control); other papers' ogm-ge, g-blending, "
+                                                    "moddrop, pmr."),
     views: Optional[str] = typer.Option(None, help="Two view indices 0..11 [paper: 0,6]."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per process."),
@@ -51,6 +52,15 @@ def train(
                                                               "e.g. after warm-up (official: 0)."),
     plateau_on: Optional[str] = typer.Option(None, help="Loss the plateau schedule watches: all steps (official) "
                                                         "or regular steps only."),
+    ogm_alpha: Optional[float] = typer.Option(None, help="ogm-ge: α of the modulation 1 − tanh(α·ρ) [0.1]."),
+    ogm_start_epoch: Optional[int] = typer.Option(None, help="ogm-ge: first modulated epoch [0]."),
+    ogm_end_epoch: Optional[int] = typer.Option(None, help="ogm-ge: last modulated epoch [50]."),
+    gb_interval: Optional[int] = typer.Option(None, help="g-blending: epochs between weight estimates [5]."),
+    moddrop_p: Optional[float] = typer.Option(None, help="moddrop: chance a sample has one view dropped [0.2]."),
+    pmr_alpha: Optional[float] = typer.Option(None, help="pmr: weight α of the slow modality's prototype loss [1]."),
+    pmr_momentum: Optional[float] = typer.Option(None, help="pmr: momentum of the prototypes [0]."),
+    pmr_start_epoch: Optional[int] = typer.Option(None, help="pmr: first epoch with the prototype loss [0]."),
+    pmr_end_epoch: Optional[int] = typer.Option(None, help="pmr: last epoch with the prototype loss [70]."),
     gate: Optional[str] = typer.Option(None, help="MMTM gate: sigmoid (code) or 2sigmoid (paper)."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, shuffling and augmentation."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
@@ -68,7 +78,9 @@ def train(
       mmtm train --data data/syn --out runs/vanilla --preset demo
       mmtm train --data data/syn --out runs/bal --preset demo --balanced
       mmtm train --data data/syn --out runs/flip --preset demo --policy flipped
-      mmtm train --data data/syn --out runs/w --preset demo --balanced \
+      mmtm train --data data/syn --out runs/ogm --preset demo --policy ogm-ge \\
+        --ogm-alpha 0.3                             # OGM-GE, stronger
+      mmtm train --data data/syn --out runs/w --preset demo --balanced \\
         --speed-signal window --speed-window 50     # policy reads 50 steps
       mmtm train --data data/mn40 --out runs/paper --balanced  # SPEC §5
       mmtm train --out runs/bal --resume           # after an interruption
@@ -92,7 +104,9 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, width=width, alpha=alpha,
         rebalance_steps=rebalance_steps, warmup_epochs=warmup_epochs, rebalance_params=rebalance_params,
         speed_window=speed_window, speed_signal=speed_signal, speed_from_epoch=speed_from_epoch,
-        plateau_on=plateau_on, gate=gate, seed=seed, device=device, loader=loader, num_threads=threads,
+        plateau_on=plateau_on, ogm_alpha=ogm_alpha, ogm_start_epoch=ogm_start_epoch, ogm_end_epoch=ogm_end_epoch,
+        gb_interval=gb_interval, moddrop_p=moddrop_p, pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
+        pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, seed=seed, device=device, loader=loader, num_threads=threads,
         max_steps_per_epoch=max_steps_per_epoch)
     if not cfg.data:
         raise UserError("--data is required (a folder made by `mmtm prep`)")

@@ -15,7 +15,9 @@ from loaders.errors import UserError
 from loaders.factory import BACKENDS
 from mmtm.fusion import GATES
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS
-from mmtm.policy import ALPHA, POLICIES, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
+from mmtm.methods import g_blending, moddrop, ogm_ge, pmr
+from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
+from mmtm.registry import POLICIES
 from mmtm.speed import SIGNALS
 from mmtm.schedule import PLATEAU_ON
 
@@ -24,7 +26,7 @@ from mmtm.schedule import PLATEAU_ON
 class TrainConfig:
     data: str = ""
     out: str = ""
-    policy: str = "vanilla"                 # a name in mmtm.policy.POLICIES (SPEC §4)
+    policy: str = "vanilla"                 # a name in mmtm.registry.POLICIES
     views: tuple[int, int] = (0, 6)         # SPEC §5: v001 and v007, "front" and "rear"
     # model (SPEC §1); width 64 is torchvision's ResNet-18, smaller widths keep its structure
     width: int = 64
@@ -50,6 +52,16 @@ class TrainConfig:
     speed_window: int = 100                 # K of the windowed d_speed view (last K regular steps)
     speed_signal: str = "cumulative"        # the d_speed view the policy reads: cumulative (official) | window
     speed_from_epoch: int = 0               # the cumulative signal counts regular steps from this epoch (official: 0)
+    # the remedies of other papers (mmtm/methods/), their published defaults
+    ogm_alpha: float = ogm_ge.DEFAULT_ALPHA
+    ogm_start_epoch: int = ogm_ge.MODULATION_STARTS
+    ogm_end_epoch: int = ogm_ge.MODULATION_ENDS
+    gb_interval: int = g_blending.DEFAULT_INTERVAL
+    moddrop_p: float = moddrop.DEFAULT_P
+    pmr_alpha: float = pmr.DEFAULT_ALPHA
+    pmr_momentum: float = pmr.DEFAULT_MOMENTUM
+    pmr_start_epoch: int = pmr.MODULATION_STARTS
+    pmr_end_epoch: int = pmr.MODULATION_ENDS
     # reproducibility and hardware
     seed: int = 777
     device: str = "auto"                    # auto | cpu | cuda[:index]
@@ -71,16 +83,23 @@ class TrainConfig:
         for v in self.views:
             if not 0 <= v < NUM_VIEWS:
                 raise UserError(f"view index {v} is out of range; views are 0..{NUM_VIEWS - 1}")
-        for name in ("epochs", "batch_size", "width", "rebalance_steps", "num_threads", "speed_window"):
+        for name in ("epochs", "batch_size", "width", "rebalance_steps", "num_threads", "speed_window", "gb_interval"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise UserError("batch_size must be at least 2 (BatchNorm needs two samples)")
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
-        for name in ("plateau_threshold", "speed_from_epoch"):
+        for name in ("plateau_threshold", "speed_from_epoch", "ogm_alpha", "ogm_start_epoch", "pmr_alpha",
+                     "pmr_start_epoch"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+        for first, last in (("ogm_start_epoch", "ogm_end_epoch"), ("pmr_start_epoch", "pmr_end_epoch")):
+            if getattr(self, last) < getattr(self, first):
+                raise UserError(f"{last} ({getattr(self, last)}) is before {first} ({getattr(self, first)})")
+        if not 0 <= self.moddrop_p <= 1 or not 0 <= self.pmr_momentum < 1:
+            raise UserError(f"moddrop_p must be in [0, 1] and pmr_momentum in [0, 1), got {self.moddrop_p} "
+                            f"and {self.pmr_momentum}")
         check_device_name(self.device)
         return self
 

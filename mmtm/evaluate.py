@@ -5,6 +5,7 @@ import math
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from mmtm.fusion import REGULAR
 from mmtm.hardware import Compute
@@ -13,28 +14,31 @@ from mmtm.network import fused_logits, two_head_loss
 
 @torch.inference_mode()
 def evaluate(net, loader, compute: Compute, *, mode: str = REGULAR) -> dict:
-    """Accuracy of ŷ = (ŷ0+ŷ1)/2 and of each head, and the mean summed loss, over the loader's split.
+    """Accuracy of ŷ = (ŷ0+ŷ1)/2 and of each head, the mean summed loss, and the mean loss of each head and of ŷ
+    (loss_m0, loss_m1, loss_fused) over the loader's split. Counts stay on the device and are read once.
 
     Under torch.distributed each rank evaluates its own shard and the counts are summed."""
     was_training = net.training
     net.eval()
-    sums = torch.zeros(5, dtype=torch.float64, device=compute.device)  # correct, correct0, correct1, loss*n, n
+    # correct of ŷ, ŷ0, ŷ1; summed loss·n; CE(ŷ0)·n, CE(ŷ1)·n, CE(ŷ)·n; n
+    sums = torch.zeros(8, dtype=torch.float64, device=compute.device)
     for batch in loader:
         with compute.autocast():
             logits0, logits1 = net(compute.layout(batch.view0), compute.layout(batch.view1), mode=mode)
         logits0, logits1, y = logits0.float(), logits1.float(), batch.label
-        n = y.numel()
+        fused = fused_logits(logits0, logits1)
+        n = torch.tensor(y.numel(), device=compute.device)
         sums += torch.stack([
-            (fused_logits(logits0, logits1).argmax(1) == y).sum(),
-            (logits0.argmax(1) == y).sum(),
-            (logits1.argmax(1) == y).sum(),
+            (fused.argmax(1) == y).sum(), (logits0.argmax(1) == y).sum(), (logits1.argmax(1) == y).sum(),
             two_head_loss(logits0, logits1, y) * n,
-            torch.tensor(n, device=compute.device),
+            F.cross_entropy(logits0, y) * n, F.cross_entropy(logits1, y) * n, F.cross_entropy(fused, y) * n, n,
         ]).to(torch.float64)
     net.train(was_training)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
-    correct, correct0, correct1, loss_sum, n = sums.tolist()
+    correct, correct0, correct1, loss, loss0, loss1, loss_fused, n = sums.tolist()
     if n == 0:
-        return {"acc": math.nan, "acc_m0": math.nan, "acc_m1": math.nan, "loss": math.nan, "n": 0}
-    return {"acc": correct / n, "acc_m0": correct0 / n, "acc_m1": correct1 / n, "loss": loss_sum / n, "n": int(n)}
+        return {key: math.nan for key in ("acc", "acc_m0", "acc_m1", "loss", "loss_m0", "loss_m1", "loss_fused")} \
+            | {"n": 0}
+    return {"acc": correct / n, "acc_m0": correct0 / n, "acc_m1": correct1 / n, "loss": loss / n,
+            "loss_m0": loss0 / n, "loss_m1": loss1 / n, "loss_fused": loss_fused / n, "n": int(n)}

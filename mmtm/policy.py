@@ -1,15 +1,27 @@
-"""Step-mode policies (SPEC §4): which MMTM mode each training step runs in. One training loop serves them all.
+"""Training policies: what differs between the algorithms that share the one training loop.
 
-Per step: `mode = policy.next_mode(epoch)`; forward/backward/step in that mode; update the speed meter;
-`policy.observe(mode, d_speed, epoch)` with the meter's signal (`d_speed_signal`, mmtm/speed.py). Epochs count
-from 0, so warmup_epochs=1 makes epoch 0 warm-up.
-`make_policy(cfg)` builds the policy a run's config names, through the `POLICIES` registry.
+The paper's (SPEC §4) only choose each step's MMTM mode: vanilla, balanced, random, and the flipped control. The
+remedies of other papers (mmtm/methods/) also use the other hooks. Per step, the loop calls, in order:
+`next_mode(epoch)`; `inputs(view0, view1, epoch)`; the forward in that mode inside `capture(net)`;
+`loss(logits0, logits1, y, features, epoch)`; backward; the speed meter measures μ (it only observes);
+`after_backward(...)`; the optimizer step; `observe(mode, d_speed, epoch)` with the meter's signal
+(`d_speed_signal`, mmtm/speed.py). `start_epoch(epoch, context)` runs before each epoch. Every hook defaults to
+the vanilla behaviour. Epochs count from 0, so warmup_epochs=1 makes epoch 0 warm-up.
+`mmtm.registry.make_policy(cfg)` builds the policy a run's config names.
 """
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
 
 from mmtm.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR, STEP_MODES
+from mmtm.hardware import Compute, Distributed
+from mmtm.network import TwoViewMMTMNet, two_head_loss
 
 # SPEC §4: the paper's hyper-parameters, the defaults of the policies and of the run config.
 ALPHA = 0.01
@@ -19,18 +31,51 @@ WARMUP_EPOCHS = 1
 REBALANCE_PARAMS = ("all", "slow")
 
 
+@dataclass
+class EpochContext:
+    """What a policy may use before an epoch: the network, how it computes, and loaders built on first use
+    (`loader(split, train)`: train=True shuffles and flips by (seed, epoch) like the training loader)."""
+    net: TwoViewMMTMNet
+    compute: Compute
+    ddp: Distributed
+    loader: Callable[[str, bool], object]
+
+
 class StepPolicy:
-    """The interface; its defaults are the vanilla behaviour (every step regular, no state)."""
+    """The interface; its defaults are the vanilla behaviour (every step regular, the two-head loss, no state)."""
 
     name: str
+    rebalances = False  # runs re-balancing steps, which leave some fusion parameters without a gradient
 
     @classmethod
     def from_config(cls, cfg) -> "StepPolicy":
         return cls()
 
+    def to(self, device: torch.device) -> "StepPolicy":
+        """Place whatever state the policy keeps on the training device (before loading a checkpoint's state)."""
+        return self
+
+    def start_epoch(self, epoch: int, context: EpochContext) -> None:
+        """Before the first step of an epoch."""
+
     def next_mode(self, epoch: int) -> str:
         """The mode of the step about to run."""
         return REGULAR
+
+    def inputs(self, view0: Tensor, view1: Tensor, epoch: int) -> tuple[Tensor, Tensor]:
+        """The views the forward sees."""
+        return view0, view1
+
+    def capture(self, net: TwoViewMMTMNet):
+        """A context manager around the forward; what it yields reaches `loss` as `features`."""
+        return contextlib.nullcontext()
+
+    def loss(self, logits0: Tensor, logits1: Tensor, y: Tensor, features, epoch: int) -> Tensor:
+        """The training loss (SPEC §1: CE(ŷ0, y) + CE(ŷ1, y))."""
+        return two_head_loss(logits0, logits1, y)
+
+    def after_backward(self, net: TwoViewMMTMNet, logits0: Tensor, logits1: Tensor, y: Tensor, epoch: int) -> None:
+        """After backward and the speed meter's measurement, before the optimizer step: may change .grad."""
 
     def observe(self, mode: str, d_speed: float, epoch: int) -> None:
         """Called after each step with the mode it ran in and the meter's d_speed after it."""
@@ -42,6 +87,26 @@ class StepPolicy:
         pass
 
 
+class SeededPolicy(StepPolicy):
+    """A policy that draws random numbers: its own torch.Generator, seeded from the run's seed and saved in
+    state_dict, so a resumed run continues exactly and DDP ranks draw alike."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def to(self, device: torch.device) -> "SeededPolicy":
+        # Draws happen on the device where they are used (noise the size of every conv gradient, say).
+        self.generator = torch.Generator(device).manual_seed(self.seed)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
 class VanillaPolicy(StepPolicy):
     name = "vanilla"
 
@@ -51,6 +116,7 @@ class BalancedPolicy(StepPolicy):
     modality) for the next Q steps, d_speed < −α re-balances m1; |d_speed| ≤ α or nan does nothing."""
 
     name = "balanced"
+    rebalances = True
     # The mode the rule picks when d_speed > α (m0 is slow) and when d_speed < −α (m1 is slow).
     ON_POSITIVE, ON_NEGATIVE = REBALANCE_M0, REBALANCE_M1
 
@@ -100,6 +166,7 @@ class RandomPolicy(StepPolicy):
     Its own seeded RNG (saved in state_dict), so a resumed run continues exactly and DDP ranks agree."""
 
     name = "random"
+    rebalances = True
 
     def __init__(self, warmup_epochs: int = WARMUP_EPOCHS, seed: int = 0):
         self.warmup_epochs = warmup_epochs
@@ -128,12 +195,3 @@ class RandomPolicy(StepPolicy):
         version, internal, gauss_next = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss_next))
         self.drawn = state["drawn"]
-
-
-POLICIES: dict[str, type[StepPolicy]] = {p.name: p for p in (VanillaPolicy, BalancedPolicy, RandomPolicy,
-                                                              FlippedPolicy)}
-
-
-def make_policy(cfg) -> StepPolicy:
-    """The policy `cfg.policy` names, with its hyper-parameters from the (validated) run config."""
-    return POLICIES[cfg.policy].from_config(cfg)

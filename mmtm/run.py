@@ -9,6 +9,7 @@ Layout of a run folder::
     last.pt       the checkpoint after the last finished epoch (what --resume continues)
     best.pt       the checkpoint of the best validation accuracy of ŷ
     cur.json      written by `mmtm eval-cur` for best.pt (or a checkpoint named by path); cur-last.json for last.pt
+    tb/           TensorBoard scalars, when the tensorboard package is installed (mmtm/tensorboard_log.py)
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from mmtm.config import TrainConfig, to_dict
 
 CONFIG_JSON, STEPS_CSV, EPOCHS_CSV = "config.json", "steps.csv", "epochs.csv"
 LAST_PT, BEST_PT, CUR_JSON, CUR_LAST_JSON = "last.pt", "best.pt", "cur.json", "cur-last.json"
+TB = "tb"
 CHECKPOINTS = ("best", "last")
 
 # d_speed, s_m1_m0, s_m0_m1: the cumulative view (the paper's); d_speed_step, d_speed_window: the other two views
@@ -45,6 +47,7 @@ class RunFolder:
         self.best = self.root / BEST_PT
         self.cur = self.root / CUR_JSON
         self.cur_last = self.root / CUR_LAST_JSON
+        self.tb = self.root / TB
 
     def checkpoint(self, which: str) -> Path:
         """`best`, `last`, or a path to a checkpoint file."""

@@ -1,8 +1,8 @@
-"""The training loop: one loop for vanilla, balanced and random training (SPEC §3-4).
+"""The training loop: one loop for every training policy (SPEC §3-4 and the remedies in mmtm/methods/).
 
 Read top to bottom: `fit` sets up a run (or resumes one), then per epoch calls `train_one_epoch`
 and `evaluate`, writes one CSV row per epoch and atomic `last.pt` / `best.pt` checkpoints.
-The algorithms differ only in the step policy, which picks each step's fusion mode.
+The algorithms differ only in the policy, whose hooks `train_step` calls (mmtm/policy.py).
 """
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ from mmtm.config import TrainConfig, to_dict
 from mmtm.evaluate import evaluate
 from mmtm.fusion import REBALANCED_BRANCH, REGULAR
 from mmtm.hardware import Compute, Distributed, setup_distributed
-from mmtm.network import TwoViewMMTMNet, build_network, fused_logits, two_head_loss
-from mmtm.policy import StepPolicy, make_policy
+from mmtm.network import TwoViewMMTMNet, build_network, fused_logits
+from mmtm.policy import EpochContext, StepPolicy
 from mmtm.progress import TrainProgress
+from mmtm.registry import make_policy
 from mmtm.run import RunFolder, check_dataset_matches
 from mmtm.schedule import make_scheduler, plateau_loss
 from mmtm.speed import READOUT, SpeedMeter
+from mmtm.tensorboard_log import TensorBoardLog
 
 
 class NonFiniteLoss(UserError):
@@ -81,16 +83,17 @@ def build_trainer(cfg: TrainConfig, num_classes: int, device: torch.device, ddp:
     torch.manual_seed(cfg.seed)
     compute = Compute.of(device, amp=cfg.amp, channels_last=cfg.channels_last)
     net = compute.place(build_network(cfg, num_classes))
+    policy = make_policy(cfg).to(device)
     model: torch.nn.Module = net
     if ddp.world_size > 1:
         # Re-balancing steps leave one excitation layer per MMTM without a gradient.
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.policy != "vanilla")
+            find_unused_parameters=policy.rebalances)
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     meter = SpeedMeter(net.param_groups(), window=cfg.speed_window, signal=cfg.speed_signal,
                        signal_from_epoch=cfg.speed_from_epoch)
-    return Trainer(cfg, net, model, optimizer, make_scheduler(optimizer, cfg), make_policy(cfg), meter, compute, ddp)
+    return Trainer(cfg, net, model, optimizer, make_scheduler(optimizer, cfg), policy, meter, compute, ddp)
 
 
 def _sync_running_gates(t: Trainer) -> None:
@@ -127,21 +130,24 @@ def _keep_only_slow_branch_grads(t: Trainer, mode: str) -> None:
 def train_step(t: Trainer, batch, mode: str) -> dict:
     """One optimizer step in the given fusion mode. Returns loss, correct (predictions of ŷ) and the speed
     meter's READOUT values, read from the device in one copy: the step's only host sync."""
+    policy, y = t.policy, batch.label
     t.optimizer.zero_grad(set_to_none=True)
-    with t.compute.autocast():
-        logits0, logits1 = t.model(t.compute.layout(batch.view0), t.compute.layout(batch.view1), mode=mode)
+    view0, view1 = policy.inputs(batch.view0, batch.view1, t.epoch)
+    with policy.capture(t.net) as features, t.compute.autocast():
+        logits0, logits1 = t.model(t.compute.layout(view0), t.compute.layout(view1), mode=mode)
     logits0, logits1 = logits0.float(), logits1.float()
-    loss = two_head_loss(logits0, logits1, batch.label)
+    loss = policy.loss(logits0, logits1, y, features, t.epoch)
     loss.backward()
     regular = mode == REGULAR
     if regular:
-        t.meter.update(t.meter.measure())  # μ right after backward, before the step (SPEC §3)
+        t.meter.update(t.meter.measure())  # μ of the loss's gradient, before any policy changes it (SPEC §3)
     elif t.cfg.rebalance_params == "slow":
         _keep_only_slow_branch_grads(t, mode)
+    policy.after_backward(t.net, logits0, logits1, y, t.epoch)
     t.optimizer.step()
     if regular:
         _sync_running_gates(t)
-    correct = (fused_logits(logits0, logits1).argmax(1) == batch.label).sum()
+    correct = (fused_logits(logits0, logits1).argmax(1) == y).sum()
     values = torch.cat([torch.stack([loss.detach().double(), correct.double()]), t.meter.readout()]).tolist()
     out = dict(zip(("loss", "correct", *READOUT), values))
     if not math.isfinite(out["loss"]):
@@ -215,7 +221,17 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | Non
                   device=device, rank=ddp.rank, world_size=ddp.world_size, num_threads=cfg.num_threads)
     train_loader = two_view_loader(cfg.data, "train", train=True, **common)
     val_loader = two_view_loader(cfg.data, "val", train=False, **common)
+    more_loaders = {("val", False): val_loader}
+
+    def loader(split: str, train: bool):
+        """The loaders a policy asks for, made once (a policy may read the splits before an epoch)."""
+        if (split, train) not in more_loaders:
+            more_loaders[split, train] = two_view_loader(cfg.data, split, train=train, **common)
+        return more_loaders[split, train]
+
+    context = EpochContext(t.net, t.compute, ddp, loader)
     progress = progress or TrainProgress(enabled=ddp.main, total_epochs=cfg.epochs)
+    tb = TensorBoardLog(run.tb, enabled=ddp.main, purge_step=t.step if ckpt else None)
 
     row: dict = {}
     with progress:
@@ -223,6 +239,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | Non
             if cfg.early_stop_epochs and t.full_acc_epochs >= cfg.early_stop_epochs:
                 break
             started = time.perf_counter()
+            t.policy.start_epoch(t.epoch, context)
             train_loader.set_epoch(t.epoch)
             steps_log: list[dict] = []
             train = train_one_epoch(t, train_loader, steps_log, progress)
@@ -242,11 +259,13 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | Non
             if ddp.main:
                 run.append_steps(steps_log)
                 run.append_epoch(row)
+                tb.epoch(steps_log, row, t.step)
                 state = t.state_dict(classes)
                 if is_best:
                     save_checkpoint(state, run.best)
                 save_checkpoint(state, run.last)
             progress.end_epoch(row)
+    tb.close()
     if ddp.world_size > 1:
         dist.barrier()
     return row

@@ -26,6 +26,5 @@ def read_csv(path):
 
 
 def train_command(data, out, *extra) -> list[str]:
-    """`mmtm train` as a real process: 5 balanced epochs (α = 0, so it re-balances) of the tiny network."""
-    return [str(BIN / "mmtm"), "train", "--data", str(data), "--out", str(out), "--epochs", "5", "--balanced",
-            "--alpha", "0", *TINY, *extra]
+    """`mmtm train` as a real process: 5 epochs of the tiny network; `extra` names the policy and more flags."""
+    return [str(BIN / "mmtm"), "train", "--data", str(data), "--out", str(out), "--epochs", "5", *TINY, *extra]

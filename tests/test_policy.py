@@ -3,7 +3,8 @@ from collections import Counter
 
 from mmtm.config import resolve
 from mmtm.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR
-from mmtm.policy import POLICIES, BalancedPolicy, FlippedPolicy, RandomPolicy, VanillaPolicy, make_policy
+from mmtm.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, VanillaPolicy
+from mmtm.registry import POLICIES, make_policy
 
 ALPHA, Q = 0.01, 5
 R, M0, M1 = REGULAR, REBALANCE_M0, REBALANCE_M1
@@ -86,6 +87,6 @@ def test_vanilla_and_the_registry_build_policies_from_the_config():
     assert (balanced.name, balanced.alpha, balanced.rebalance_steps, balanced.warmup_epochs) == ("balanced", 0.1, 2, 0)
     random_policy = make_policy(resolve("paper", policy="random", seed=4))
     assert random_policy.name == "random" and run(random_policy, [0.0] * 20, 1) == run(RandomPolicy(seed=4), [0.0] * 20, 1)
-    assert set(POLICIES) == {"vanilla", "balanced", "random", "flipped"}
+    assert set(POLICIES) == {"vanilla", "balanced", "random", "flipped", "ogm-ge", "g-blending", "moddrop", "pmr"}
     assert isinstance(make_policy(resolve("paper", policy="flipped")), FlippedPolicy)
     assert all(name == cls.name for name, cls in POLICIES.items())

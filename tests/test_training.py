@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from helpers import TINY, invoke, read_csv
 from mmtm.checkpoint import load_checkpoint
@@ -50,9 +51,9 @@ def test_bad_input_is_one_error_line(case, synthetic_data, trained_runs, tmp_pat
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch):
-    import mmtm.training as engine
+    import mmtm.policy as policy  # where every policy's default loss comes from
 
-    real = engine.two_head_loss
+    real = policy.two_head_loss
     calls = {"n": 0}
 
     def poisoned(l0, l1, y):
@@ -60,7 +61,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_data, tm
         loss = real(l0, l1, y)
         return loss * float("nan") if calls["n"] > 8 else loss
 
-    monkeypatch.setattr(engine, "two_head_loss", poisoned)
+    monkeypatch.setattr(policy, "two_head_loss", poisoned)
     run = tmp_path / "nan"
     r = invoke("train", "--data", synthetic_data, "--out", run, "--epochs", 3, *TINY)
     assert r.exit_code == 2 and "loss is nan at step 8" in r.output
@@ -80,8 +81,6 @@ def test_run_records_an_absolute_data_path(synthetic_data, tmp_path, monkeypatch
 
 def test_seed_k_of_every_policy_starts_from_the_same_weights(synthetic_data):
     """Paired comparisons rest on this: the policy does not change the initial weights or the data order."""
-    import torch
-
     from loaders.factory import two_view_loader
     from mmtm.config import resolve
     from mmtm.hardware import Distributed
@@ -129,3 +128,76 @@ def test_policy_reads_the_configured_signal_and_the_views_are_logged(synthetic_d
     losses = [float(s["loss"]) for s in steps if s["epoch"] == "2" and s["mode"] == "regular"]
     assert float(epochs[-1]["train_loss_regular"]) == pytest.approx(sum(losses) / len(losses))
     assert json.loads((run / "config.json").read_text())["plateau_on"] == "regular"
+
+
+METHOD_FLAGS = {"ogm-ge": [], "g-blending": ["--gb-interval", "1"], "moddrop": ["--moddrop-p", "0.5"], "pmr": []}
+
+
+@pytest.mark.parametrize("policy", sorted(METHOD_FLAGS))
+def test_other_papers_methods_train_in_the_one_loop_and_pass_eval_cur(synthetic_data, trained_runs, tmp_path, policy):
+    run = tmp_path / policy
+    r = invoke("train", "--data", synthetic_data, "--out", run, "--epochs", 2, "--policy", policy, *TINY,
+               *METHOD_FLAGS[policy])
+    assert r.exit_code == 0, r.output
+    steps = read_csv(run / "steps.csv")
+    assert {s["mode"] for s in steps} == {"regular"} and all(s["d_speed"] != "nan" for s in steps)  # CLS observed
+    r = invoke("eval-cur", run)
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "cur.json").read_text())["policy"] == policy
+    state = load_checkpoint(run / "last.pt")["policy"]
+    if policy == "g-blending":  # estimated before epochs 0 and 1: weights of the three heads
+        assert state["weights"].sum().item() == pytest.approx(1.0) and state["measured"].shape == (2, 3)
+    if policy == "pmr":  # one prototype per class and branch, width-4 ResNet: 32-dim features
+        assert [p.shape for p in state["protos"]] == [(3, 32), (3, 32)]
+    if policy in ("ogm-ge", "moddrop"):  # its own seeded generator, saved for an exact resume
+        assert state["generator"].dtype == torch.uint8
+    vanilla = load_checkpoint(trained_runs / "vanilla" / "last.pt")["model"]  # same seed and data, 2 epochs
+    ours = load_checkpoint(run / "last.pt")["model"]
+    assert not torch.equal(ours["branch0.conv1.weight"], vanilla["branch0.conv1.weight"])
+
+
+def test_moddrop_zeroes_exactly_one_view_of_each_dropped_sample(synthetic_data):
+    from loaders.factory import two_view_loader
+    from mmtm.config import resolve
+    from mmtm.hardware import Distributed
+    from mmtm.training import build_trainer, train_step
+
+    t = build_trainer(resolve("demo", width=4, policy="moddrop", moddrop_p=1.0), 3, torch.device("cpu"),
+                      Distributed())
+    seen = []
+    t.model.register_forward_pre_hook(lambda module, args: seen.append(args))
+    batch = next(iter(two_view_loader(synthetic_data, "train", batch_size=4, train=True, seed=0, backend="torch",
+                                      device="cpu", num_threads=1)))
+    train_step(t, batch, "regular")
+    (x0, x1), = seen
+    zero0, zero1 = (x.flatten(1).eq(0).all(1) for x in (x0, x1))
+    assert (zero0 ^ zero1).all()                       # p = 1: every sample loses exactly one view
+    assert batch.view0.ne(0).any() and batch.view1.ne(0).any()  # the loader's batch is left as it was
+
+
+def test_tensorboard_scalars_read_back(trained_runs):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = trained_runs / "balanced"
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    steps, epochs = read_csv(run / "steps.csv"), read_csv(run / "epochs.csv")
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "d_speed/cumulative", "d_speed/step", "d_speed/window", "cls/s_m1_m0", "cls/s_m0_m1",
+            "epoch/val_acc", "epoch/lr", "epoch/rebalance_m1_steps"} <= tags
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == [int(s["step"]) for s in steps]
+    assert [e.value for e in loss] == pytest.approx([float(s["loss"]) for s in steps], rel=1e-6)
+    val = events.Scalars("epoch/val_acc")
+    assert [e.value for e in val] == pytest.approx([float(e["val_acc"]) for e in epochs], rel=1e-6)
+
+
+def test_training_works_without_tensorboard(synthetic_data, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` now raises ImportError
+    r = invoke("train", "--data", synthetic_data, "--out", tmp_path / "run", "--epochs", 1, *TINY)
+    assert r.exit_code == 0, r.output
+    assert "tensorboard is not installed" in r.output and not (tmp_path / "run" / "tb").exists()
+    assert (tmp_path / "run" / "last.pt").is_file()

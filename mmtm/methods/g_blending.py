@@ -14,12 +14,15 @@ BalanceBenchmark instead takes |ΔG/ΔO²|, which rewards a head whose validatio
 1e-12; if every ΔG_k ≤ 0 the weights fall back to uniform 1/3. Paper defaults: "offline" G-Blend estimates the weights
 once, from models trained for N epochs from the start; "online" G-Blend re-estimates them every super-epoch from
 the current (warm-started) weights; the exact super-epoch length could not be verified here (BalanceBenchmark
-uses online, super_epoch = 10 epochs). Choosing the interval, and measuring the losses, is the integrator's job.
-Mapping: the three blended heads are ŷ0 (branch 0), ŷ1 (branch 1) and ŷ = (ŷ0+ŷ1)/2; index order everywhere is
+uses online, super_epoch = 10 epochs). Here (online): before epoch 0 and every `interval` epochs (default 5, so a
+15-epoch demo run gets two estimates) the three heads' mean losses are measured in float32 on the training split
+(deterministic transform) and on the validation split, and the weights come from the last two measurements; until
+the first estimate the loss is the project's CE(ŷ0)+CE(ŷ1). Mapping: the three blended heads are ŷ0 (branch 0), ŷ1 (branch 1) and ŷ = (ŷ0+ŷ1)/2; index order everywhere is
 (head0, head1, fused). Deviation: the paper trains a separate uni-modal network per modality to measure its
 losses; here each head is a head of the one MMTM network, so ŷ0 is not uni-modal (MMTM feeds it m1) — the integrator
 measures the three heads of the jointly trained network (or of a warm-started copy trained for the interval).
-The paper's blended loss has Σw = 1, half the scale of this project's CE(ŷ0)+CE(ŷ1) at the same learning rate.
+The paper's blended loss has Σw = 1; here it is doubled, to the scale of this project's CE(ŷ0)+CE(ŷ1), so that
+every policy trains with the same learning rate at the same loss scale.
 """
 from __future__ import annotations
 
@@ -27,8 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmtm.evaluate import evaluate
+from mmtm.network import two_head_loss
+from mmtm.policy import EpochContext, StepPolicy
+
 HEADS = ("head0", "head1", "fused")
 DO_SQUARED_FLOOR = 1e-12
+DEFAULT_INTERVAL = 5  # epochs between weight estimates
+LOSS_SCALE = 2.0      # Σw = 1 → the scale of the two-head sum
 
 
 def head_losses(logits0: Tensor, logits1: Tensor, y: Tensor) -> Tensor:
@@ -57,3 +66,41 @@ def blended_loss(logits0: Tensor, logits1: Tensor, y: Tensor, weights: Tensor) -
     """w0·CE(ŷ0,y) + w1·CE(ŷ1,y) + w2·CE(ŷ,y), ŷ = (ŷ0+ŷ1)/2: the training loss that replaces the two-head sum."""
     losses = head_losses(logits0, logits1, y)
     return (weights.to(losses.device, losses.dtype) * losses).sum()
+
+
+class GBlendingPolicy(StepPolicy):
+    """G-Blending in the one training loop: every step regular, the loss blended from the three heads with weights
+    re-estimated every `interval` epochs (see the module docstring)."""
+
+    name = "g-blending"
+
+    def __init__(self, interval: int = DEFAULT_INTERVAL):
+        self.interval = interval
+        self.weights: Tensor | None = None    # None until the first estimate
+        self.measured: Tensor | None = None   # [2, 3]: train and val losses per head at the last measurement
+
+    @classmethod
+    def from_config(cls, cfg) -> "GBlendingPolicy":
+        return cls(cfg.gb_interval)
+
+    def start_epoch(self, epoch: int, context: EpochContext) -> None:
+        if epoch % self.interval:
+            return
+        compute = context.compute.fp32()
+        now = torch.tensor([[r["loss_m0"], r["loss_m1"], r["loss_fused"]]
+                            for r in (evaluate(context.net, context.loader(split, False), compute)
+                                      for split in ("train", "val"))])
+        if self.measured is not None:
+            self.weights = blend_weights(self.measured[0], self.measured[1], now[0], now[1])
+        self.measured = now
+
+    def loss(self, logits0: Tensor, logits1: Tensor, y: Tensor, features, epoch: int) -> Tensor:
+        if self.weights is None:
+            return two_head_loss(logits0, logits1, y)
+        return LOSS_SCALE * blended_loss(logits0, logits1, y, self.weights)
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights, "measured": self.measured}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weights, self.measured = state["weights"], state["measured"]

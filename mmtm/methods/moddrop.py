@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmtm.policy import SeededPolicy
+
 DEFAULT_P = 0.2  # probability that a sample has one view dropped (0.1 per view)
 
 
@@ -41,3 +43,21 @@ def apply(view0: Tensor, view1: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         dropped = dropped.to(view.device).view(-1, *([1] * (view.dim() - 1)))
         return torch.where(dropped, torch.zeros((), dtype=view.dtype, device=view.device), view)
     return zero(view0, mask[:, 0]), zero(view1, mask[:, 1])
+
+
+class ModDropPolicy(SeededPolicy):
+    """Modality dropout in the one training loop: every step regular, each training batch's views masked by
+    `drop_mask` before the forward (evaluation sees both views)."""
+
+    name = "moddrop"
+
+    def __init__(self, p: float = DEFAULT_P, seed: int = 0):
+        super().__init__(seed)
+        self.p = p
+
+    @classmethod
+    def from_config(cls, cfg) -> "ModDropPolicy":
+        return cls(cfg.moddrop_p, cfg.seed)
+
+    def inputs(self, view0: Tensor, view1: Tensor, epoch: int) -> tuple[Tensor, Tensor]:
+        return apply(view0, view1, drop_mask(len(view0), self.p, self.generator, self.generator.device))

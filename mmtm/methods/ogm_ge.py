@@ -6,7 +6,7 @@ GeWu-Lab/BalanceBenchmark `balancemm/trainer/OGM_trainer.py` at 4c1482f. Per bat
 optimizer step: score_i = Σ_batch softmax(ŷ_i)[y]; ρ = score0/score1; the dominant branch (ρ > 1: branch 0;
 ρ < 1: branch 1) gets k = 1 − tanh(α·ρ_dom) with ρ_dom = its score over the other's (> 1), the other gets k = 1
 (paper Eq. 10, quoted in the code's comment, and the code since a974f3c; the first release 65b81b1 used
-1 − tanh(α·relu(ρ − 1)), available here as `shifted=True`: continuous at ρ = 1 but a weaker modulation). GE: every
+1 − tanh(α·relu(ρ − 1))). GE: every
 4-D gradient (the conv weights) of BOTH encoders becomes grad·k + N(0, std(grad) + 1e-8), std taken from the
 unscaled gradient; the non-dominant encoder (k = 1) gets the noise too; biases, BN and fc are left alone.
 Defaults: α = 0.1 (the README's "default modulation setting"; it recommends 0.1 for VGGSound and 0.8 for CREMA-D,
@@ -25,7 +25,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+
+from mmtm.policy import SeededPolicy
 
 DEFAULT_ALPHA = 0.1
 MODULATION_STARTS = 0  # first modulated epoch (0-based, inclusive)
@@ -44,21 +47,14 @@ def true_class_scores(logits0: Tensor, logits1: Tensor, y: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def coefficients_from_scores(scores: Tensor, alpha: float = DEFAULT_ALPHA, shifted: bool = False) -> Tensor:
-    """[k0, k1] from [score0, score1]: the dominant branch gets 1 − tanh(α·ρ_dom) (or α·(ρ_dom − 1) if shifted),
-    the other 1; equal scores give [1, 1]. A tensor on the scores' device, no host sync."""
+def coefficients_from_scores(scores: Tensor, alpha: float = DEFAULT_ALPHA) -> Tensor:
+    """[k0, k1] from [score0, score1]: the dominant branch gets 1 − tanh(α·ρ_dom), the other 1; equal scores give
+    [1, 1]. A tensor on the scores' device, no host sync."""
     rho = scores[0] / scores[1]
-    shift = 1.0 if shifted else 0.0
     one = torch.ones_like(rho)
-    k0 = torch.where(rho > 1, 1 - torch.tanh(alpha * (rho - shift)), one)
-    k1 = torch.where(rho < 1, 1 - torch.tanh(alpha * (rho.reciprocal() - shift)), one)
+    k0 = torch.where(rho > 1, 1 - torch.tanh(alpha * rho), one)
+    k1 = torch.where(rho < 1, 1 - torch.tanh(alpha * rho.reciprocal()), one)
     return torch.stack([k0, k1])
-
-
-def coefficients(logits0: Tensor, logits1: Tensor, y: Tensor, alpha: float = DEFAULT_ALPHA,
-                 shifted: bool = False) -> Tensor:
-    """[k0, k1] for one batch (single process): `coefficients_from_scores(true_class_scores(...))`."""
-    return coefficients_from_scores(true_class_scores(logits0, logits1, y), alpha, shifted)
 
 
 def in_window(epoch: int, starts: int = MODULATION_STARTS, ends: int = MODULATION_ENDS) -> bool:
@@ -72,19 +68,42 @@ def conv_params(branch: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def modulate_(params: Iterable[Tensor], coeff: Tensor | float, generator: torch.Generator | None = None,
-              noise: bool = True) -> None:
-    """In place on each p.grad (None skipped): grad ← grad·coeff + N(0, std(grad) + 1e-8) (noise=True, OGM-GE) or
-    grad·coeff (noise=False, plain OGM). std is the unscaled gradient's (torch.std, unbiased), as in the code.
-    The noise is drawn from `generator` (on the gradients' device; None = the global RNG). Under DDP this runs
-    after the all-reduce, so give every rank the same seed or the replicas drift apart."""
+def modulate_(params: Iterable[Tensor], coeff: Tensor | float, generator: torch.Generator | None = None) -> None:
+    """In place on each p.grad (None skipped): grad ← grad·coeff + N(0, std(grad) + 1e-8); std is the unscaled
+    gradient's (torch.std, unbiased), as in the code. The noise is drawn from `generator` (on the gradients'
+    device; None = the global RNG), one tensor per parameter in order. Under DDP this runs after the all-reduce,
+    so every rank must draw the same noise (the same seed) or the replicas drift apart."""
     for p in params:
         g = p.grad
         if g is None:
             continue
-        if noise:
-            std = g.std() + NOISE_STD_EPS
-            eps = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype)
-            g.mul_(coeff).add_(eps * std)
-        else:
-            g.mul_(coeff)
+        std = g.std() + NOISE_STD_EPS
+        eps = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype)
+        g.mul_(coeff).add_(eps * std)
+
+
+class OGMGEPolicy(SeededPolicy):
+    """OGM-GE in the one training loop: every step is regular; after backward (and after the speed meter has
+    measured the loss's gradient) and inside the epoch window, both branches' conv gradients are scaled by their k
+    and get GE noise. Scores are summed over DDP ranks first, and every rank draws the same noise."""
+
+    name = "ogm-ge"
+
+    def __init__(self, alpha: float = DEFAULT_ALPHA, starts: int = MODULATION_STARTS, ends: int = MODULATION_ENDS,
+                 seed: int = 0):
+        super().__init__(seed)
+        self.alpha, self.starts, self.ends = alpha, starts, ends
+
+    @classmethod
+    def from_config(cls, cfg) -> "OGMGEPolicy":
+        return cls(cfg.ogm_alpha, cfg.ogm_start_epoch, cfg.ogm_end_epoch, cfg.seed)
+
+    def after_backward(self, net, logits0: Tensor, logits1: Tensor, y: Tensor, epoch: int) -> None:
+        if not in_window(epoch, self.starts, self.ends):
+            return
+        scores = true_class_scores(logits0, logits1, y)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(scores)
+        k = coefficients_from_scores(scores, self.alpha)
+        modulate_(conv_params(net.branch0), k[0], self.generator)
+        modulate_(conv_params(net.branch1), k[1], self.generator)

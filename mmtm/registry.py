@@ -1,0 +1,17 @@
+"""Every training policy by name: the paper's (mmtm/policy.py) and the remedies of other papers (mmtm/methods/),
+all run by the one training loop and measured by the same CLS meter and eval-cur."""
+from __future__ import annotations
+
+from mmtm.methods.g_blending import GBlendingPolicy
+from mmtm.methods.moddrop import ModDropPolicy
+from mmtm.methods.ogm_ge import OGMGEPolicy
+from mmtm.methods.pmr import PMRPolicy
+from mmtm.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, StepPolicy, VanillaPolicy
+
+POLICIES: dict[str, type[StepPolicy]] = {p.name: p for p in (
+    VanillaPolicy, BalancedPolicy, RandomPolicy, FlippedPolicy, OGMGEPolicy, GBlendingPolicy, ModDropPolicy, PMRPolicy)}
+
+
+def make_policy(cfg) -> StepPolicy:
+    """The policy `cfg.policy` names, with its hyper-parameters from the (validated) run config."""
+    return POLICIES[cfg.policy].from_config(cfg)
