@@ -14,7 +14,7 @@ from loaders.device import check_device_name
 from loaders.errors import UserError
 from loaders.factory import BACKENDS
 from mmtm.fusion import GATES
-from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS
+from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
 from mmtm.methods import g_blending, moddrop, ogm_ge, pmr
 from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
 from mmtm.registry import POLICIES
@@ -69,12 +69,14 @@ class TrainConfig:
     num_threads: int = 2
     amp: str = "auto"                       # auto (bf16 on cuda) | off
     channels_last: str = "auto"             # auto (on cuda) | on | off
+    cuda_graphs: str = "auto"               # auto (CUDA-graph steps on one GPU) | off
     max_steps_per_epoch: int | None = None  # cap for quick looks and benchmarks; None = whole epoch
 
     def validate(self) -> "TrainConfig":
         for name, choices in (("policy", POLICIES), ("gate", GATES), ("rebalance_params", REBALANCE_PARAMS),
                               ("loader", ("auto", *BACKENDS)), ("amp", AMP_SETTINGS),
-                              ("channels_last", CHANNELS_LAST_SETTINGS), ("speed_signal", SIGNALS),
+                              ("channels_last", CHANNELS_LAST_SETTINGS), ("cuda_graphs", CUDA_GRAPH_SETTINGS),
+                              ("speed_signal", SIGNALS),
                               ("plateau_on", PLATEAU_ON)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")

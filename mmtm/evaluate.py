@@ -15,25 +15,29 @@ from mmtm.network import fused_logits, two_head_loss
 @torch.inference_mode()
 def evaluate(net, loader, compute: Compute, *, mode: str = REGULAR) -> dict:
     """Accuracy of ŷ = (ŷ0+ŷ1)/2 and of each head, the mean summed loss, and the mean loss of each head and of ŷ
-    (loss_m0, loss_m1, loss_fused) over the loader's split. Counts stay on the device and are read once.
+    (loss_m0, loss_m1, loss_fused) over the loader's split, read from the device once per pass.
 
     Under torch.distributed each rank evaluates its own shard and the counts are summed."""
     was_training = net.training
     net.eval()
-    # correct of ŷ, ŷ0, ŷ1; summed loss·n; CE(ŷ0)·n, CE(ŷ1)·n, CE(ŷ)·n; n
+    # correct of ŷ, ŷ0, ŷ1; summed loss·n; CE(ŷ0)·n, CE(ŷ1)·n, CE(ŷ)·n; n. Sums stay on the device; n is counted
+    # on the host (a batch's size is known there) and joins them once, so no batch waits for the GPU.
     sums = torch.zeros(8, dtype=torch.float64, device=compute.device)
+    n = 0
     for batch in loader:
         with compute.autocast():
             logits0, logits1 = net(compute.layout(batch.view0), compute.layout(batch.view1), mode=mode)
         logits0, logits1, y = logits0.float(), logits1.float(), batch.label
         fused = fused_logits(logits0, logits1)
-        n = torch.tensor(y.numel(), device=compute.device)
-        sums += torch.stack([
+        size = y.numel()
+        sums[:7] += torch.stack([
             (fused.argmax(1) == y).sum(), (logits0.argmax(1) == y).sum(), (logits1.argmax(1) == y).sum(),
-            two_head_loss(logits0, logits1, y) * n,
-            F.cross_entropy(logits0, y) * n, F.cross_entropy(logits1, y) * n, F.cross_entropy(fused, y) * n, n,
+            two_head_loss(logits0, logits1, y) * size,
+            F.cross_entropy(logits0, y) * size, F.cross_entropy(logits1, y) * size, F.cross_entropy(fused, y) * size,
         ]).to(torch.float64)
+        n += size
     net.train(was_training)
+    sums[7] = n
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     correct, correct0, correct1, loss, loss0, loss1, loss_fused, n = sums.tolist()

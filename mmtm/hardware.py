@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 AMP_SETTINGS = ("auto", "off")                    # auto: bf16 autocast on CUDA
 CHANNELS_LAST_SETTINGS = ("auto", "on", "off")    # auto: on CUDA only (no gain measured on CPU)
+CUDA_GRAPH_SETTINGS = ("auto", "off")             # auto: CUDA-graph training steps on CUDA (mmtm/cuda_graphs.py)
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,10 @@ class Compute:
         return dataclasses.replace(self, amp=False)
 
     def autocast(self):
-        """bf16 autocast on CUDA (tensor cores); full precision elsewhere."""
+        """bf16 autocast on CUDA (tensor cores); full precision elsewhere. Without autocast's weight cache: each
+        weight is cast once per forward anyway, and CUDA-graph capture needs the cache off."""
         if self.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
 

@@ -46,6 +46,7 @@ class StepPolicy:
 
     name: str
     rebalances = False  # runs re-balancing steps, which leave some fusion parameters without a gradient
+    cuda_graphs = True  # its steps can be captured as CUDA graphs: it chooses modes only, on the host
 
     @classmethod
     def from_config(cls, cfg) -> "StepPolicy":
@@ -90,6 +91,8 @@ class StepPolicy:
 class SeededPolicy(StepPolicy):
     """A policy that draws random numbers: its own torch.Generator, seeded from the run's seed and saved in
     state_dict, so a resumed run continues exactly and DDP ranks draw alike."""
+
+    cuda_graphs = False  # its draws happen inside the step, from a generator no graph is told about
 
     def __init__(self, seed: int = 0):
         self.seed = seed

@@ -7,12 +7,14 @@ The algorithms differ only in the policy, whose hooks `train_step` calls (mmtm/p
 from __future__ import annotations
 
 import math
+import sys
 import time
 import zlib
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from loaders.dataset import DatasetError, open_dataset
 from loaders.device import resolve_device
@@ -20,6 +22,7 @@ from loaders.errors import UserError
 from loaders.factory import two_view_loader
 from mmtm.checkpoint import load_checkpoint, save_checkpoint
 from mmtm.config import TrainConfig, to_dict
+from mmtm.cuda_graphs import GraphedSteps
 from mmtm.evaluate import evaluate
 from mmtm.fusion import REBALANCED_BRANCH, REGULAR
 from mmtm.hardware import Compute, Distributed, setup_distributed
@@ -49,6 +52,7 @@ class Trainer:
     meter: SpeedMeter
     compute: Compute
     ddp: Distributed
+    graphs: GraphedSteps | None = None  # CUDA-graph steps (one GPU, a policy that only chooses modes)
     step: int = 0
     epoch: int = 0                    # the next epoch to run
     best_val_acc: float = -1.0
@@ -58,8 +62,11 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.compute.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.compute.device)
+        optimizer = self.optimizer.state_dict()
+        for group in optimizer["param_groups"]:
+            group["lr"] = float(group["lr"])  # a device tensor in graph mode; the file holds the number
         return {
-            "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.net.state_dict(), "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(), "policy": self.policy.state_dict(),
             "speed": self.meter.state_dict(), "rng": rng, "step": self.step, "epoch": self.epoch,
             "best_val_acc": self.best_val_acc, "full_acc_epochs": self.full_acc_epochs,
@@ -69,6 +76,9 @@ class Trainer:
     def load_state_dict(self, ckpt: dict) -> None:
         self.net.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.graphs is not None:  # replays read the learning rate from the same device tensor
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.compute.device)
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.policy.load_state_dict(ckpt["policy"])
         self.meter.load_state_dict(ckpt["speed"])
@@ -90,10 +100,22 @@ def build_trainer(cfg: TrainConfig, num_classes: int, device: torch.device, ddp:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=policy.rebalances)
-    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cuda = device.type == "cuda"
+    graphs = cfg.cuda_graphs == "auto" and cuda and ddp.world_size == 1 and policy.cuda_graphs
+    # Graph replays read the learning rate from a device tensor that the schedule fills in place; fused SGD
+    # takes it on the device (and is the faster update on CUDA either way).
+    lr = torch.tensor(cfg.lr, device=device) if graphs else cfg.lr
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                fused=cuda or None)
     meter = SpeedMeter(net.param_groups(), window=cfg.speed_window, signal=cfg.speed_signal,
                        signal_from_epoch=cfg.speed_from_epoch)
-    return Trainer(cfg, net, model, optimizer, make_scheduler(optimizer, cfg), policy, meter, compute, ddp)
+    t = Trainer(cfg, net, model, optimizer, make_scheduler(optimizer, cfg), policy, meter, compute, ddp)
+    if graphs:
+        t.graphs = GraphedSteps(lambda view0, view1, y, mode: step_on_device(t, view0, view1, y, mode))
+    elif cuda and cfg.cuda_graphs == "auto" and ddp.main:
+        why = "DDP runs eager steps" if ddp.world_size > 1 else f"policy {policy.name} runs eager steps"
+        print(f"note: CUDA graphs off ({why})", file=sys.stderr)
+    return t
 
 
 def _sync_running_gates(t: Trainer) -> None:
@@ -127,12 +149,12 @@ def _keep_only_slow_branch_grads(t: Trainer, mode: str) -> None:
             p.grad = None
 
 
-def train_step(t: Trainer, batch, mode: str) -> dict:
-    """One optimizer step in the given fusion mode. Returns loss, correct (predictions of ŷ) and the speed
-    meter's READOUT values, read from the device in one copy: the step's only host sync."""
-    policy, y = t.policy, batch.label
+def step_on_device(t: Trainer, view0: Tensor, view1: Tensor, y: Tensor, mode: str) -> Tensor:
+    """One optimizer step in the given fusion mode, all on the device (what a CUDA graph captures): returns
+    float64 [2 + len(READOUT)]: loss, correct predictions of ŷ, and the speed meter's READOUT."""
+    policy = t.policy
     t.optimizer.zero_grad(set_to_none=True)
-    view0, view1 = policy.inputs(batch.view0, batch.view1, t.epoch)
+    view0, view1 = policy.inputs(view0, view1, t.epoch)
     with policy.capture(t.net) as features, t.compute.autocast():
         logits0, logits1 = t.model(t.compute.layout(view0), t.compute.layout(view1), mode=mode)
     logits0, logits1 = logits0.float(), logits1.float()
@@ -148,12 +170,18 @@ def train_step(t: Trainer, batch, mode: str) -> dict:
     if regular:
         _sync_running_gates(t)
     correct = (fused_logits(logits0, logits1).argmax(1) == y).sum()
-    values = torch.cat([torch.stack([loss.detach().double(), correct.double()]), t.meter.readout()]).tolist()
-    out = dict(zip(("loss", "correct", *READOUT), values))
+    return torch.cat([torch.stack([loss.detach().double(), correct.double()]), t.meter.readout()])
+
+
+def train_step(t: Trainer, batch, mode: str) -> dict:
+    """One training step (a graph replay where the trainer has graphs); its values read in one copy, the step's
+    only host sync: loss, correct, and the speed meter's READOUT."""
+    step = t.graphs or (lambda *args: step_on_device(t, *args))
+    out = dict(zip(("loss", "correct", *READOUT), step(batch.view0, batch.view1, batch.label, mode).tolist()))
     if not math.isfinite(out["loss"]):
         raise NonFiniteLoss(f"loss is {out['loss']} at step {t.step} (epoch {t.epoch}); training stopped, "
                             f"the last good checkpoint is kept in {RunFolder(t.cfg.out).last}")
-    if not regular:
+    if mode != REGULAR:
         out["d_speed_step"] = math.nan  # a re-balancing step is not measured
     return out
 
@@ -245,7 +273,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | Non
             train = train_one_epoch(t, train_loader, steps_log, progress)
             _check_ranks_agree(t)
             val = evaluate(t.net, val_loader, t.compute.fp32())  # selects best.pt: no bf16 flips
-            lr = t.optimizer.param_groups[0]["lr"]
+            lr = float(t.optimizer.param_groups[0]["lr"])
             t.scheduler.step(plateau_loss(train, cfg))  # SPEC §5: plateau on the training loss
             t.full_acc_epochs += int(train["train_acc"] >= 1.0)
             speed = t.meter.values()

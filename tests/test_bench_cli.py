@@ -17,10 +17,32 @@ def test_bench_json_has_loader_and_train_results(make_dataset, tmp_path):
     assert {"torch", "memory"} <= set(result["loader"]["results"])
     for v in result["loader"]["results"].values():
         assert v["images_per_s"] > 0 and v["cpu_ms_per_image"] > 0
-    train = result["train"]["results"]
+    (train,) = result["train"]["results"]  # one batch size, eager only on the CPU
+    assert (train["batch_size"], train["cuda_graphs"], train["gpu_busy_ms_per_step"]) == (4, False, None)
     assert train["end_to_end_samples_per_s"] > 0 and train["compute_only_samples_per_s"] > 0
-    assert 0 <= train["data_wait_share"] < 1
+    assert 0 <= train["data_wait_share"] < 1 and train["compute_steps_per_s"] > 0
     assert train["end_to_end_over_compute"] == train["end_to_end_samples_per_s"] / train["compute_only_samples_per_s"]
+
+
+def test_bench_train_takes_several_batch_sizes_and_the_scripts_flags(make_dataset, tmp_path):
+    data = make_dataset(tmp_path, size=16, per_split={"train": 6})
+    r = CliRunner().invoke(app, ["bench", "train", "--data", str(data), "--batch-size", "2,4", "--threads", "1",
+                                 "--steps", "2", "--device", "cpu", "--loader", "torch", "--channels-last", "on",
+                                 "--json", "--save", str(tmp_path / "t.json")])
+    assert r.exit_code == 0, r.output
+    results = json.loads(r.output)["results"]
+    assert [(x["batch_size"], x["loader"], x["channels_last"]) for x in results] == [(2, "torch", True),
+                                                                                   (4, "torch", True)]
+
+
+def test_bench_render_runs_without_data(tmp_path):
+    r = CliRunner().invoke(app, ["bench", "render", "--workers", "1", "--meshes", "5", "--repeats", "1",
+                                 "--skip-synthetic", "--json", "--save", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["render"]["views_per_s"] > 0 and result["prep"]["meshes"] == 5
+    assert result["projection"]["seconds"] == round(12_311 * 12 / result["prep"]["views_per_s"], 1)
+    assert "synthetic" not in result
 
 
 def test_bench_without_data_is_one_error_line():
