@@ -66,6 +66,8 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
     threads: Optional[int] = typer.Option(None, help="Loader threads per process."),
+    cuda_graphs: Optional[str] = typer.Option(None, help="auto: on one GPU, each step mode runs as a captured "
+                                                         "CUDA graph; off: eager steps."),
     max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap the steps of each epoch (quick looks)."),
     config: Optional[Path] = typer.Option(None, help="JSON config (e.g. a run's config.json); flags override it."),
     preset: str = typer.Option("paper", help="Defaults: paper (SPEC §5) or demo (2-core CPU)."),
@@ -106,7 +108,7 @@ def train(
         speed_window=speed_window, speed_signal=speed_signal, speed_from_epoch=speed_from_epoch,
         plateau_on=plateau_on, ogm_alpha=ogm_alpha, ogm_start_epoch=ogm_start_epoch, ogm_end_epoch=ogm_end_epoch,
         gb_interval=gb_interval, moddrop_p=moddrop_p, pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
-        pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, seed=seed, device=device, loader=loader, num_threads=threads,
+        pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, seed=seed, device=device, loader=loader, num_threads=threads, cuda_graphs=cuda_graphs,
         max_steps_per_epoch=max_steps_per_epoch)
     if not cfg.data:
         raise UserError("--data is required (a folder made by `mmtm prep`)")
