@@ -108,8 +108,8 @@ def train(
         speed_window=speed_window, speed_signal=speed_signal, speed_from_epoch=speed_from_epoch,
         plateau_on=plateau_on, ogm_alpha=ogm_alpha, ogm_start_epoch=ogm_start_epoch, ogm_end_epoch=ogm_end_epoch,
         gb_interval=gb_interval, moddrop_p=moddrop_p, pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
-        pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, seed=seed, device=device, loader=loader, num_threads=threads, cuda_graphs=cuda_graphs,
-        max_steps_per_epoch=max_steps_per_epoch)
+        pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, seed=seed, device=device,
+        loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, max_steps_per_epoch=max_steps_per_epoch)
     if not cfg.data:
         raise UserError("--data is required (a folder made by `mmtm prep`)")
     row = fit(cfg, resume=resume)
