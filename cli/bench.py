@@ -163,6 +163,8 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
            warmup_batches: int = typer.Option(2, help="Untimed batches before each repeat."),
            max_batches: Optional[int] = typer.Option(None, help="Timed batches per repeat [one epoch, ≥ 1 s]."),
            device: str = typer.Option("auto", help="auto | cpu | cuda."),
+           source_workers: Optional[int] = typer.Option(None, help="DALI: processes reading the files [0 on the "
+                                                                   "CPU, a quarter of the cores (≤ 4) with a GPU]."),
            as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
     """Images/s of each loader backend (dali, torch, in-memory ceiling) with warm-up and median of repeats.
 
@@ -171,7 +173,8 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
       mmtm bench loader --data demo/data --threads 2 --json
     """
     r = _run_loader(data, batch_size, threads, split=split, views=views, repeats=repeats,
-                    warmup_batches=warmup_batches, max_batches=max_batches, device=device)
+                    warmup_batches=warmup_batches, max_batches=max_batches, device=device,
+                    source_workers=source_workers)
     _emit(r, save or Path("bench-loader.json"), as_json, _table("loader throughput", _loader_rows(r)))
 
 

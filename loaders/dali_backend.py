@@ -1,20 +1,22 @@
 """The DALI backend: one source hands DALI both views of the same objects; DALI decodes and augments.
 
-Pairing is by construction: a single batch-mode external source returns, for batch k of this
-rank's epoch order, one DALI batch of 2N samples, view0 of rows r_0..r_N-1 then view1 of the
-same rows, with their row indices and flip decisions. DALI keeps sample order, so output sample
-j and N+j are the two views of one object, and view0/view1 are the two halves of one tensor.
-One 2N-sample decode beats two N-sample decodes (measured 10-20% less CPU at 224 px: one
-operator launch and one load-balanced pass over the thread pool instead of two).
-The source runs in the consumer's thread rather than DALI's parallel Python workers: reading a
-batch's files is ~5% of the CPU time at 224 px (~20% at 64 px), and the epoch order can change
-with set_epoch, which worker processes would not see.
-On a GPU the decode is "mixed" (nvJPEG) and flip+normalise run on the GPU, and the outputs reach
-torch through DLPack without a host copy; without a GPU the same graph runs on CPU operators.
+Pairing is by construction: a single batch-mode external source (loaders/pair_source.py) returns, for batch k
+of this rank's epoch order, one DALI batch of 2N samples, view0 of rows r_0..r_N-1 then view1 of the same rows,
+with their row indices and flip decisions. DALI keeps sample order, so output sample j and N+j are the two views
+of one object, and view0/view1 are the two halves of one tensor. One 2N-sample decode beats two N-sample decodes
+(measured 10-20% less CPU at 224 px: one operator launch and one load-balanced pass over the thread pool).
+
+Where the source runs: with `source_workers=0` in the consumer's thread, inside `pipe.run` (on a 2-core CPU
+reading is ~5% of the CPU time at 224 px and worker processes would only compete for the cores); with N > 0 in
+N spawned DALI worker processes, so that no file reading or per-sample Python work happens on the thread that
+drives the GPU. The source is a pure function of (epoch, iteration), so both give the same batches; a pipeline
+counts epochs from its build, and an epoch other than the next one (set_epoch, or an epoch left early while
+workers prefetch) rebuilds it.
+On a GPU the decode is "mixed" (nvJPEG) and flip+normalise run on the GPU, and the outputs reach torch through
+DLPack without a host copy; without a GPU the same graph runs on CPU operators.
 """
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Generator
 
 import numpy as np
@@ -23,87 +25,75 @@ from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
 from loaders.dataset import DatasetError
-from loaders.files import batch_failure, read_encoded, size_error
+from loaders.files import batch_failure, size_error
+from loaders.pair_source import PairSource
 from loaders.two_view import MEAN, STD, Batch, TwoViewLoader
 
-# Batches DALI works on ahead of the consumer; 2 measured as fast as deeper queues on 2 cores.
-PREFETCH_DEPTH = 2
-
-
-class _PairSource:
-    """External-source callback: batch k of the epoch -> both views of the same rows, in one batch.
-
-    It keeps no reference to the loader (no cycle), so dropping the loader frees the pipeline."""
-
-    def __init__(self, paths: list[tuple[str, str]]):
-        self.paths = paths
-        self.batches: list[np.ndarray] = []
-        self.flips = np.zeros((0, 2), dtype=bool)
-        self.stop = False
-        self.in_flight: deque[np.ndarray] = deque()  # rows fed to DALI and not yet returned
-
-    def start(self, batches: list[np.ndarray], flips: np.ndarray) -> None:
-        self.batches, self.flips, self.stop = batches, flips, False
-        self.in_flight.clear()
-
-    def __call__(self, info) -> tuple:
-        if self.stop or info.iteration >= len(self.batches):
-            raise StopIteration
-        rows = self.batches[info.iteration]
-        self.in_flight.append(rows)
-        encoded = [read_encoded(self.paths[r][slot]) for slot in (0, 1) for r in rows]
-        mirror = np.ascontiguousarray(self.flips[rows].T.reshape(-1).astype(np.int32))
-        return encoded, np.concatenate([rows, rows]), mirror
+# Batches DALI works on ahead of the consumer: 2 measured as fast as deeper queues on 2 cores; on a GPU one more
+# absorbs the jitter of file reads behind a short CUDA-graph step (not yet measured there).
+PREFETCH_DEPTH = {"cpu": 2, "cuda": 3}
 
 
 class DaliTwoViewLoader(TwoViewLoader):
     backend = "dali"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, source_workers: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self._gpu = self.device.type == "cuda"
         self._labels = torch.from_numpy(self.labels).to(self.device)
-        self._source = _PairSource(self.paths)
-        self._pipe: Pipeline | None = self._build()
+        self._workers = source_workers
+        self._depth = PREFETCH_DEPTH[self.device.type]
+        self._pipe: Pipeline | None = None
+        self._source: PairSource | None = None
+        self._next_epoch = 0  # the epoch the pipeline produces next
+        self._build(0)  # a broken DALI set-up shows at construction, not at the first epoch
 
-    def _build(self) -> Pipeline:
+    def _build(self, first_epoch: int) -> None:
+        self._pipe = None  # release the previous pipeline (and its workers) first
+        self._source = PairSource(self.paths, batch_size=self.batch_size, train=self.train, seed=self.seed,
+                                  rank=self.rank, world_size=self.world_size, first_epoch=first_epoch)
+        parallel = self._workers > 0
         pipe = Pipeline(batch_size=2 * self.batch_size, num_threads=self.num_threads,
-                        device_id=self.device.index if self._gpu else None,
-                        prefetch_queue_depth=PREFETCH_DEPTH, exec_dynamic=True)
+                        device_id=self.device.index if self._gpu else None, prefetch_queue_depth=self._depth,
+                        exec_dynamic=True, **({"py_num_workers": self._workers, "py_start_method": "spawn"}
+                                              if parallel else {}))
         with pipe:
-            encoded, index, mirror = fn.external_source(self._source, num_outputs=3, batch=True, batch_info=True)
+            encoded, index, mirror = fn.external_source(self._source, num_outputs=3, batch=True, batch_info=True,
+                                                        parallel=parallel,
+                                                        **({"prefetch_queue_depth": self._depth} if parallel else {}))
             # output_type RGB also expands grey images to three channels.
             images = fn.decoders.image(encoded, device="mixed" if self._gpu else "cpu", output_type=types.RGB)
             pipe.set_outputs(fn.crop_mirror_normalize(images, mirror=mirror, mean=list(MEAN), std=list(STD),
                                                       dtype=types.FLOAT, output_layout="CHW"), index)
         pipe.build()
-        return pipe
+        self._pipe, self._next_epoch = pipe, first_epoch
 
-    def _iterate(self, batches: list[np.ndarray], flips: np.ndarray) -> Generator[Batch, None, None]:
+    def _iterate(self, epoch: int, batches: list[np.ndarray], flips: np.ndarray) -> Generator[Batch, None, None]:
         if not batches:
             return
-        if self._pipe is None:  # a failed epoch invalidated the previous pipeline
-            self._pipe = self._build()
-        self._source.start(batches, flips)
+        if self._pipe is None or epoch != self._next_epoch:
+            self._build(epoch)
+        taken = 0
         try:
-            for _ in batches:
-                yield self._next_batch()
+            for k in range(len(batches)):
+                yield self._next_batch(batches, k)
+                taken += 1
         finally:
-            self._end_epoch()
+            self._end_epoch(complete=taken == len(batches))
 
-    def _next_batch(self) -> Batch:
+    def _next_batch(self, batches: list[np.ndarray], k: int) -> Batch:
         assert self._pipe is not None
         stream = torch.cuda.current_stream(self.device) if self._gpu else None
         try:
             images, index = self._pipe.run(stream)
-        except DatasetError:  # from the source: a file is missing
+        except DatasetError:  # from a consumer-thread source: it names the file
             self._pipe = None
             raise
-        except RuntimeError as e:  # a decode failure; DALI only names "sample #k", so find the file
+        except Exception as e:  # a file went missing or does not decode; DALI only names "sample #k"
             self._pipe = None
-            suspects = [p for rows in self._source.in_flight for r in rows for p in self.paths[r]]
+            suspects = [p for rows in batches[k:k + self._depth + 1] for r in rows for p in self.paths[r]]
             raise batch_failure(suspects, self.dataset.image_size, e) from None
-        rows = self._source.in_flight.popleft()
+        rows = batches[k]
         self._check_sizes(images, rows)
         n = len(rows)
         both = self._to_torch(images)
@@ -125,15 +115,23 @@ class DaliTwoViewLoader(TwoViewLoader):
                 return torch.from_dlpack(images.as_tensor())
         return torch.from_dlpack(images.as_tensor())
 
-    def _end_epoch(self) -> None:
-        """Consume what DALI prefetched beyond the last batch taken, so the next epoch starts clean."""
+    def _end_epoch(self, complete: bool) -> None:
+        """Let the pipeline reach the end of the epoch and reset it, so the next epoch starts clean. Left early,
+        a consumer-thread source is told to stop and what DALI prefetched is drained; worker processes cannot be
+        told, so their pipeline is dropped and the next epoch builds a new one."""
         if self._pipe is None:
             return
-        self._source.stop = True
+        if not complete and self._workers > 0:
+            self._pipe = None
+            return
+        assert self._source is not None
+        self._source.stop = not complete
         try:
             while True:
                 self._pipe.run()
         except StopIteration:
             self._pipe.reset()
+            self._source.stop = False
+            self._next_epoch += 1
         except Exception:  # a bad file in a batch nobody will read: rebuild rather than report
             self._pipe = None

@@ -22,13 +22,16 @@ class BackendUnavailable(UserError, ImportError):
 
 def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[int] = (0, 6), batch_size: int,
                     train: bool, seed: int, backend: str = "auto", device: str | torch.device = "auto",
-                    rank: int = 0, world_size: int = 1, num_threads: int = 2) -> TwoViewLoader:
+                    rank: int = 0, world_size: int = 1, num_threads: int = 2,
+                    source_workers: int | None = None) -> TwoViewLoader:
     """Batches of two views of the same objects of one split, see `TwoViewLoader`.
 
     train=True: seeded shuffle per epoch, independent random horizontal flip per view (the paper's
     train transform), last partial batch dropped. train=False: index-file order, no augmentation,
     partial last batch kept. With world_size > 1 each rank gets its share (see `epoch_order`).
     backend: "dali", "torch" or "auto" (dali when it imports); device: "cpu", "cuda[:i]" or "auto".
+    source_workers (DALI): processes that read the files, so the thread driving the GPU never does; None = 0 on
+    the CPU (they would compete for its cores), a quarter of the cores (at most 4) with a GPU.
     """
     if batch_size < 1 or num_threads < 1:
         raise ValueError(f"batch_size ({batch_size}) and num_threads ({num_threads}) must be at least 1")
@@ -48,12 +51,16 @@ def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[
     if train and share < batch_size:  # an epoch without a single batch would train silently on nothing
         raise UserError(f"split {split!r} gives rank {rank} of {world_size} only {share} objects, "
                         f"less than one batch of {batch_size}; lower the batch size")
-    if name == "dali":
-        from loaders.dali_backend import DaliTwoViewLoader as cls  # DALI is optional: imported only when used
-    else:
-        cls = TorchTwoViewLoader
-    return cls(dataset, split, rows, views=(int(views[0]), int(views[1])), batch_size=batch_size, train=train,
-               seed=seed, device=dev, rank=rank, world_size=world_size, num_threads=num_threads)
+    common = dict(views=(int(views[0]), int(views[1])), batch_size=batch_size, train=train, seed=seed, device=dev,
+                  rank=rank, world_size=world_size, num_threads=num_threads)
+    if name == "torch":
+        return TorchTwoViewLoader(dataset, split, rows, **common)
+    from loaders.dali_backend import DaliTwoViewLoader  # DALI is optional: imported only when used
+    if source_workers is None:
+        source_workers = 0 if dev.type == "cpu" else min(4, max(1, (os.cpu_count() or 4) // 4))
+    if source_workers < 0:
+        raise ValueError(f"source_workers must not be negative, got {source_workers}")
+    return DaliTwoViewLoader(dataset, split, rows, source_workers=source_workers, **common)
 
 
 def _resolve_backend(backend: str) -> str:

@@ -136,7 +136,7 @@ class TorchTwoViewLoader(TwoViewLoader):
             persistent_workers=True, pin_memory=gpu and not self._gpu_decode)
         weakref.finalize(self, _WORKER_POOLS.pop, id(self), None)
 
-    def _iterate(self, batches: list[np.ndarray], flips: np.ndarray) -> Generator[Batch, None, None]:
+    def _iterate(self, epoch: int, batches: list[np.ndarray], flips: np.ndarray) -> Generator[Batch, None, None]:
         if not batches:
             return
         self._items.items = [(rows, flips[rows]) for rows in batches]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from loaders.dataset import PreparedDataset, Row
-from loaders.sampling import epoch_order, flip_table, num_rank_rows, split_batches
+from loaders.sampling import epoch_plan, num_rank_rows
 
 # ImageNet statistics on the 0..255 scale: the paper's backbones were pretrained with them.
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -75,17 +75,12 @@ class TwoViewLoader(ABC):
         if previous is not None:  # an earlier epoch was left early: let its backend clean up first
             previous.close()
         epoch, self._epoch = self._epoch, self._epoch + 1
-        order = epoch_order(self.num_rows, train=self.train, seed=self.seed, epoch=epoch,
-                            rank=self.rank, world_size=self.world_size)
-        batches = split_batches(order, self.batch_size, drop_last=self.train)
-        if self.train:
-            flips = flip_table(self.num_rows, seed=self.seed, epoch=epoch)
-        else:
-            flips = np.zeros((self.num_rows, 2), dtype=bool)
-        epoch_batches = self._iterate(batches, flips)
+        batches, flips = epoch_plan(self.num_rows, batch_size=self.batch_size, train=self.train, seed=self.seed,
+                                    epoch=epoch, rank=self.rank, world_size=self.world_size)
+        epoch_batches = self._iterate(epoch, batches, flips)
         self._active = weakref.ref(epoch_batches)
         return epoch_batches
 
     @abstractmethod
-    def _iterate(self, batches: list[np.ndarray], flips: np.ndarray) -> Generator[Batch, None, None]:
-        """Yield one Batch per entry of `batches` (row indices); flips[row, slot] mirrors a view."""
+    def _iterate(self, epoch: int, batches: list[np.ndarray], flips: np.ndarray) -> Generator[Batch, None, None]:
+        """Yield one Batch per entry of `batches` (row indices) of `epoch`; flips[row, slot] mirrors a view."""

@@ -252,9 +252,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | Non
     more_loaders = {("val", False): val_loader}
 
     def loader(split: str, train: bool):
-        """The loaders a policy asks for, made once (a policy may read the splits before an epoch)."""
+        """The loaders a policy asks for, made once (a policy may read the splits before an epoch). Their DALI
+        source runs in this thread: a pass that stops early would otherwise restart worker processes."""
         if (split, train) not in more_loaders:
-            more_loaders[split, train] = two_view_loader(cfg.data, split, train=train, **common)
+            more_loaders[split, train] = two_view_loader(cfg.data, split, train=train, source_workers=0, **common)
         return more_loaders[split, train]
 
     context = EpochContext(t.net, t.compute, ddp, loader)

@@ -38,7 +38,8 @@ _MEMORY_MAX_OBJECTS = 1024  # the ceiling cycles over at most this many decoded 
 
 def bench_loader(data_dir: str | os.PathLike, *, batch_size: int = 32, threads: int = 2,
                  views: tuple[int, int] = (0, 6), split: str = "train", repeats: int = 3,
-                 warmup_batches: int = 2, max_batches: int | None = None, device: str = "auto") -> dict:
+                 warmup_batches: int = 2, max_batches: int | None = None, device: str = "auto",
+                 source_workers: int | None = None) -> dict:
     """{"results": {backend: {"images_per_s", "cpu_ms_per_image", ...}}, "config": {...}}; medians over repeats."""
     if repeats < 1 or warmup_batches < 0 or (max_batches is not None and max_batches < 1):
         raise UserError("repeats and max_batches must be at least 1, warmup_batches at least 0")
@@ -48,7 +49,8 @@ def bench_loader(data_dir: str | os.PathLike, *, batch_size: int = 32, threads: 
         for backend in BACKENDS:
             try:
                 loader = two_view_loader(data_dir, split, views=views, batch_size=batch_size, train=True,
-                                         seed=_SEED, backend=backend, device=device, num_threads=threads)
+                                         seed=_SEED, backend=backend, device=device, num_threads=threads,
+                                         source_workers=source_workers)
             except BackendUnavailable:
                 continue
             results[backend] = _measure(loader, repeats, warmup_batches, max_batches)
@@ -59,7 +61,8 @@ def bench_loader(data_dir: str | os.PathLike, *, batch_size: int = 32, threads: 
         "data": str(Path(data_dir).resolve()), "split": split, "objects": loader.num_rows,
         "image_size": dataset.image_size, "encoding": dataset.encoding, "views": list(views),
         "batch_size": batch_size, "threads": threads, "repeats": repeats, "warmup_batches": warmup_batches,
-        "max_batches": max_batches, "device": str(loader.device), "backends": [b for b in results if b != "memory"],
+        "max_batches": max_batches, "device": str(loader.device), "source_workers": source_workers,
+        "backends": [b for b in results if b != "memory"],
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "dali": _dali_version(),
     }
