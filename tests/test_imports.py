@@ -101,3 +101,19 @@ def test_the_graph_sees_every_package_and_local_imports():
     assert {"loaders.dataset", "loaders.prep.build", "mmtm.training", "cli.app"} <= set(graph)
     assert "loaders.dali_backend" in graph["loaders.factory"]  # imported inside a function
     assert "loaders.prep.render" in graph["loaders.prep.build"]  # `from loaders.prep import render`
+
+
+def test_readme_module_map_names_every_module():
+    """Every module of loaders/, mmtm/ and cli/ has a row in README's "Where things are" (its path, or its folder
+    and its name in one row), so the map a newcomer reads matches the tree."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Where things are"):]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    missing = []
+    for name, path in project_modules().items():
+        if path.name == "__init__.py":
+            continue
+        folder = path.parent.relative_to(ROOT).as_posix() + "/"
+        if not any(folder in row and path.stem in row for row in rows):
+            missing.append(name)
+    assert missing == []
