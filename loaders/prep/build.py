@@ -22,6 +22,7 @@ from rich.text import Text
 from loaders.atomic import AtomicDir
 from loaders.dataset import ENCODINGS, NUM_VIEWS, DatasetError, Row, view_filename, write_meta, write_split
 from loaders.errors import UserError
+from loaders.output import check_output_folder
 from loaders.prep import meshes, mvcnn_tree, render, synthetic
 
 OFFICIAL_SPLITS = ("train", "test")
@@ -55,7 +56,7 @@ def detect_source(src: str | os.PathLike) -> str:
     src = Path(src)
     if not src.is_dir():
         raise UserError(f"{src}: no such folder")
-    suffixes = {p.suffix.lower() for split_dir in _split_dirs(src) for p in split_dir.iterdir()
+    suffixes = {p.suffix.lower() for split_dir in _split_dirs(src) for p in _listing(split_dir)
                 if not p.name.startswith(".")}
     has_images, has_meshes = ".png" in suffixes, bool(suffixes & set(meshes.MESH_SUFFIXES))
     if has_images and has_meshes:
@@ -72,7 +73,14 @@ def _split_dirs(src: Path) -> list[Path]:
 
 
 def _class_dirs(src: Path) -> list[Path]:
-    return sorted((d for d in src.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    return sorted((d for d in _listing(src) if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise UserError(f"{folder}: cannot list the folder ({e.strerror})") from None
 
 
 def scan_source(src: Path, kind: str, skip_bad: bool) -> tuple[list[SourceObject], list[str]]:
@@ -92,7 +100,7 @@ def scan_source(src: Path, kind: str, skip_bad: bool) -> tuple[list[SourceObject
                 objects += [SourceObject(class_dir.name, split, name, tuple(paths))
                             for name, paths in sorted(grouped.items())]
             else:
-                objects += [SourceObject(class_dir.name, split, p.stem, (p,)) for p in sorted(split_dir.iterdir())
+                objects += [SourceObject(class_dir.name, split, p.stem, (p,)) for p in sorted(_listing(split_dir))
                             if p.suffix.lower() in meshes.MESH_SUFFIXES and not p.name.startswith(".")]
     if problems and not skip_bad:
         more = f" (and {len(problems) - 1} more problems; --skip-bad drops such objects)" if len(problems) > 1 else ""
@@ -102,9 +110,13 @@ def scan_source(src: Path, kind: str, skip_bad: bool) -> tuple[list[SourceObject
 
 def split_train_val(train: list[SourceObject], val_fraction: float, seed: int
                     ) -> tuple[list[SourceObject], list[SourceObject]]:
-    """Move round(val_fraction·n) official-train objects, drawn by a seeded permutation, to validation."""
+    """Move round(val_fraction·n) official-train objects, drawn by a seeded permutation, to validation; training
+    needs objects on both sides."""
     ordered = sorted(train, key=lambda o: (o.cls, o.name))
     n_val = int(round(val_fraction * len(ordered)))
+    if not 0 < n_val < len(ordered):
+        raise UserError(f"--val-fraction {val_fraction} of {len(ordered)} official train objects leaves "
+                        f"{len(ordered) - n_val} for training and {n_val} for validation; both need at least one")
     val_idx = set(np.random.default_rng(seed).permutation(len(ordered))[:n_val].tolist())
     return ([o for i, o in enumerate(ordered) if i not in val_idx],
             [o for i, o in enumerate(ordered) if i in val_idx])
@@ -157,8 +169,8 @@ def _check_options(image_size: int, encoding: str, val_fraction: float, workers:
         raise UserError(f"--image-size must be 8..4096 pixels, not {image_size}")
     if encoding not in ENCODINGS:
         raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"--val-fraction must be in [0, 1), not {val_fraction}")
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be in (0, 1), not {val_fraction}")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")
 
@@ -171,11 +183,9 @@ def _check_out(out: Path, src: Path | None) -> None:
         src_abs = src.resolve()
         if out_abs == src_abs or out_abs in src_abs.parents or src_abs in out_abs.parents:
             raise UserError(f"{out}: --out must lie outside the source folder {src} and not contain it")
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not (out / "dataset.json").is_file():
-            raise UserError(f"{out}: exists, is not empty and is not a prepared dataset; refusing to replace it")
+    check_output_folder(out, replaced=True)
+    if out.exists() and any(out.iterdir()) and not (out / "dataset.json").is_file():
+        raise UserError(f"{out}: exists, is not empty and is not a prepared dataset; refusing to replace it")
 
 
 def _build(out, objects: list[SourceObject], classes: list[str], job: _Job, src: Path | None, *,
@@ -185,6 +195,7 @@ def _build(out, objects: list[SourceObject], classes: list[str], job: _Job, src:
     start = time.perf_counter()
     _check_names(objects)
     _check_classes(classes, objects, src, where="")
+    split_train_val([o for o in objects if o.split == "train"], val_fraction, seed)  # fails before any rendering
     with AtomicDir(out) as root:
         job = dataclasses.replace(job, root=root)
         failed = _run(job, objects, workers, progress, skip_bad)
