@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from loaders.atomic import atomic_write_text
+from loaders.output import check_output_folder
 from mmtm.config import resolve
 from mmtm.eval_cur import evaluate_cur
 from mmtm.policy import POLICIES
@@ -40,18 +41,16 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tuple[str, ...] = tuple(POLICIES),
                    preset: str = "demo", config_file: str | None = None, **overrides) -> Path:
-    out = Path(out)
+    out = check_output_folder(out)
     data = str(Path(data).resolve())  # runs record an absolute path, so eval-cur works from any folder
-    run_dirs = []
-    for seed in seeds:
-        for policy in policies:
-            run_dir = out / f"{policy}-s{seed}"
-            cfg = resolve(preset, config_file, data=data, out=str(run_dir), policy=policy, seed=seed, **overrides)
-            print(f"== {policy}, seed {seed} -> {run_dir}", flush=True)
-            fit(cfg, resume=RunFolder(run_dir).last.is_file())
-            evaluate_cur(run_dir, checkpoint="best")
-            run_dirs.append(run_dir)
-    runs = [load_run(d) for d in run_dirs]
+    # Every run's settings are checked before the first one trains.
+    configs = [resolve(preset, config_file, data=data, out=str(out / f"{policy}-s{seed}"), policy=policy, seed=seed,
+                       **overrides) for seed in seeds for policy in policies]
+    for cfg in configs:
+        print(f"== {cfg.policy}, seed {cfg.seed} -> {cfg.out}", flush=True)
+        fit(cfg, resume=RunFolder(cfg.out).last.is_file())
+        evaluate_cur(cfg.out, checkpoint="best")
+    runs = [load_run(cfg.out) for cfg in configs]
     per_run = summary_rows(runs)
     for r in per_run:
         r["abs_d_util"], r["abs_final_d_speed"] = abs(r["d_util"]), abs(r["final_d_speed"])

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from loaders.atomic import atomic_write_text
+from loaders.output import check_output_folder
 from mmtm import plots
 from mmtm.run import load_run
 
@@ -45,8 +46,8 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
-    runs = [load_run(d) for d in run_dirs]
-    out = Path(out)
+    out = check_output_folder(out)
+    runs = [load_run(d) for d in run_dirs]  # every run checked before the first figure is drawn
     plots = write_plots(runs, out)
     columns = ["run", "policy", "seed", "epochs", "acc", "acc_m0", "acc_m1", "u_m1_given_m0", "u_m0_given_m1",
                "d_util", "final_d_speed", "rebalance_steps"]
