@@ -11,6 +11,7 @@ import torch
 
 from loaders.dataset import open_dataset
 from loaders.device import resolve_device
+from loaders.errors import UserError
 from loaders.factory import two_view_loader
 from mmtm.config import resolve
 from mmtm.fusion import REGULAR
@@ -50,6 +51,9 @@ def _cycle(loader):
 def bench_train(data: str, *, preset: str = "demo", batch_size: int | None = None, width: int | None = None,
                 steps: int = 20, warmup: int = 3, repeats: int = 3, device: str = "auto", loader: str = "auto",
                 threads: int = 2, channels_last: str = "auto") -> dict:
+    if steps < 1 or repeats < 1 or warmup < 0:
+        raise UserError(f"--steps and repeats must be at least 1 and warm-up steps at least 0 "
+                        f"(got {steps}, {repeats}, {warmup})")
     dev = resolve_device(device)
     cfg = resolve(preset, data=data, out="", batch_size=batch_size, width=width, device=device, loader=loader,
                   num_threads=threads, channels_last=channels_last)
