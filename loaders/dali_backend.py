@@ -23,7 +23,7 @@ from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
 from loaders.dataset import DatasetError
-from loaders.files import batch_failure, read_encoded, size_error
+from loaders.files import batch_failure, read_intact, size_error
 from loaders.two_view import MEAN, STD, Batch, TwoViewLoader
 
 # Batches DALI works on ahead of the consumer; 2 measured as fast as deeper queues on 2 cores.
@@ -35,8 +35,9 @@ class _PairSource:
 
     It keeps no reference to the loader (no cycle), so dropping the loader frees the pipeline."""
 
-    def __init__(self, paths: list[tuple[str, str]]):
+    def __init__(self, paths: list[tuple[str, str]], size: int):
         self.paths = paths
+        self.size = size
         self.batches: list[np.ndarray] = []
         self.flips = np.zeros((0, 2), dtype=bool)
         self.stop = False
@@ -51,7 +52,7 @@ class _PairSource:
             raise StopIteration
         rows = self.batches[info.iteration]
         self.in_flight.append(rows)
-        encoded = [read_encoded(self.paths[r][slot]) for slot in (0, 1) for r in rows]
+        encoded = [read_intact(self.paths[r][slot], self.size) for slot in (0, 1) for r in rows]
         mirror = np.ascontiguousarray(self.flips[rows].T.reshape(-1).astype(np.int32))
         return encoded, np.concatenate([rows, rows]), mirror
 
@@ -63,7 +64,7 @@ class DaliTwoViewLoader(TwoViewLoader):
         super().__init__(*args, **kwargs)
         self._gpu = self.device.type == "cuda"
         self._labels = torch.from_numpy(self.labels).to(self.device)
-        self._source = _PairSource(self.paths)
+        self._source = _PairSource(self.paths, self.dataset.image_size)
         self._pipe: Pipeline | None = self._build()
 
     def _build(self) -> Pipeline:
