@@ -69,8 +69,9 @@ class RunFolder:
         """The run's config.json, checked; None when the folder has none."""
         if not self.config.is_file():
             return None
+        saved = _read_json(self.config)
         try:
-            return from_dict(_read_json(self.config))
+            return from_dict(saved)
         except UserError as e:
             raise UserError(f"{self.config}: {e}") from None
 
