@@ -6,10 +6,12 @@ Validation = a seeded fraction of the official train split (SPEC §5: 20%, seed 
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from loaders.prep import meshes, mvcnn_tree, render, synthetic
 
 OFFICIAL_SPLITS = ("train", "test")
 SYNTHETIC = "synthetic"
+_PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 LAYOUT_HELP = ("expected <class>/{train,test}/<class>_<NNNN>.obj.shaded_v<VVV>.png (MVCNN renders) or "
                f"<class>/{{train,test}}/<name>{{{','.join(meshes.MESH_SUFFIXES)}}} (meshes, e.g. ModelNet40)")
 
@@ -198,6 +201,8 @@ def _build(out, objects: list[SourceObject], classes: list[str], job: _Job, src:
     split_train_val([o for o in objects if o.split == "train"], val_fraction, seed)  # fails before any rendering
     with AtomicDir(out) as root:
         job = dataclasses.replace(job, root=root)
+        for cls in classes:
+            (root / "images" / cls).mkdir(parents=True)
         failed = _run(job, objects, workers, progress, skip_bad)
         skipped = skipped + list(failed.values())
         kept = [o for o in objects if (o.cls, o.name) not in failed]
@@ -270,7 +275,8 @@ def _run(job: _Job, objects: list[SourceObject], workers: int, progress: bool,
             # Rendering always runs in spawned workers: an EGL/llvmpipe context in the calling process makes a
             # later `import torchvision` there crash (seen with torch 2.14), and the caller may be a test or a
             # training script. spawn, not fork: a forked child must not inherit a parent's GL state.
-            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(workers,))
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                                             initargs=(workers, os.getpid()))
             results = pool.imap(work, objects, chunksize=max(1, min(16, len(objects) // (8 * workers))))
         try:
             for obj, problem in zip(objects, results):
@@ -286,7 +292,12 @@ def _run(job: _Job, objects: list[SourceObject], workers: int, progress: bool,
     return failed
 
 
-def _init_worker(workers: int) -> None:
+def _init_worker(workers: int, parent: int) -> None:
+    # A worker outlives a prep killed with -9 and would go on writing into its temporary folder, under the next
+    # prep's clean-up of it: have the kernel kill the worker with its parent (Linux), and stop if that was already.
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
     # llvmpipe starts one raster thread per core in every process: split the cores between the workers, and
     # with one core each rasterise in the calling thread (0), which saves the hand-off.
     threads = (os.cpu_count() or 1) // workers
@@ -311,7 +322,7 @@ def _write_object(job: _Job, obj: SourceObject) -> str | None:
     except DatasetError as e:
         return str(e)
     folder = job.root / "images" / obj.cls / obj.name
-    folder.mkdir(parents=True)
+    folder.mkdir()  # not parents=True: a worker must never re-create a temporary folder that was cleaned up
     for view, data in enumerate(encoded):
         (folder / view_filename(view, job.encoding)).write_bytes(data)
     return None
