@@ -76,3 +76,10 @@ def test_run_records_an_absolute_data_path(synthetic_data, tmp_path, monkeypatch
     r = invoke("eval-cur", tmp_path / "rel")
     assert r.exit_code == 0, r.output
 
+
+
+def test_run_files_get_the_mode_of_any_file_the_user_writes(trained_runs):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "best.pt", "last.pt", "steps.csv", "epochs.csv"):
+        assert os.stat(trained_runs / "vanilla" / name).st_mode & 0o777 == 0o666 & ~umask, name
