@@ -30,9 +30,11 @@ _UNOWNED = (re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp"),       # older atom
 
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync, then rename over `path`."""
+    """Call write(file) on a temporary file beside `path`, fsync, then rename over `path`. Stale temporaries of
+    earlier writes of `path` go first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _temporary(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:

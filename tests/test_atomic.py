@@ -98,3 +98,9 @@ def test_a_held_lock_is_neither_removed_nor_shared(tmp_path):
     waiter.join(5)
     assert order == ["holder", "waiter"]
     assert list(tmp_path.iterdir()) == []  # the lock file lives only while held
+
+
+def test_a_write_removes_the_stale_temporaries_of_its_target(tmp_path):
+    (tmp_path / owned_name("cur.json", dead_pid())).write_text("{")
+    atomic_write_text(tmp_path / "cur.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cur.json"]
