@@ -44,7 +44,7 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(synthetic_data, tmp_p
 @pytest.mark.slow
 def test_kill_9_during_a_checkpoint_save_then_resume_leaves_no_temporary(synthetic_data, trained_runs, tmp_path):
     run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
-    saving = f"""
+    saving = """
 import sys, time
 from loaders.atomic import atomic_write_bytes
 def half_written(f):
