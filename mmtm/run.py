@@ -121,7 +121,7 @@ def load_run(root: str | os.PathLike) -> dict:
     for path in (run.config, run.steps, run.epochs):
         if not path.is_file():
             raise UserError(f"{run.root}: not a run folder (no {path.name}); make one with `mmtm train`")
-    run.saved_config()
+    config = to_dict(run.saved_config())
     steps, epochs = _read_csv(run.steps, STEP_FIELDS), _read_csv(run.epochs, EPOCH_FIELDS)
     if not epochs:
         raise UserError(f"{run.root}: the run has not finished an epoch yet")
@@ -129,8 +129,8 @@ def load_run(root: str | os.PathLike) -> dict:
     if cur is not None and not (isinstance(cur, dict) and all(
             isinstance(cur.get(k), (int, float)) and not isinstance(cur.get(k), bool) for k in CUR_FIELDS)):
         raise UserError(f"{run.cur}: must hold the numbers {', '.join(CUR_FIELDS)}; re-run `mmtm eval-cur`")
-    return {"name": run.root.name, "dir": str(run.root), "config": _read_json(run.config),
-            "steps": steps, "epochs": epochs, "cur": cur}
+    return {"name": run.root.name, "dir": str(run.root), "config": config, "steps": steps, "epochs": epochs,
+            "cur": cur}
 
 
 def load_run_checkpoint(path: str | os.PathLike) -> tuple[dict, TrainConfig, list[str]]:
