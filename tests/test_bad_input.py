@@ -180,11 +180,14 @@ def prep_synthetic(*extra):
                                     "--image-size", "16", "--workers", "1", "--quiet", *extra]
 
 
-def truncated_jpeg(tmp, data, runs):
-    d = data_copy(tmp, data)
-    view = d / "images" / "block" / "block_0001" / "v00.jpg"
-    view.write_bytes(view.read_bytes()[:200])
-    return [*train(d, tmp), "--loader", "dali"]  # the later --loader wins
+def damaged_jpeg(damage):
+    """Train with the DALI loader on a copy of the dataset with one view damaged: its decoder logs natively."""
+    def setup(tmp, data, runs):
+        d = data_copy(tmp, data)
+        view = d / "images" / "block" / "block_0001" / "v00.jpg"
+        view.write_bytes(damage(view.read_bytes()))
+        return [*train(d, tmp), "--loader", "dali"]  # the later --loader wins
+    return setup
 
 
 # (id, group of the issue, setup(tmp, data, runs) -> command, what the error line must name)
@@ -256,7 +259,9 @@ CASES = [
     ("train --epochs abc", 7, flags("--epochs", "abc"), "--epochs"),
     ("eval-cur without RUN", 7, lambda tmp, data, runs: ["eval-cur"], "run"),
     ("prep without --out", 7, lambda tmp, data, runs: ["prep", "synthetic"], "--out"),
-    ("train --loader dali on a truncated JPEG", 7, truncated_jpeg, "v00.jpg"),
+    ("train --loader dali on a truncated JPEG", 7, damaged_jpeg(lambda b: b[:200]), "v00.jpg"),
+    ("train --loader dali on a JPEG with a damaged header", 7,
+     damaged_jpeg(lambda b: b[:2] + bytes(range(200, 228)) + b[30:]), "v00.jpg"),
 ]
 
 
@@ -275,6 +280,12 @@ def test_bad_input_is_one_error_line_and_changes_no_file(setup, names, synthetic
     assert r.exit_code == 2, r.output
     assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], lines
     assert (tree(tmp_path), tree(synthetic_data)) == before
+
+
+@pytest.mark.parametrize("command", [["--help"], ["train", "--help"], ["bench", "--help"]])
+def test_help_is_still_help(command):
+    r = invoke(*command)
+    assert r.exit_code == 0 and "Usage: mmtm" in r.output and "error:" not in r.output
 
 
 def as_plain_user(command: list, cwd: Path) -> subprocess.CompletedProcess:
