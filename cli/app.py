@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from cli import bench, compare, eval_cur, prep, report, train
+from cli.errors import OneLineErrors
 
 app = typer.Typer(
     name="mmtm",
@@ -13,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 app.command("prep")(prep.prep)
 app.command("train")(train.train)

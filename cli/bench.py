@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cli.errors import user_errors
 from loaders.errors import UserError
+from loaders.output import check_output_file
 
 app = typer.Typer(
     help="Loader, training and rendering throughput, side by side as ratios; `mmtm bench --data D` runs the "
@@ -101,6 +102,11 @@ def _render_rows(r: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _save_path(save: Optional[Path], default: str) -> Path:
+    """Where the JSON goes, checked before the benchmark runs rather than after it."""
+    return check_output_file(save or Path(default), "--save")
+
+
 def _check_folder(data: Path) -> str:
     if not data.is_dir():
         raise UserError(f"{data}: not a folder")
@@ -147,9 +153,10 @@ def bench(
         return
     if data is None:
         raise UserError("--data is required (a folder made by `mmtm prep`)")
+    path = _save_path(save, "bench.json")
     result = {"loader": _run_loader(data, batch_size, threads),
               "train": _run_train(data, [batch_size], threads, device=device, preset=preset, steps=steps)}
-    _emit(result, save or Path("bench.json"), as_json,
+    _emit(result, path, as_json,
           _table("mmtm bench", _loader_rows(result["loader"]) + _train_rows(result["train"])))
 
 
@@ -172,10 +179,11 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
     Example:
       mmtm bench loader --data demo/data --threads 2 --json
     """
+    path = _save_path(save, "bench-loader.json")
     r = _run_loader(data, batch_size, threads, split=split, views=views, repeats=repeats,
                     warmup_batches=warmup_batches, max_batches=max_batches, device=device,
                     source_workers=source_workers)
-    _emit(r, save or Path("bench-loader.json"), as_json, _table("loader throughput", _loader_rows(r)))
+    _emit(r, path, as_json, _table("loader throughput", _loader_rows(r)))
 
 
 @app.command("train")
@@ -197,9 +205,10 @@ def train(data: Path = DATA,
       mmtm bench train --data demo/data --json
       mmtm bench train --data mn40 --device cuda --preset paper --batch-size 8,64
     """
+    path = _save_path(save, "bench-train.json")
     r = _run_train(data, _batch_sizes(batch_size), threads, device=device, preset=preset, loader=loader,
                    channels_last=channels_last, steps=steps)
-    _emit(r, save or Path("bench-train.json"), as_json, _table("training throughput", _train_rows(r)))
+    _emit(r, path, as_json, _table("training throughput", _train_rows(r)))
 
 
 @app.command("render")
@@ -219,5 +228,6 @@ def render(workers: int = typer.Option(2, help="Processes of the prep and ingest
     """
     from mmtm.bench.render import bench_render
 
+    path = _save_path(save, "bench-render.json")
     r = bench_render(workers=workers, meshes=meshes, repeats=repeats, synthetic_set=not skip_synthetic)
-    _emit(r, save or Path("bench-render.json"), as_json, _table("rendering throughput", _render_rows(r)))
+    _emit(r, path, as_json, _table("rendering throughput", _render_rows(r)))

@@ -62,20 +62,41 @@ class PreparedDataset:
         return int(self.meta["image_size"])
 
     def rows(self, split: str) -> list[Row]:
+        """The split's rows, checked: integer index 0..n-1 in order, a label of one of the classes, and a path
+        that resolves inside the dataset folder (a `..` or absolute path would read another dataset)."""
         if split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         path = self.root / "splits" / f"{split}.csv"
         if not path.is_file():
             raise DatasetError(f"{path}: split index file is missing; re-run `mmtm prep`")
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != FIELDS:
-                raise DatasetError(f"{path}: header must be {','.join(FIELDS)}")
-            rows = [Row(int(r["index"]), r["object"], r["class"], int(r["label"]), r["path"]) for r in reader]
-        for i, r in enumerate(rows):
-            if r.index != i:
-                raise DatasetError(f"{path}: row {i} has index {r.index}; indices must be 0..n-1 in order")
+        try:
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                if tuple(reader.fieldnames or ()) != FIELDS:
+                    raise DatasetError(f"{path}: header must be {','.join(FIELDS)}")
+                inside = self.root.resolve()
+                rows = [self._row(path, i, r, inside) for i, r in enumerate(reader)]
+        except OSError as e:
+            raise DatasetError(f"{path}: cannot read the split index file ({e.strerror})") from None
         return rows
+
+    def _row(self, path: Path, i: int, fields: dict, inside: Path) -> Row:
+        if None in fields or None in fields.values():  # DictReader's marks of too many or too few fields
+            raise DatasetError(f"{path}: row {i} does not have the {len(FIELDS)} fields {','.join(FIELDS)}")
+        try:
+            index, label = int(fields["index"]), int(fields["label"])
+        except ValueError:
+            raise DatasetError(f"{path}: row {i} has index {fields['index']!r} and label {fields['label']!r}; "
+                               "both must be integers") from None
+        if index != i:
+            raise DatasetError(f"{path}: row {i} has index {index}; indices must be 0..n-1 in order")
+        if not 0 <= label < len(self.meta["classes"]):
+            raise DatasetError(f"{path}: row {i} has label {label}; labels are 0..{len(self.meta['classes']) - 1} "
+                               f"({len(self.meta['classes'])} classes in dataset.json)")
+        if not (self.root / fields["path"]).resolve().is_relative_to(inside):
+            raise DatasetError(f"{path}: row {i} has path {fields['path']!r}, which leads outside the dataset "
+                               f"folder {self.root}")
+        return Row(index, fields["object"], fields["class"], label, fields["path"])
 
     def view_path(self, row: Row, view: int) -> Path:
         check_view(view)
@@ -97,6 +118,10 @@ def open_dataset(root: str | os.PathLike) -> PreparedDataset:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise DatasetError(f"{meta_path}: not valid JSON ({e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{meta_path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_path}: must hold a JSON object, not {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise DatasetError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("version") != VERSION:
@@ -106,7 +131,25 @@ def open_dataset(root: str | os.PathLike) -> PreparedDataset:
         )
     if meta.get("encoding") not in ENCODINGS:
         raise DatasetError(f"{meta_path}: unknown encoding {meta.get('encoding')!r}")
+    _check_meta(meta_path, meta)
     return PreparedDataset(root, meta)
+
+
+def _check_meta(meta_path: Path, meta: dict) -> None:
+    """The keys readers use have the types `write_meta` gives them; one line naming the key otherwise."""
+    classes, size, counts = meta.get("classes"), meta.get("image_size"), meta.get("counts")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise DatasetError(f"{meta_path}: 'classes' must be a list of distinct class names, not {classes!r}")
+    if not (_whole(size) and size > 0):
+        raise DatasetError(f"{meta_path}: 'image_size' must be a positive whole number of pixels, not {size!r}")
+    if not (isinstance(counts, dict) and all(_whole(counts.get(s)) and counts[s] >= 0 for s in SPLITS)):
+        raise DatasetError(f"{meta_path}: 'counts' must give the number of objects of each split "
+                           f"({', '.join(SPLITS)}), not {counts!r}")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def write_split(path: Path, rows: list[Row]) -> None:

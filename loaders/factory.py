@@ -34,7 +34,7 @@ def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[
     the CPU (they would compete for its cores), a quarter of the cores (at most 4) with a GPU.
     """
     if batch_size < 1 or num_threads < 1:
-        raise ValueError(f"batch_size ({batch_size}) and num_threads ({num_threads}) must be at least 1")
+        raise UserError(f"the batch size ({batch_size}) and the loader threads ({num_threads}) must be at least 1")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
     name = _resolve_backend(backend)

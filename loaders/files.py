@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 from loaders.dataset import DatasetError
 
 _RERUN = "the dataset is damaged; re-run `mmtm prep`"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def read_encoded(path: str) -> np.ndarray:
@@ -29,6 +31,56 @@ def read_encoded(path: str) -> np.ndarray:
         raise missing_error(path) from None
     except OSError as e:
         raise DatasetError(f"{path}: image cannot be read ({e.strerror}); {_RERUN}") from None
+
+
+def read_intact(path: str, size: int) -> np.ndarray:
+    """`read_encoded`, for a native decoder: bytes that fail a cheap structural check (JPEG markers up to the
+    scan and an end marker after it; PNG chunks with their CRCs up to IEND) and do not decode with Pillow either
+    are a DatasetError here. Handed on, the native decoder would print its complaint to stderr before the
+    error line (DALI's nvImageCodec logs at error level at least, and from its own threads)."""
+    data = read_encoded(path)
+    if not _intact(data.tobytes()):
+        broken = find_broken([path], size)
+        if broken is not None:
+            raise broken
+    return data
+
+
+def _intact(data: bytes) -> bool:
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_intact(data)
+    if data.startswith(_PNG_SIGNATURE):
+        return _png_intact(data)
+    return False
+
+
+def _jpeg_intact(data: bytes) -> bool:
+    """Marker segments with sane lengths from SOI up to the first scan (SOS), and an EOI after it."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xDA:
+            return data.rfind(b"\xff\xd9", pos) != -1
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in (0x00, 0xFF, 0xD8, 0xD9) or length < 2:
+            return False
+        pos += 2 + length
+    return False
+
+
+def _png_intact(data: bytes) -> bool:
+    """Every chunk whole and matching its CRC, up to IEND."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind_and_body = data[pos + 4:pos + 8 + length]
+        crc = data[pos + 8 + length:pos + 12 + length]
+        if len(crc) != 4 or zlib.crc32(kind_and_body) != int.from_bytes(crc, "big"):
+            return False
+        if kind_and_body[:4] == b"IEND":
+            return True
+        pos += 12 + length
+    return False
 
 
 def missing_error(path: str) -> DatasetError:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from loaders.files import read_encoded
+from loaders.files import read_intact
 from loaders.sampling import epoch_plan
 
 
 class PairSource:
-    def __init__(self, paths: list[tuple[str, str]], *, batch_size: int, train: bool, seed: int, rank: int,
-                 world_size: int, first_epoch: int):
-        self.paths = paths
+    def __init__(self, paths: list[tuple[str, str]], *, image_size: int, batch_size: int, train: bool, seed: int,
+                 rank: int, world_size: int, first_epoch: int):
+        self.paths, self.image_size = paths, image_size
         self.plan = dict(batch_size=batch_size, train=train, seed=seed, rank=rank, world_size=world_size)
         self.first_epoch = first_epoch  # DALI counts epochs from 0 at each pipeline build
         self.stop = False               # consumer-thread mode only: end the epoch early
@@ -30,6 +30,7 @@ class PairSource:
         if self.stop or info.iteration >= len(batches):
             raise StopIteration
         rows = batches[info.iteration]
-        encoded = [read_encoded(self.paths[r][slot]) for slot in (0, 1) for r in rows]
+        # Broken bytes are named here: handed on, the native decoder would print its own lines first.
+        encoded = [read_intact(self.paths[r][slot], self.image_size) for slot in (0, 1) for r in rows]
         mirror = np.ascontiguousarray(flips[rows].T.reshape(-1).astype(np.int32))
         return encoded, np.concatenate([rows, rows]), mirror

@@ -30,3 +30,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise UserError(f"{path}: not an mmtm checkpoint (no model/config entries)")
     return ckpt
+
+
+def load_weights(net: torch.nn.Module, ckpt: dict, path: str | os.PathLike) -> None:
+    """Load the checkpoint's model weights into `net`; weights of another shape are a UserError naming the file."""
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line),
+                     str(e).strip().splitlines()[0])
+        raise UserError(f"{path}: its weights do not fit the network its config describes ({first})") from None

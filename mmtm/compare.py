@@ -13,6 +13,7 @@ from pathlib import Path
 
 from loaders.atomic import atomic_write_text
 from mmtm import plots, stats
+from loaders.output import check_output_folder
 from mmtm.config import resolve
 from mmtm.eval_cur import evaluate_cur
 from mmtm.report import markdown_table, summary_rows, write_plots
@@ -64,19 +65,17 @@ def _evaluate(run_dir: Path, which: str) -> None:
 
 def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tuple[str, ...] = DEFAULT_POLICIES,
                    preset: str = "demo", config_file: str | None = None, **overrides) -> Path:
-    out = Path(out)
+    out = check_output_folder(out)
     data = str(Path(data).resolve())  # runs record an absolute path, so eval-cur works from any folder
-    run_dirs = []
-    for seed in seeds:
-        for policy in policies:
-            run_dir = out / f"{policy}-s{seed}"
-            cfg = resolve(preset, config_file, data=data, out=str(run_dir), policy=policy, seed=seed, **overrides)
-            print(f"== {policy}, seed {seed} -> {run_dir}", flush=True)
-            fit(cfg, resume=RunFolder(run_dir).last.is_file())
-            for which in ("best", "last"):
-                _evaluate(run_dir, which)
-            run_dirs.append(run_dir)
-    runs = [load_run(d) for d in run_dirs]
+    # Every run's settings are checked before the first one trains.
+    configs = [resolve(preset, config_file, data=data, out=str(out / f"{policy}-s{seed}"), policy=policy, seed=seed,
+                       **overrides) for seed in seeds for policy in policies]
+    for cfg in configs:
+        print(f"== {cfg.policy}, seed {cfg.seed} -> {cfg.out}", flush=True)
+        fit(cfg, resume=RunFolder(cfg.out).last.is_file())
+        for which in ("best", "last"):
+            _evaluate(Path(cfg.out), which)
+    runs = [load_run(cfg.out) for cfg in configs]
     rows, n_equal = summary_rows(runs)
     first_seed = [r for r in runs if r["config"]["seed"] == seeds[0]]
     figures = write_plots(first_seed, out) + [plots.plot_cur_by_policy(rows, out / "cur_by_policy.png")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,17 +86,22 @@ class TrainConfig:
         for v in self.views:
             if not 0 <= v < NUM_VIEWS:
                 raise UserError(f"view index {v} is out of range; views are 0..{NUM_VIEWS - 1}")
-        for name in ("epochs", "batch_size", "width", "rebalance_steps", "num_threads", "speed_window", "gb_interval"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, least in (("epochs", 1), ("batch_size", 1), ("width", 1), ("mmtm_ratio", 1), ("rebalance_steps", 1),
+                            ("num_threads", 1), ("plateau_patience", 0), ("early_stop_epochs", 0),
+                            ("warmup_epochs", 0), ("seed", 0), ("speed_window", 1), ("max_steps_per_epoch", 1),
+                            ("momentum", 0), ("weight_decay", 0), ("min_lr", 0), ("alpha", 0),
+                            ("plateau_threshold", 0), ("speed_from_epoch", 0), ("gb_interval", 1), ("ogm_alpha", 0),
+                            ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0)):
+            value = getattr(self, name)
+            if value is not None and not least <= value < math.inf:  # written so that nan fails too
+                raise UserError(f"{name} must be {f'at least {least}' if math.isfinite(value) else 'finite'}, "
+                                f"got {value}")
         if self.batch_size < 2:
             raise UserError("batch_size must be at least 2 (BatchNorm needs two samples)")
-        if self.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
-        for name in ("plateau_threshold", "speed_from_epoch", "ogm_alpha", "ogm_start_epoch", "pmr_alpha",
-                     "pmr_start_epoch"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 < self.lr < math.inf:
+            raise UserError(f"lr must be positive and finite, got {self.lr}")
+        if not 0 < self.plateau_factor < 1:
+            raise UserError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor}")
         for first, last in (("ogm_start_epoch", "ogm_end_epoch"), ("pmr_start_epoch", "pmr_end_epoch")):
             if getattr(self, last) < getattr(self, first):
                 raise UserError(f"{last} ({getattr(self, last)}) is before {first} ({getattr(self, first)})")
@@ -115,14 +121,37 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _coerce(cfg: dict) -> dict:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(cfg) - fields)
+def _coerce(cfg) -> dict:
+    """Known keys only, each of its field's type (a config file may hold anything JSON can)."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"a config must be a JSON object of settings, not {type(cfg).__name__}")
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(cfg) - set(fields))
     if unknown:
         raise UserError(f"unknown config keys: {', '.join(unknown)}")
-    if "views" in cfg:
-        cfg["views"] = tuple(int(v) for v in cfg["views"])
-    return cfg
+    return {name: _typed(name, value, fields[name]) for name, value in cfg.items()}
+
+
+def _typed(name: str, value, kind: str):
+    """`value` as the field type `kind` (the annotation's text), or a UserError naming the setting."""
+    if kind.endswith(" | None") and value is None:
+        return None
+    base = kind.removesuffix(" | None")
+
+    def whole(v) -> bool:  # JSON's true/false are ints to Python, but no setting means them as numbers
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if base == "int" and whole(value):
+        return value
+    if base == "float" and (whole(value) or isinstance(value, float)):
+        return float(value)
+    if base == "str" and isinstance(value, str):
+        return value
+    if base == "tuple[int, int]" and isinstance(value, (list, tuple)) and all(map(whole, value)):
+        return tuple(value)
+    wanted = {"int": "a whole number", "float": "a number", "str": "a string",
+              "tuple[int, int]": "two view indices like [0, 6]"}[base]
+    raise UserError(f"{name} must be {wanted}, got {value!r}")
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -133,6 +162,10 @@ def load_config_file(path: str | Path) -> dict:
         raise UserError(f"{path}: config file not found") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: config file cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def resolve(preset: str = "paper", config_file: str | Path | None = None, **overrides) -> TrainConfig:

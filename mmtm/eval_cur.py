@@ -5,13 +5,13 @@ from pathlib import Path
 
 from loaders.device import resolve_device
 from loaders.factory import two_view_loader
-from mmtm.checkpoint import load_checkpoint
-from mmtm.config import from_dict
+from loaders.output import check_output_file
+from mmtm.checkpoint import load_weights
 from mmtm.evaluate import evaluate
 from mmtm.fusion import FLOW_OFF, REGULAR
 from mmtm.hardware import Compute
 from mmtm.network import build_network
-from mmtm.run import RunFolder, check_dataset_matches
+from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
 from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
 
 
@@ -26,17 +26,21 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
     read; nothing in it changes. best.pt (or a path) → RUN/cur.json, last.pt → RUN/cur-last.json."""
     run = RunFolder(run_dir)
     ckpt_path = run.checkpoint(checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = from_dict(ckpt["config"])
-    data = data or cfg.data
-    check_dataset_matches(data, ckpt["classes"], cfg.views)
+    ckpt, cfg, classes = load_run_checkpoint(ckpt_path)
+    run_cfg = run.saved_config()
+    if run_cfg is not None:  # cur.json goes into this run: the checkpoint must be one of it, read on its data
+        check_same_run(ckpt_path, cfg, run_cfg, f"it is not a checkpoint of the run {run.root}")
+    data = data or (run_cfg or cfg).data
+    check_dataset_matches(data, classes, cfg.views)
+    check_output_file(run.cur_for(checkpoint), f"the run's {run.cur_for(checkpoint).name}")
     compute = Compute.of(resolve_device(device), amp=cfg.amp, channels_last=cfg.channels_last).fp32()
-    net = build_network(cfg, len(ckpt["classes"]))
-    net.load_state_dict(ckpt["model"])
+    net = build_network(cfg, len(classes))
+    load_weights(net, ckpt, ckpt_path)
     net = compute.place(net)
 
     def make(split_name: str):
-        return two_view_loader(data, split_name, views=tuple(cfg.views), batch_size=batch_size or max(cfg.batch_size, 32),
+        return two_view_loader(data, split_name, views=tuple(cfg.views),
+                               batch_size=max(cfg.batch_size, 32) if batch_size is None else batch_size,
                                train=False, seed=cfg.seed, backend=loader or cfg.loader, device=compute.device,
                                num_threads=num_threads or cfg.num_threads)
 

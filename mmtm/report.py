@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from loaders.atomic import atomic_write_text
+from loaders.output import check_output_folder
 from mmtm import plots
 from mmtm.fusion import REGULAR
 from mmtm.run import load_run
@@ -72,8 +73,8 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
-    runs = [load_run(d) for d in run_dirs]
-    out = Path(out)
+    out = check_output_folder(out)
+    runs = [load_run(d) for d in run_dirs]  # every run checked before the first figure is drawn
     plots = write_plots(runs, out)
     rows, n_equal = summary_rows(runs)
     text = ("# mmtm report\n\nTest-split CUR from each run's `cur.json` (best.pt) and `cur-last.json` (last.pt); nan "

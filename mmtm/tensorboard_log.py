@@ -24,6 +24,7 @@ EPOCH_TAGS = {"lr": "epoch/lr", "train_loss": "epoch/train_loss", "train_acc": "
 class TensorBoardLog:
     def __init__(self, folder: Path, *, enabled: bool, purge_step: int | None = None):
         self.writer = None
+        self._open = None  # makes the writer, and with it tb/, when the first epoch has finished
         if not enabled:
             return
         try:
@@ -32,10 +33,12 @@ class TensorBoardLog:
             print("note: tensorboard is not installed, so this run writes no tb/ "
                   "(pip install -e .[tensorboard])", file=sys.stderr)
             return
-        self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+        self._open = lambda: SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
     def epoch(self, steps: list[dict], row: dict, end_step: int) -> None:
         """The epoch's per-step rows (steps.csv) and its row (epochs.csv)."""
+        if self.writer is None and self._open is not None:
+            self.writer = self._open()
         if self.writer is None:
             return
         for s in steps:

@@ -20,7 +20,8 @@ from loaders.dataset import DatasetError, open_dataset
 from loaders.device import resolve_device
 from loaders.errors import UserError
 from loaders.factory import two_view_loader
-from mmtm.checkpoint import load_checkpoint, save_checkpoint
+from loaders.output import check_output_folder
+from mmtm.checkpoint import save_checkpoint
 from mmtm.config import TrainConfig, to_dict
 from mmtm.cuda_graphs import GraphedSteps
 from mmtm.evaluate import evaluate
@@ -30,7 +31,7 @@ from mmtm.network import TwoViewMMTMNet, build_network, fused_logits
 from mmtm.policy import EpochContext, StepPolicy
 from mmtm.progress import TrainProgress
 from mmtm.registry import make_policy
-from mmtm.run import RunFolder, check_dataset_matches
+from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
 from mmtm.schedule import make_scheduler, plateau_loss
 from mmtm.speed import READOUT, SpeedMeter
 from mmtm.tensorboard_log import TensorBoardLog
@@ -179,8 +180,9 @@ def train_step(t: Trainer, batch, mode: str) -> dict:
     step = t.graphs or (lambda *args: step_on_device(t, *args))
     out = dict(zip(("loss", "correct", *READOUT), step(batch.view0, batch.view1, batch.label, mode).tolist()))
     if not math.isfinite(out["loss"]):
-        raise NonFiniteLoss(f"loss is {out['loss']} at step {t.step} (epoch {t.epoch}); training stopped, "
-                            f"the last good checkpoint is kept in {RunFolder(t.cfg.out).last}")
+        last = RunFolder(t.cfg.out).last
+        kept = f"the last good checkpoint is kept in {last}" if last.exists() else "no epoch had finished"
+        raise NonFiniteLoss(f"loss is {out['loss']} at step {t.step} (epoch {t.epoch}); training stopped, {kept}")
     if mode != REGULAR:
         out["d_speed_step"] = math.nan  # a re-balancing step is not measured
     return out
@@ -218,37 +220,47 @@ def train_one_epoch(t: Trainer, loader, steps_log: list[dict], progress: TrainPr
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | None = None) -> dict:
-    """Train a run from scratch or resume it from `RUN/last.pt`; returns the last epoch's row."""
+    """Train a run from scratch or resume it from `RUN/last.pt`; returns the last epoch's row.
+
+    The settings, the dataset, its split files and a resumed run's checkpoint are all checked before the run
+    folder is written; bad input that stops a new run before its first checkpoint takes back what it wrote."""
+    run = RunFolder(cfg.out)
+    with run.undone_on_bad_input():
+        return _fit(cfg, run, resume=resume, progress=progress)
+
+
+def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgress | None) -> dict:
     ddp = setup_distributed(cfg.device)
     device = ddp.local_device(resolve_device(cfg.device))
-    run = RunFolder(cfg.out)
-    ckpt = None
+    check_output_folder(run.root)
+    ckpt, classes = None, None
     if resume:
         if not run.last.is_file():
             raise UserError(f"{run.last}: nothing to resume (no last.pt); start the run without --resume")
-        ckpt = load_checkpoint(run.last)
+        ckpt, saved, classes = load_run_checkpoint(run.last)
+        check_same_run(run.last, saved, cfg, "resume with the settings it was trained with, or start a new run")
+        if ckpt.get("world_size", 1) != ddp.world_size:
+            raise UserError(f"{run.last} was written by {ckpt.get('world_size', 1)} processes; "
+                            f"resume with the same number (now {ddp.world_size})")
     elif run.last.exists():
         raise UserError(f"{run.root} already holds a run; pass --resume to continue it or choose another --out")
 
     dataset = open_dataset(cfg.data)
-    classes = list(ckpt["classes"]) if ckpt else dataset.classes
+    classes = classes or dataset.classes
     check_dataset_matches(cfg.data, classes, cfg.views)
     if dataset.meta["counts"].get("val", 0) == 0:
         raise DatasetError(f"{cfg.data}: no validation objects; re-run `mmtm prep` with --val-fraction > 0")
-
-    t = build_trainer(cfg, len(classes), device, ddp)
-    if ckpt:
-        if ckpt.get("world_size", 1) != ddp.world_size:
-            raise UserError(f"{run.last} was written by {ckpt.get('world_size', 1)} processes; "
-                            f"resume with the same number (now {ddp.world_size})")
-        t.load_state_dict(ckpt)
-    if ddp.main:
-        run.start(cfg, t.epoch if ckpt else None)
 
     common = dict(views=tuple(cfg.views), batch_size=cfg.batch_size, seed=cfg.seed, backend=cfg.loader,
                   device=device, rank=ddp.rank, world_size=ddp.world_size, num_threads=cfg.num_threads)
     train_loader = two_view_loader(cfg.data, "train", train=True, **common)
     val_loader = two_view_loader(cfg.data, "val", train=False, **common)
+
+    t = build_trainer(cfg, len(classes), device, ddp)
+    if ckpt:
+        t.load_state_dict(ckpt)
+    if ddp.main:
+        run.start(cfg, t.epoch if ckpt else None)
     more_loaders = {("val", False): val_loader}
 
     def loader(split: str, train: bool):

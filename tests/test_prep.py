@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.prep import prep
+from helpers import BIN
 from loaders.dataset import open_dataset
 from loaders.prep.build import detect_source, prepare
 from loaders.prep.mvcnn_tree import render_filename
@@ -151,6 +155,22 @@ def test_bad_render_tree_fails_cleanly(tmp_path, breaks):
     with pytest.raises(UserError, match=name):
         prepare(src, tmp_path / "out", **OPTS)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_kill_9_during_prep_then_next_prep_leaves_no_temporary(tmp_path):
+    out = tmp_path / "out"
+    command = [str(BIN / "mmtm"), "prep", "synthetic", "--out", str(out), "--workers", "1", "--quiet"]
+    proc = subprocess.Popen([*command, "--classes", "10", "--per-class", "100", "--image-size", "128"])
+    deadline = time.time() + 60
+    while not leftovers(tmp_path) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # views are being written
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "prep finished before it could be killed"
+    assert leftovers(tmp_path)
+    subprocess.run([*command, "--classes", "2", "--per-class", "5", "--image-size", "16"], check=True)
+    assert leftovers(tmp_path) == [] and open_dataset(out).classes
 
 
 def test_failure_leaves_previous_dataset_unchanged(tmp_path):

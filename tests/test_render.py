@@ -108,3 +108,11 @@ def test_encode(encoding, fmt):
         assert im.format == fmt and im.size == (SIZE, SIZE)
         decoded = np.asarray(im.convert("L")).astype(int)
     assert np.abs(decoded - image).mean() < 3
+
+
+def test_a_vertex_no_face_uses_changes_nothing(renderer):
+    """ModelNet's lrfurn_armchair has a stray vertex at z = 2.43, the chair within ±0.5: the object must keep its size
+    and place in every view."""
+    vertices, faces = asymmetric_mesh()
+    stray = np.vstack([vertices, [[0.0, 0.0, 2.43]]])
+    assert np.array_equal(renderer.render(stray, faces), renderer.render(vertices, faces))

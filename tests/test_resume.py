@@ -1,9 +1,11 @@
-"""Resuming a run: after kill -9 it ends exactly like an uninterrupted one; resuming on other data is refused."""
+"""Resuming a run: after kill -9 it ends exactly like an uninterrupted one and leaves no temporary file; resuming on
+other data is refused."""
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -37,6 +39,7 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(synthetic_data, tmp_p
     done = load_checkpoint(cut / "last.pt")["epoch"]
     assert done < 5
     subprocess.run(train_command(synthetic_data, cut, *flags, "--resume"), check=True, env=env, capture_output=True)
+    assert [p.name for p in cut.iterdir() if p.name.startswith(".")] == []
 
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert drop(read_csv(cut / "epochs.csv")) == drop(read_csv(full / "epochs.csv"))
@@ -44,6 +47,27 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(synthetic_data, tmp_p
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(cut / "last.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_checkpoint_save_then_resume_leaves_no_temporary(synthetic_data, trained_runs, tmp_path):
+    run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
+    saving = """
+import sys, time
+from loaders.atomic import atomic_write_bytes
+def half_written(f):
+    f.write(b"half a checkpoint"); f.flush(); print("writing", flush=True); time.sleep(60)
+atomic_write_bytes(sys.argv[1], half_written)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", saving, str(run / "last.pt")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "writing\n"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in run.iterdir() if p.name.startswith(".last.pt.tmp-")]  # what the kill left
+    r = invoke("train", "--data", synthetic_data, "--out", run, "--resume", "--epochs", 3)
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
 
 
 def test_resume_on_other_classes_is_refused(synthetic_data, trained_runs, tmp_path):

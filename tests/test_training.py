@@ -201,3 +201,10 @@ def test_training_works_without_tensorboard(synthetic_data, tmp_path, monkeypatc
     assert r.exit_code == 0, r.output
     assert "tensorboard is not installed" in r.output and not (tmp_path / "run" / "tb").exists()
     assert (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_run_files_get_the_mode_of_any_file_the_user_writes(trained_runs):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "best.pt", "last.pt", "steps.csv", "epochs.csv"):
+        assert os.stat(trained_runs / "vanilla" / name).st_mode & 0o777 == 0o666 & ~umask, name

@@ -6,10 +6,12 @@ Validation = a seeded fraction of the official train split (SPEC §5: 20%, seed 
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +24,12 @@ from rich.text import Text
 from loaders.atomic import AtomicDir
 from loaders.dataset import ENCODINGS, NUM_VIEWS, DatasetError, Row, view_filename, write_meta, write_split
 from loaders.errors import UserError
+from loaders.output import check_output_folder
 from loaders.prep import meshes, mvcnn_tree, render, synthetic
 
 OFFICIAL_SPLITS = ("train", "test")
 SYNTHETIC = "synthetic"
+_PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 LAYOUT_HELP = ("expected <class>/{train,test}/<class>_<NNNN>.obj.shaded_v<VVV>.png (MVCNN renders) or "
                f"<class>/{{train,test}}/<name>{{{','.join(meshes.MESH_SUFFIXES)}}} (meshes, e.g. ModelNet40)")
 
@@ -55,7 +59,7 @@ def detect_source(src: str | os.PathLike) -> str:
     src = Path(src)
     if not src.is_dir():
         raise UserError(f"{src}: no such folder")
-    suffixes = {p.suffix.lower() for split_dir in _split_dirs(src) for p in split_dir.iterdir()
+    suffixes = {p.suffix.lower() for split_dir in _split_dirs(src) for p in _listing(split_dir)
                 if not p.name.startswith(".")}
     has_images, has_meshes = ".png" in suffixes, bool(suffixes & set(meshes.MESH_SUFFIXES))
     if has_images and has_meshes:
@@ -72,7 +76,14 @@ def _split_dirs(src: Path) -> list[Path]:
 
 
 def _class_dirs(src: Path) -> list[Path]:
-    return sorted((d for d in src.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    return sorted((d for d in _listing(src) if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise UserError(f"{folder}: cannot list the folder ({e.strerror})") from None
 
 
 def scan_source(src: Path, kind: str, skip_bad: bool) -> tuple[list[SourceObject], list[str]]:
@@ -92,7 +103,7 @@ def scan_source(src: Path, kind: str, skip_bad: bool) -> tuple[list[SourceObject
                 objects += [SourceObject(class_dir.name, split, name, tuple(paths))
                             for name, paths in sorted(grouped.items())]
             else:
-                objects += [SourceObject(class_dir.name, split, p.stem, (p,)) for p in sorted(split_dir.iterdir())
+                objects += [SourceObject(class_dir.name, split, p.stem, (p,)) for p in sorted(_listing(split_dir))
                             if p.suffix.lower() in meshes.MESH_SUFFIXES and not p.name.startswith(".")]
     if problems and not skip_bad:
         more = f" (and {len(problems) - 1} more problems; --skip-bad drops such objects)" if len(problems) > 1 else ""
@@ -102,9 +113,13 @@ def scan_source(src: Path, kind: str, skip_bad: bool) -> tuple[list[SourceObject
 
 def split_train_val(train: list[SourceObject], val_fraction: float, seed: int
                     ) -> tuple[list[SourceObject], list[SourceObject]]:
-    """Move round(val_fraction·n) official-train objects, drawn by a seeded permutation, to validation."""
+    """Move round(val_fraction·n) official-train objects, drawn by a seeded permutation, to validation; training
+    needs objects on both sides."""
     ordered = sorted(train, key=lambda o: (o.cls, o.name))
     n_val = int(round(val_fraction * len(ordered)))
+    if not 0 < n_val < len(ordered):
+        raise UserError(f"--val-fraction {val_fraction} of {len(ordered)} official train objects leaves "
+                        f"{len(ordered) - n_val} for training and {n_val} for validation; both need at least one")
     val_idx = set(np.random.default_rng(seed).permutation(len(ordered))[:n_val].tolist())
     return ([o for i, o in enumerate(ordered) if i not in val_idx],
             [o for i, o in enumerate(ordered) if i in val_idx])
@@ -157,8 +172,8 @@ def _check_options(image_size: int, encoding: str, val_fraction: float, workers:
         raise UserError(f"--image-size must be 8..4096 pixels, not {image_size}")
     if encoding not in ENCODINGS:
         raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"--val-fraction must be in [0, 1), not {val_fraction}")
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be in (0, 1), not {val_fraction}")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")
 
@@ -171,11 +186,9 @@ def _check_out(out: Path, src: Path | None) -> None:
         src_abs = src.resolve()
         if out_abs == src_abs or out_abs in src_abs.parents or src_abs in out_abs.parents:
             raise UserError(f"{out}: --out must lie outside the source folder {src} and not contain it")
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not (out / "dataset.json").is_file():
-            raise UserError(f"{out}: exists, is not empty and is not a prepared dataset; refusing to replace it")
+    check_output_folder(out, replaced=True)
+    if out.exists() and any(out.iterdir()) and not (out / "dataset.json").is_file():
+        raise UserError(f"{out}: exists, is not empty and is not a prepared dataset; refusing to replace it")
 
 
 def _build(out, objects: list[SourceObject], classes: list[str], job: _Job, src: Path | None, *,
@@ -185,8 +198,11 @@ def _build(out, objects: list[SourceObject], classes: list[str], job: _Job, src:
     start = time.perf_counter()
     _check_names(objects)
     _check_classes(classes, objects, src, where="")
+    split_train_val([o for o in objects if o.split == "train"], val_fraction, seed)  # fails before any rendering
     with AtomicDir(out) as root:
         job = dataclasses.replace(job, root=root)
+        for cls in classes:
+            (root / "images" / cls).mkdir(parents=True)
         failed = _run(job, objects, workers, progress, skip_bad)
         skipped = skipped + list(failed.values())
         kept = [o for o in objects if (o.cls, o.name) not in failed]
@@ -259,7 +275,8 @@ def _run(job: _Job, objects: list[SourceObject], workers: int, progress: bool,
             # Rendering always runs in spawned workers: an EGL/llvmpipe context in the calling process makes a
             # later `import torchvision` there crash (seen with torch 2.14), and the caller may be a test or a
             # training script. spawn, not fork: a forked child must not inherit a parent's GL state.
-            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(workers,))
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                                             initargs=(workers, os.getpid()))
             results = pool.imap(work, objects, chunksize=max(1, min(16, len(objects) // (8 * workers))))
         try:
             for obj, problem in zip(objects, results):
@@ -275,7 +292,12 @@ def _run(job: _Job, objects: list[SourceObject], workers: int, progress: bool,
     return failed
 
 
-def _init_worker(workers: int) -> None:
+def _init_worker(workers: int, parent: int) -> None:
+    # A worker outlives a prep killed with -9 and would go on writing into its temporary folder, under the next
+    # prep's clean-up of it: have the kernel kill the worker with its parent (Linux), and stop if that was already.
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
     # llvmpipe starts one raster thread per core in every process: split the cores between the workers, and
     # with one core each rasterise in the calling thread (0), which saves the hand-off.
     threads = (os.cpu_count() or 1) // workers
@@ -300,7 +322,7 @@ def _write_object(job: _Job, obj: SourceObject) -> str | None:
     except DatasetError as e:
         return str(e)
     folder = job.root / "images" / obj.cls / obj.name
-    folder.mkdir(parents=True)
+    folder.mkdir()  # not parents=True: a worker must never re-create a temporary folder that was cleaned up
     for view, data in enumerate(encoded):
         (folder / view_filename(view, job.encoding)).write_bytes(data)
     return None

@@ -1,6 +1,7 @@
 """The MVCNN 12-view renderer (SPEC §6) on a headless moderngl context (EGL; Mesa llvmpipe on a CPU).
 
-Protocol: the mesh is centred (bounding-box centre) and scaled into the unit sphere; 12 perspective cameras sit
+Protocol: the mesh is centred (bounding-box centre) and scaled into the unit sphere, both measured on the vertices
+its faces use (ModelNet has stray unused vertices far from the object); 12 perspective cameras sit
 every 30° around the upright axis, elevated 30°, all looking at the centre. View 0 looks from the -Y side of a
 z-up mesh (the mesh's "front"), views turn counter-clockwise seen from above, so view 6 is the rear.
 Faces are shaded grey (Lambert, two-sided: ModelNet's face winding is inconsistent) by a light fixed relative to
@@ -126,8 +127,9 @@ class Renderer:
         self.rots = [v[:3, :3].T.astype("f4").tobytes() for v in views]
 
     def render(self, vertices: np.ndarray, faces: np.ndarray, up: str = "z") -> np.ndarray:
-        """The 12 MVCNN views of a raw mesh: uint8 grey [12, H, W]."""
-        return self.render_normalized(fit_unit_sphere(vertices, up), faces)
+        """The 12 MVCNN views of a raw mesh: uint8 grey [12, H, W]. Vertices no face uses are dropped first."""
+        used, faces = np.unique(np.asarray(faces), return_inverse=True)
+        return self.render_normalized(fit_unit_sphere(np.asarray(vertices)[used], up), faces.reshape(-1, 3))
 
     def render_normalized(self, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """The 12 views of a mesh already z-up and inside the unit sphere: uint8 grey [12, H, W]."""
