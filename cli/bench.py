@@ -22,8 +22,8 @@ app = typer.Typer(
 
 DATA = typer.Option(..., "--data", help="Prepared dataset folder (from `mmtm prep`).")
 JSON_OUT = typer.Option(False, "--json", help="Print one JSON object (also written to --save).")
-SAVE = typer.Option(None, "--save", help="Write the JSON here "
-                                         "[bench.json, bench-loader.json, bench-train.json or bench-render.json].")
+SAVE = typer.Option(None, "--save", help="Write the JSON here (default: bench.json, bench-loader.json, "
+                                         "bench-train.json or bench-render.json).")
 
 
 def _emit(result: dict, path: Path, as_json: bool, table: Table) -> None:
@@ -70,7 +70,8 @@ def _train_rows(r: dict) -> list[tuple[str, str, str]]:
         speedup = res["end_to_end_samples_per_s"] / eager["end_to_end_samples_per_s"]
         rows += [
             (f"train end to end samples/s ({how}, loader {res['loader']})", f"{res['end_to_end_samples_per_s']:.1f}",
-             f"{res['end_to_end_over_compute']:.2f}× compute" + (f" · {speedup:.2f}× eager" if res["cuda_graphs"] else "")),
+             f"{res['end_to_end_over_compute']:.2f}× compute"
+             + (f" · {speedup:.2f}× eager" if res["cuda_graphs"] else "")),
             (f"train compute only samples/s ({how})", f"{res['compute_only_samples_per_s']:.1f}",
              f"{res['compute_steps_per_s']:.1f} steps/s"),
             (f"train data wait share of step time ({how})", f"{res['data_wait_share']:.1%}", "target ≤ 5%"),
@@ -168,7 +169,8 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
            views: tuple[int, int] = typer.Option((0, 6), help="The two view indices."),
            repeats: int = typer.Option(3, help="Timed repeats; the median is reported."),
            warmup_batches: int = typer.Option(2, help="Untimed batches before each repeat."),
-           max_batches: Optional[int] = typer.Option(None, help="Timed batches per repeat [one epoch, ≥ 1 s]."),
+           max_batches: Optional[int] = typer.Option(None, help="Timed batches per repeat (default: an epoch and "
+                                                                "at least 1 s)."),
            device: str = typer.Option("auto", help="auto | cpu | cuda."),
            source_workers: Optional[int] = typer.Option(None, help="DALI: processes reading the files [0 on the "
                                                                    "CPU, a quarter of the cores (≤ 4) with a GPU]."),
@@ -189,7 +191,7 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
 @app.command("train")
 @user_errors
 def train(data: Path = DATA,
-          batch_size: Optional[str] = typer.Option(None, help="Batch sizes, comma-separated [the preset's]."),
+          batch_size: Optional[str] = typer.Option(None, help="Batch sizes, comma-separated (default: the preset's)."),
           threads: int = typer.Option(2, help="Loader threads."),
           device: str = typer.Option("auto", help="auto | cpu | cuda."),
           preset: str = typer.Option("demo", help="Model size: demo or paper."),

@@ -16,7 +16,8 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Folder for the runs, comparison.md/.json and plots."),
     seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated seeds; seed k of every policy shares its "
                                                 "initial weights and data order."),
-    policies: Optional[str] = typer.Option(None, help="Comma-separated policies [vanilla,balanced,random,flipped]."),
+    policies: Optional[str] = typer.Option(None, help="Comma-separated policies "
+                                                      "(default: vanilla,balanced,random,flipped)."),
     preset: str = typer.Option("demo", help="demo (2-core CPU) or paper (SPEC §5)."),
     config: Optional[Path] = typer.Option(None, help="JSON config overriding the preset."),
     epochs: Optional[int] = typer.Option(None, help="Override the preset's epochs."),
@@ -34,7 +35,7 @@ def compare(
     \b
     Examples:
       mmtm compare --data demo/data --out demo/compare
-      mmtm compare --data demo/data --out cmp1 --seeds 0 --policies vanilla,balanced
+      mmtm compare --data demo/data --out c1 --seeds 0 --policies vanilla,pmr
     """
     from mmtm.compare import DEFAULT_POLICIES, run_comparison
 

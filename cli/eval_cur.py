@@ -16,10 +16,10 @@ from cli.errors import user_errors
 def eval_cur(
     run: Path = typer.Argument(..., help="Run folder made by `mmtm train`."),
     checkpoint: str = typer.Option("best", help="best | last | a path to a .pt file."),
-    data: Optional[Path] = typer.Option(None, help="Dataset folder [default: the run's own]."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder (default: the run's own)."),
     split: str = typer.Option("test", help="Split to measure: test | val | train."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    loader: Optional[str] = typer.Option(None, help="auto | dali | torch [default: the run's]."),
+    loader: Optional[str] = typer.Option(None, help="auto | dali | torch (default: the run's)."),
     batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print cur.json instead of a table."),
 ) -> None:

@@ -29,11 +29,11 @@ def train(
     balanced: bool = typer.Option(False, "--balanced", help="Balanced multi-modal learning (SPEC §4); "
                                                             "= --policy balanced."),
     random_: bool = typer.Option(False, "--random", help="Random re-balancing ablation; = --policy random."),
-    policy: Optional[str] = typer.Option(None, help="Training policy [vanilla]: the paper's vanilla, balanced, "
+    policy: Optional[str] = typer.Option(None, help="Training policy (default vanilla): the paper's vanilla, balanced, "
                                                     "random; flipped (the balanced rule re-balancing the other "
                                                     "branch, a control); other papers' ogm-ge, g-blending, "
                                                     "moddrop, pmr."),
-    views: Optional[str] = typer.Option(None, help="Two view indices 0..11 [paper: 0,6]."),
+    views: Optional[str] = typer.Option(None, help="Two view indices 0..11 (paper: 0,6)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per process."),
     lr: Optional[float] = typer.Option(None, help="SGD learning rate."),
