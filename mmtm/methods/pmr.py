@@ -23,6 +23,7 @@ Under DDP the class sums and counts are added over ranks, so every rank has the 
 from __future__ import annotations
 
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 
 import torch
@@ -188,7 +189,8 @@ class PMRPolicy(StepPolicy):
         self.protos = new
 
     def capture(self, net):
-        return branch_features(net)
+        # Outside the window there are no prototypes and nothing to capture.
+        return branch_features(net) if self.protos is not None else contextlib.nullcontext()
 
     def loss(self, logits0: Tensor, logits1: Tensor, y: Tensor, features, epoch: int) -> Tensor:
         loss = two_head_loss(logits0, logits1, y)
