@@ -33,4 +33,4 @@ class PairSource:
         # Broken bytes are named here: handed on, the native decoder would print its own lines first.
         encoded = [read_intact(self.paths[r][slot], self.image_size) for slot in (0, 1) for r in rows]
         mirror = np.ascontiguousarray(flips[rows].T.reshape(-1).astype(np.int32))
-        return encoded, np.concatenate([rows, rows]), mirror
+        return encoded, mirror

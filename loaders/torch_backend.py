@@ -52,11 +52,10 @@ def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
     return out.mul_(scale).add_(bias)
 
 
-def mirror_(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mirror images[mask] horizontally, in place (the batch is the caller's scratch)."""
-    if bool(mask.any()):
-        images[mask] = images[mask].flip(-1)
-    return images
+def mirror(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """images with images[mask] mirrored horizontally; a select on the device, so the host never waits for the GPU
+    (a boolean index or `mask.any()` would)."""
+    return torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
 class _BatchReader(Dataset):
@@ -156,8 +155,8 @@ class TorchTwoViewLoader(TwoViewLoader):
             rows, view0, view1 = item
             index = rows.to(self.device, non_blocking=True)
             if self._gpu_decode:
-                view0 = mirror_(self._decode_gpu(rows, view0, 0), mirrors[index, 0])
-                view1 = mirror_(self._decode_gpu(rows, view1, 1), mirrors[index, 1])
+                view0 = mirror(self._decode_gpu(rows, view0, 0), mirrors[index, 0])
+                view1 = mirror(self._decode_gpu(rows, view1, 1), mirrors[index, 1])
             else:  # already mirrored by the worker
                 view0 = view0.to(self.device, non_blocking=True)
                 view1 = view1.to(self.device, non_blocking=True)

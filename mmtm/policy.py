@@ -45,8 +45,10 @@ class StepPolicy:
     """The interface; its defaults are the vanilla behaviour (every step regular, the two-head loss, no state)."""
 
     name: str
-    rebalances = False  # runs re-balancing steps, which leave some fusion parameters without a gradient
-    cuda_graphs = True  # its steps can be captured as CUDA graphs: it chooses modes only, on the host
+    rebalances = False   # runs re-balancing steps, which leave some fusion parameters without a gradient
+    # Opt-in: its steps may be captured as CUDA graphs (it chooses modes on the host and nothing else). See
+    # `runs_in_cuda_graphs`: a subclass that adds a step hook is eager unless it opts in again.
+    cuda_graphs = False
 
     @classmethod
     def from_config(cls, cfg) -> "StepPolicy":
@@ -88,11 +90,21 @@ class StepPolicy:
         pass
 
 
+STEP_HOOKS = ("inputs", "capture", "loss", "after_backward")  # the hooks that run inside a training step
+
+
+def runs_in_cuda_graphs(policy: StepPolicy) -> bool:
+    """Whether `policy`'s steps may be captured: the class that last set `cuda_graphs` set it True, and no class
+    below it overrides a step hook (that class vouched for the hooks it could see, not for ones added later)."""
+    mro = type(policy).__mro__
+    declared = next(c for c in mro if "cuda_graphs" in vars(c))
+    below = mro[:mro.index(declared)]
+    return bool(declared.cuda_graphs) and not any(hook in vars(c) for c in below for hook in STEP_HOOKS)
+
+
 class SeededPolicy(StepPolicy):
     """A policy that draws random numbers: its own torch.Generator, seeded from the run's seed and saved in
     state_dict, so a resumed run continues exactly and DDP ranks draw alike."""
-
-    cuda_graphs = False  # its draws happen inside the step, from a generator no graph is told about
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -112,6 +124,7 @@ class SeededPolicy(StepPolicy):
 
 class VanillaPolicy(StepPolicy):
     name = "vanilla"
+    cuda_graphs = True
 
 
 class BalancedPolicy(StepPolicy):
@@ -120,6 +133,7 @@ class BalancedPolicy(StepPolicy):
 
     name = "balanced"
     rebalances = True
+    cuda_graphs = True
     # The mode the rule picks when d_speed > α (m0 is slow) and when d_speed < −α (m1 is slow).
     ON_POSITIVE, ON_NEGATIVE = REBALANCE_M0, REBALANCE_M1
 
@@ -170,6 +184,7 @@ class RandomPolicy(StepPolicy):
 
     name = "random"
     rebalances = True
+    cuda_graphs = True  # it draws on the host, before the step
 
     def __init__(self, warmup_epochs: int = WARMUP_EPOCHS, seed: int = 0):
         self.warmup_epochs = warmup_epochs

@@ -10,6 +10,7 @@ import math
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,7 @@ from mmtm.evaluate import evaluate
 from mmtm.fusion import REBALANCED_BRANCH, REGULAR
 from mmtm.hardware import Compute, Distributed, setup_distributed
 from mmtm.network import TwoViewMMTMNet, build_network, fused_logits
-from mmtm.policy import EpochContext, StepPolicy
+from mmtm.policy import EpochContext, StepPolicy, runs_in_cuda_graphs
 from mmtm.progress import TrainProgress
 from mmtm.registry import make_policy
 from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
@@ -75,11 +76,11 @@ class Trainer:
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
+        """Load a checkpoint into the tensors this trainer already holds (values copied in place, in this run's
+        device and memory layout): a CUDA graph captured before keeps updating the same tensors, and a checkpoint
+        written on another device or in another layout (a CPU run resumed on a GPU) is converted, not mixed in."""
         self.net.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.graphs is not None:  # replays read the learning rate from the same device tensor
-            for group in self.optimizer.param_groups:
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.compute.device)
+        _load_optimizer_in_place(self.optimizer, ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.policy.load_state_dict(ckpt["policy"])
         self.meter.load_state_dict(ckpt["speed"])
@@ -88,6 +89,36 @@ class Trainer:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.compute.device)
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         self.best_val_acc, self.full_acc_epochs = ckpt["best_val_acc"], ckpt["full_acc_epochs"]
+
+
+def _make_optimizer_state(optimizer: torch.optim.SGD) -> None:
+    """Every momentum buffer made before the first step (zeros: SGD's first update from a zero buffer equals the
+    one it makes when it creates the buffer, bit for bit), so every step updates one complete, fixed set of
+    tensors. Without this a first step that leaves some parameters without a gradient (a re-balancing step)
+    creates only part of the buffers, which fused SGD refuses at the next step and a CUDA graph would not see."""
+    for group in optimizer.param_groups:
+        if group["momentum"] != 0:
+            for p in group["params"]:
+                optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
+
+
+def _load_optimizer_in_place(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """`optimizer.load_state_dict`, then the loaded values copied into the state tensors and learning-rate tensors
+    held before (a state entry the checkpoint lacks, a buffer never used there, becomes zeros)."""
+    held = {p: dict(optimizer.state[p]) for group in optimizer.param_groups for p in group["params"]}
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for p, before in held.items():
+        state = optimizer.state[p]
+        for key, tensor in before.items():
+            if isinstance(tensor, Tensor):
+                loaded = state.get(key)
+                tensor.copy_(loaded) if isinstance(loaded, Tensor) else tensor.zero_()
+                state[key] = tensor
+    for group, lr in zip(optimizer.param_groups, lrs):
+        if isinstance(lr, Tensor):
+            lr.fill_(float(group["lr"]))
+            group["lr"] = lr
 
 
 def build_trainer(cfg: TrainConfig, num_classes: int, device: torch.device, ddp: Distributed) -> Trainer:
@@ -102,21 +133,36 @@ def build_trainer(cfg: TrainConfig, num_classes: int, device: torch.device, ddp:
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=policy.rebalances)
     cuda = device.type == "cuda"
-    graphs = cfg.cuda_graphs == "auto" and cuda and ddp.world_size == 1 and policy.cuda_graphs
-    # Graph replays read the learning rate from a device tensor that the schedule fills in place; fused SGD
-    # takes it on the device (and is the faster update on CUDA either way).
-    lr = torch.tensor(cfg.lr, device=device) if graphs else cfg.lr
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                fused=cuda or None)
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                fused=cuda or None)  # fused: the faster update on CUDA
+    _make_optimizer_state(optimizer)
+    if cuda:
+        lr_on_device(optimizer, device)
     meter = SpeedMeter(net.param_groups(), window=cfg.speed_window, signal=cfg.speed_signal,
                        signal_from_epoch=cfg.speed_from_epoch)
     t = Trainer(cfg, net, model, optimizer, make_scheduler(optimizer, cfg), policy, meter, compute, ddp)
-    if graphs:
-        t.graphs = GraphedSteps(lambda view0, view1, y, mode: step_on_device(t, view0, view1, y, mode))
-    elif cuda and cfg.cuda_graphs == "auto" and ddp.main:
-        why = "DDP runs eager steps" if ddp.world_size > 1 else f"policy {policy.name} runs eager steps"
-        print(f"note: CUDA graphs off ({why})", file=sys.stderr)
+    if cfg.cuda_graphs == "auto" and cuda:
+        if ddp.world_size == 1 and runs_in_cuda_graphs(policy):
+            use_cuda_graphs(t)
+        elif ddp.main:
+            why = "DDP runs eager steps" if ddp.world_size > 1 else f"policy {policy.name} runs eager steps"
+            print(f"note: CUDA graphs off ({why})", file=sys.stderr)
     return t
+
+
+def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """The learning rate as a float32 device tensor that the schedules fill in place: what graph replays read, and
+    on CUDA what eager steps read too (fused SGD takes it on the device), so both compute the same learning rates
+    (a schedule multiplies the float32 value it finds)."""
+    for group in optimizer.param_groups:
+        if not isinstance(group["lr"], Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
+
+def use_cuda_graphs(t: Trainer, graphed_steps: Callable[..., GraphedSteps] = GraphedSteps) -> None:
+    """Run the trainer's steps as CUDA graphs (`graphed_steps`: the CPU twin in tests)."""
+    lr_on_device(t.optimizer, t.compute.device)
+    t.graphs = graphed_steps(lambda view0, view1, y, mode: step_on_device(t, view0, view1, y, mode))
 
 
 def _sync_running_gates(t: Trainer) -> None:
@@ -174,11 +220,16 @@ def step_on_device(t: Trainer, view0: Tensor, view1: Tensor, y: Tensor, mode: st
     return torch.cat([torch.stack([loss.detach().double(), correct.double()]), t.meter.readout()])
 
 
-def train_step(t: Trainer, batch, mode: str) -> dict:
-    """One training step (a graph replay where the trainer has graphs); its values read in one copy, the step's
-    only host sync: loss, correct, and the speed meter's READOUT."""
+def launch_step(t: Trainer, batch, mode: str) -> Tensor:
+    """Start one training step (a graph replay where the trainer has graphs); returns its readout on the device:
+    loss, correct, and the speed meter's READOUT. Nothing waits for the device here."""
     step = t.graphs or (lambda *args: step_on_device(t, *args))
-    out = dict(zip(("loss", "correct", *READOUT), step(batch.view0, batch.view1, batch.label, mode).tolist()))
+    return step(batch.view0, batch.view1, batch.label, mode)
+
+
+def read_step(t: Trainer, readout: Tensor, mode: str) -> dict:
+    """A launched step's values, read in one copy: the step's only host sync."""
+    out = dict(zip(("loss", "correct", *READOUT), readout.tolist()))
     if not math.isfinite(out["loss"]):
         last = RunFolder(t.cfg.out).last
         kept = f"the last good checkpoint is kept in {last}" if last.exists() else "no epoch had finished"
@@ -188,6 +239,11 @@ def train_step(t: Trainer, batch, mode: str) -> dict:
     return out
 
 
+def train_step(t: Trainer, batch, mode: str) -> dict:
+    """One training step, launched and read."""
+    return read_step(t, launch_step(t, batch, mode), mode)
+
+
 def train_one_epoch(t: Trainer, loader, steps_log: list[dict], progress: TrainProgress) -> dict:
     t.net.train()
     t.meter.start_epoch(t.epoch)
@@ -195,11 +251,17 @@ def train_one_epoch(t: Trainer, loader, steps_log: list[dict], progress: TrainPr
     counts = {"rebalance_m0": 0, "rebalance_m1": 0}
     n_batches = len(loader) if t.cfg.max_steps_per_epoch is None else min(len(loader), t.cfg.max_steps_per_epoch)
     progress.start_epoch(t.epoch, n_batches)
-    for i, batch in enumerate(loader):
-        if i >= n_batches:
-            break
+    batches = iter(loader)
+    batch = next(batches, None) if n_batches else None
+    taken = 0
+    while batch is not None:
         mode = t.policy.next_mode(t.epoch)
-        out = train_step(t, batch, mode)
+        readout = launch_step(t, batch, mode)
+        taken += 1
+        # The next batch is asked for while the device runs this step, so the loader's host work overlaps it;
+        # only then does the host wait, once, for this step's values (which choose the next step's mode).
+        following = next(batches, None) if taken < n_batches else None
+        out = read_step(t, readout, mode)
         t.policy.observe(mode, out["d_speed_signal"], t.epoch)
         counts[mode] = counts.get(mode, 0) + 1
         n = batch.label.numel()
@@ -210,6 +272,7 @@ def train_one_epoch(t: Trainer, loader, steps_log: list[dict], progress: TrainPr
                           **{k: out[k] for k in READOUT}})
         t.step += 1
         progress.step(loss=out["loss"], acc=out["correct"] / n, d_speed=out["d_speed"])
+        batch = following
     if t.ddp.world_size > 1:
         dist.all_reduce(sums)
     total_loss, correct, n, regular_loss, n_regular = sums.tolist()

@@ -28,7 +28,7 @@ from loaders.errors import UserError
 from loaders.factory import BACKENDS, BackendUnavailable, two_view_loader
 from loaders.files import read_encoded
 from loaders.sampling import epoch_order, flip_table, split_batches
-from loaders.torch_backend import mirror_, normalize_pixels
+from loaders.torch_backend import mirror, normalize_pixels
 from loaders.two_view import Batch
 
 _SEED = 0
@@ -145,8 +145,8 @@ class _InMemory:
     def _batch(self, rows: np.ndarray, mirrors: torch.Tensor) -> Batch:
         index = torch.from_numpy(rows).to(self.device)
         pairs = self._store[index % len(self._store)]
-        return Batch(normalize_pixels(mirror_(pairs[:, 0], mirrors[index, 0])),
-                     normalize_pixels(mirror_(pairs[:, 1], mirrors[index, 1])), self._labels[index], index)
+        return Batch(normalize_pixels(mirror(pairs[:, 0], mirrors[index, 0])),
+                     normalize_pixels(mirror(pairs[:, 1], mirrors[index, 1])), self._labels[index], index)
 
 
 def _cpu_seconds() -> float:

@@ -73,7 +73,6 @@ class GBlendingPolicy(StepPolicy):
     re-estimated every `interval` epochs (see the module docstring)."""
 
     name = "g-blending"
-    cuda_graphs = False  # its loss changes between epochs and reads the split outside the step
 
     def __init__(self, interval: int = DEFAULT_INTERVAL):
         self.interval = interval

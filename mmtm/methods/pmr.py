@@ -144,7 +144,6 @@ class PMRPolicy(StepPolicy):
     forward captures both branches' penultimate features and PMR's loss is added to the task loss."""
 
     name = "pmr"
-    cuda_graphs = False  # its forward hooks capture features and its loss needs them
 
     def __init__(self, alpha: float = DEFAULT_ALPHA, momentum: float = DEFAULT_MOMENTUM,
                  starts: int = MODULATION_STARTS, ends: int = MODULATION_ENDS):
