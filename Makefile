@@ -8,7 +8,7 @@ SEEDS  ?= 0
 SYSTEM_PACKAGES := libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo system-packages clean
+.PHONY: test demo gpu-check system-packages clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(MAKE) system-packages
@@ -30,6 +30,12 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(MMTM) prep synthetic --out $(DEMO)/data
 	$(MMTM) compare --data $(DEMO)/data --out $(DEMO)/compare --preset demo --seeds $(SEEDS)
+
+# The whole GPU acceptance (benchmarks/gpu_check.py): CUDA tests, graphs vs eager, loader and training benchmarks.
+GPU_DATA ?= .gpudata
+gpu-check: $(VENV)/.installed
+	[ -f $(GPU_DATA)/dataset.json ] || $(MMTM) prep synthetic --out $(GPU_DATA) --image-size 224 --per-class 96
+	$(PY) benchmarks/gpu_check.py --data $(GPU_DATA)
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -50,24 +50,34 @@ def train(
                                                           "(official) or window (last K regular steps)."),
     speed_from_epoch: Optional[int] = typer.Option(None, help="Count the cumulative signal from this epoch, "
                                                               "e.g. after warm-up (official: 0)."),
+    schedule: Optional[str] = typer.Option(None, help="Learning-rate schedule: plateau (the paper's, on the training "
+                                                      "loss) or cosine (to the minimum over the epochs; the demo's)."),
     plateau_on: Optional[str] = typer.Option(None, help="Loss the plateau schedule watches: all steps (official) "
                                                         "or regular steps only."),
     ogm_alpha: Optional[float] = typer.Option(None, help="ogm-ge: α of the modulation 1 − tanh(α·ρ) [0.1]."),
     ogm_start_epoch: Optional[int] = typer.Option(None, help="ogm-ge: first modulated epoch [0]."),
     ogm_end_epoch: Optional[int] = typer.Option(None, help="ogm-ge: last modulated epoch [50]."),
-    gb_interval: Optional[int] = typer.Option(None, help="g-blending: epochs between weight estimates [5]."),
+    gb_interval: Optional[int] = typer.Option(None, help="g-blending: epochs per super-epoch, between weight "
+                                                         "estimates (10)."),
+    gb_estimator: Optional[str] = typer.Option(None, help="g-blending: published (warm-started copies trained "
+                                                          "ahead, per view) or retrospective (the network's own "
+                                                          "heads, one interval old)."),
     moddrop_p: Optional[float] = typer.Option(None, help="moddrop: chance a sample has one view dropped [0.2]."),
     pmr_alpha: Optional[float] = typer.Option(None, help="pmr: weight α of the slow modality's prototype loss [1]."),
     pmr_momentum: Optional[float] = typer.Option(None, help="pmr: momentum of the prototypes [0]."),
     pmr_start_epoch: Optional[int] = typer.Option(None, help="pmr: first epoch with the prototype loss [0]."),
     pmr_end_epoch: Optional[int] = typer.Option(None, help="pmr: last epoch with the prototype loss [70]."),
     gate: Optional[str] = typer.Option(None, help="MMTM gate: sigmoid (code) or 2sigmoid (paper)."),
+    loss: Optional[str] = typer.Option(None, help="Task loss: heads = CE(ŷ0)+CE(ŷ1) (the Greedy paper's code), fused "
+                                                  "= CE(ŷ) (OGM-GE's and PMR's code); default: the one the policy's "
+                                                  "authors used, written to config.json."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, shuffling and augmentation."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
     threads: Optional[int] = typer.Option(None, help="Loader threads per process."),
     cuda_graphs: Optional[str] = typer.Option(None, help="auto: on one GPU, each step mode runs as a captured "
                                                          "CUDA graph; off: eager steps."),
+    amp: Optional[str] = typer.Option(None, help="auto: bf16 autocast on CUDA; off: float32 everywhere."),
     max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap the steps of each epoch (quick looks)."),
     config: Optional[Path] = typer.Option(None, help="JSON config (e.g. a run's config.json); flags override it."),
     preset: str = typer.Option("paper", help="Defaults: paper (SPEC §5) or demo (2-core CPU)."),
@@ -106,10 +116,10 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, width=width, alpha=alpha,
         rebalance_steps=rebalance_steps, warmup_epochs=warmup_epochs, rebalance_params=rebalance_params,
         speed_window=speed_window, speed_signal=speed_signal, speed_from_epoch=speed_from_epoch,
-        plateau_on=plateau_on, ogm_alpha=ogm_alpha, ogm_start_epoch=ogm_start_epoch, ogm_end_epoch=ogm_end_epoch,
-        gb_interval=gb_interval, moddrop_p=moddrop_p, pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
-        pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, seed=seed, device=device,
-        loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, max_steps_per_epoch=max_steps_per_epoch)
+        schedule=schedule, plateau_on=plateau_on, ogm_alpha=ogm_alpha, ogm_start_epoch=ogm_start_epoch, ogm_end_epoch=ogm_end_epoch,
+        gb_interval=gb_interval, gb_estimator=gb_estimator, moddrop_p=moddrop_p, pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
+        pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, loss=loss, seed=seed, device=device,
+        loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, amp=amp, max_steps_per_epoch=max_steps_per_epoch)
     if not cfg.data:
         raise UserError("--data is required (a folder made by `mmtm prep`)")
     row = fit(cfg, resume=resume)

@@ -17,10 +17,11 @@ from loaders.factory import BACKENDS
 from mmtm.fusion import GATES
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
 from mmtm.methods import g_blending, moddrop, ogm_ge, pmr
+from mmtm.network import LOSSES
 from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
 from mmtm.registry import POLICIES
 from mmtm.speed import SIGNALS
-from mmtm.schedule import PLATEAU_ON
+from mmtm.schedule import PLATEAU_ON, SCHEDULES
 
 
 @dataclass
@@ -33,12 +34,14 @@ class TrainConfig:
     width: int = 64
     mmtm_ratio: int = 4
     gate: str = "sigmoid"                   # "sigmoid" (official code) or "2sigmoid" (paper)
+    loss: str = "auto"                      # heads: CE(ŷ0)+CE(ŷ1) | fused: CE(ŷ) | auto: the policy's authors' choice
     # optimisation (SPEC §5)
     epochs: int = 300
     batch_size: int = 8
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    schedule: str = "plateau"               # plateau (the paper's) | cosine (to min_lr over the epochs)
     plateau_factor: float = 0.3
     plateau_patience: int = 10
     plateau_threshold: float = 1e-3         # relative, as the official code
@@ -58,6 +61,7 @@ class TrainConfig:
     ogm_start_epoch: int = ogm_ge.MODULATION_STARTS
     ogm_end_epoch: int = ogm_ge.MODULATION_ENDS
     gb_interval: int = g_blending.DEFAULT_INTERVAL
+    gb_estimator: str = "published"         # published (warm-started copies, ahead) | retrospective
     moddrop_p: float = moddrop.DEFAULT_P
     pmr_alpha: float = pmr.DEFAULT_ALPHA
     pmr_momentum: float = pmr.DEFAULT_MOMENTUM
@@ -74,11 +78,14 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap for quick looks and benchmarks; None = whole epoch
 
     def validate(self) -> "TrainConfig":
-        for name, choices in (("policy", POLICIES), ("gate", GATES), ("rebalance_params", REBALANCE_PARAMS),
+        if self.policy in POLICIES and self.loss == "auto":  # resolved here, so config.json names the loss trained
+            self.loss = POLICIES[self.policy].default_loss
+        for name, choices in (("policy", POLICIES), ("loss", LOSSES), ("gate", GATES), ("rebalance_params", REBALANCE_PARAMS),
                               ("loader", ("auto", *BACKENDS)), ("amp", AMP_SETTINGS),
                               ("channels_last", CHANNELS_LAST_SETTINGS), ("cuda_graphs", CUDA_GRAPH_SETTINGS),
                               ("speed_signal", SIGNALS),
-                              ("plateau_on", PLATEAU_ON)):
+                              ("plateau_on", PLATEAU_ON), ("schedule", SCHEDULES),
+                              ("gb_estimator", g_blending.ESTIMATORS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if len(self.views) != 2 or self.views[0] == self.views[1]:

@@ -1,7 +1,9 @@
-"""The two-view network of SPEC §1: two ResNet-18 branches fused by MMTMs after layer2, layer3 and layer4.
+"""The two-view network of docs/science.md §1: two ResNet-18 branches fused by MMTMs after layer2, layer3, layer4.
 
 Branch i: conv1 → bn1 → relu → maxpool → layer1 → layer2 → MMTM₂ → layer3 → MMTM₃ → layer4 → MMTM₄ → avgpool → fc.
-Heads ŷ0, ŷ1; prediction (ŷ0 + ŷ1)/2; loss CE(ŷ0,y) + CE(ŷ1,y).
+Branch heads ŷ0, ŷ1 (each sees both views, through the MMTMs: they are not uni-modal); prediction ŷ = (ŷ0 + ŷ1)/2.
+Task losses (`task_loss`): "heads" = CE(ŷ0,y) + CE(ŷ1,y), the Greedy paper's official code; "fused" = CE(ŷ,y), the
+loss OGM-GE's and PMR's official code train their fused output with.
 """
 from __future__ import annotations
 
@@ -94,3 +96,16 @@ def fused_logits(logits0: Tensor, logits1: Tensor) -> Tensor:
 def two_head_loss(logits0: Tensor, logits1: Tensor, y: Tensor) -> Tensor:
     """CE(ŷ0, y) + CE(ŷ1, y): a sum, each CE a batch mean."""
     return F.cross_entropy(logits0, y) + F.cross_entropy(logits1, y)
+
+
+def fused_loss(logits0: Tensor, logits1: Tensor, y: Tensor) -> Tensor:
+    """CE(ŷ, y), ŷ = (ŷ0 + ŷ1)/2: the loss of the fused prediction alone."""
+    return F.cross_entropy(fused_logits(logits0, logits1), y)
+
+
+LOSSES = ("heads", "fused")
+
+
+def task_loss(name: str, logits0: Tensor, logits1: Tensor, y: Tensor) -> Tensor:
+    """The task loss a run's config names (`loss`): "heads" or "fused"."""
+    return two_head_loss(logits0, logits1, y) if name == "heads" else fused_loss(logits0, logits1, y)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mmtm.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR, STEP_MODES
 from mmtm.hardware import Compute, Distributed
-from mmtm.network import TwoViewMMTMNet, two_head_loss
+from mmtm.network import TwoViewMMTMNet, task_loss
 
 # SPEC §4: the paper's hyper-parameters, the defaults of the policies and of the run config.
 ALPHA = 0.01
@@ -42,9 +42,11 @@ class EpochContext:
 
 
 class StepPolicy:
-    """The interface; its defaults are the vanilla behaviour (every step regular, the two-head loss, no state)."""
+    """The interface; its defaults are the vanilla behaviour (every step regular, the task loss, no state)."""
 
     name: str
+    default_loss = "heads"  # the task loss its authors trained with (a run's `loss` setting "auto" resolves to it)
+    task = "heads"          # the run's task loss, set by `make_policy`
     rebalances = False   # runs re-balancing steps, which leave some fusion parameters without a gradient
     # Opt-in: its steps may be captured as CUDA graphs (it chooses modes on the host and nothing else). See
     # `runs_in_cuda_graphs`: a subclass that adds a step hook is eager unless it opts in again.
@@ -74,8 +76,8 @@ class StepPolicy:
         return contextlib.nullcontext()
 
     def loss(self, logits0: Tensor, logits1: Tensor, y: Tensor, features, epoch: int) -> Tensor:
-        """The training loss (SPEC §1: CE(ŷ0, y) + CE(ŷ1, y))."""
-        return two_head_loss(logits0, logits1, y)
+        """The training loss: the run's task loss (mmtm.network.task_loss)."""
+        return task_loss(self.task, logits0, logits1, y)
 
     def after_backward(self, net: TwoViewMMTMNet, logits0: Tensor, logits1: Tensor, y: Tensor, epoch: int) -> None:
         """After backward and the speed meter's measurement, before the optimizer step: may change .grad."""

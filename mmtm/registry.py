@@ -13,5 +13,7 @@ POLICIES: dict[str, type[StepPolicy]] = {p.name: p for p in (
 
 
 def make_policy(cfg) -> StepPolicy:
-    """The policy `cfg.policy` names, with its hyper-parameters from the (validated) run config."""
-    return POLICIES[cfg.policy].from_config(cfg)
+    """The policy `cfg.policy` names, with its hyper-parameters and task loss from the (validated) run config."""
+    policy = POLICIES[cfg.policy].from_config(cfg)
+    policy.task = cfg.loss
+    return policy

@@ -33,7 +33,7 @@ from mmtm.policy import EpochContext, StepPolicy, runs_in_cuda_graphs
 from mmtm.progress import TrainProgress
 from mmtm.registry import make_policy
 from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
-from mmtm.schedule import make_scheduler, plateau_loss
+from mmtm.schedule import make_scheduler, step_schedule
 from mmtm.speed import READOUT, SpeedMeter
 from mmtm.tensorboard_log import TensorBoardLog
 
@@ -49,7 +49,7 @@ class Trainer:
     net: TwoViewMMTMNet
     model: torch.nn.Module            # `net`, or its DDP wrapper
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.LRScheduler
     policy: StepPolicy
     meter: SpeedMeter
     compute: Compute
@@ -175,11 +175,37 @@ def _sync_running_gates(t: Trainer) -> None:
             buf /= t.ddp.world_size
 
 
+def state_digest(state) -> int:
+    """A checksum of the values in a policy's state (tensors, numbers, strings, lists, dicts): the same on every rank
+    when the values are, whatever device or memory layout a tensor has (a repr would name the device)."""
+    crc = 0
+
+    def feed(x) -> None:
+        nonlocal crc
+        if isinstance(x, Tensor):
+            t = x.detach().to("cpu", copy=False).contiguous()
+            crc = zlib.crc32(f"tensor {t.dtype} {tuple(t.shape)}".encode(), crc)
+            crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy().tobytes(), crc)
+        elif isinstance(x, dict):
+            for key in sorted(x, key=str):
+                feed(str(key))
+                feed(x[key])
+        elif isinstance(x, (list, tuple)):
+            crc = zlib.crc32(f"seq {len(x)}".encode(), crc)
+            for item in x:
+                feed(item)
+        else:
+            crc = zlib.crc32(repr(x).encode(), crc)
+
+    feed(state)
+    return crc
+
+
 def _check_ranks_agree(t: Trainer) -> None:
     """The CLS meter and the step policy must be identical on every rank (grads are all-reduced)."""
     if t.ddp.world_size == 1:
         return
-    policy_digest = zlib.crc32(repr(t.policy.state_dict()).encode())
+    policy_digest = state_digest(t.policy.state_dict())
     d_speed = t.meter.values()["d_speed"]
     mine = torch.tensor([t.step, d_speed, policy_digest], dtype=torch.float64, device=t.compute.device)
     everyone = [torch.zeros_like(mine) for _ in range(t.ddp.world_size)]
@@ -350,7 +376,7 @@ def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgr
             _check_ranks_agree(t)
             val = evaluate(t.net, val_loader, t.compute.fp32())  # selects best.pt: no bf16 flips
             lr = float(t.optimizer.param_groups[0]["lr"])
-            t.scheduler.step(plateau_loss(train, cfg))  # SPEC §5: plateau on the training loss
+            step_schedule(t.scheduler, train, cfg)
             t.full_acc_epochs += int(train["train_acc"] >= 1.0)
             speed = t.meter.values()
             row = {"epoch": t.epoch, "lr": lr, **train, "val_acc": val["acc"], "val_acc_m0": val["acc_m0"],

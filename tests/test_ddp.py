@@ -30,3 +30,66 @@ def test_two_process_ddp_on_gloo(synthetic_data, tmp_path, policy):
     if policy == "balanced":
         assert {s["mode"] for s in steps} > {"regular"}
     assert load_checkpoint(out / "last.pt")["world_size"] == 2
+
+
+def test_the_rank_agreement_digest_reads_values_not_reprs(monkeypatch):
+    """The digest the ranks compare after every epoch: equal for equal values whatever a tensor's repr says (a CUDA
+    tensor's names its device, cuda:0 on one rank and cuda:1 on the other), different for different values."""
+    import torch
+
+    from mmtm.training import state_digest
+
+    state = {"protos": [torch.arange(6.0).view(2, 3), torch.ones(2, 3)], "in_window": True, "k": 3}
+    plain = state_digest(state)
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.Tensor, "__repr__", lambda self, rank=rank: f"tensor(..., device='cuda:{rank}')")
+        assert state_digest(state) == plain
+    monkeypatch.undo()
+    assert state_digest({**state, "protos": [torch.arange(6.0).view(2, 3).t().contiguous().t(), torch.ones(2, 3)]}) \
+        == plain  # another memory layout, the same values
+    changed = {**state, "protos": [torch.arange(6.0).view(2, 3), torch.full((2, 3), 1.5)]}
+    assert state_digest(changed) != plain
+    assert state_digest({**state, "k": 4}) != plain
+
+
+def _pmr_choice_on_rank(rank: int, port: int, queue) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from mmtm.methods import pmr
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # Different shards: rank 0's batch finds m0 dominant by a little, rank 1's finds m1 dominant by a lot.
+    y = torch.tensor([0, 1])
+    sharp, flat = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.2, 0.0], [0.0, 0.2]])
+    logits0, logits1 = (sharp * 0.2, flat) if rank == 0 else (flat, sharp * 2)
+    queue.put((rank, pmr.rebalance_coefficients(logits0, logits1, y, alpha=1.0).tolist()))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_pmr_chooses_the_same_slower_modality_on_every_rank():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from mmtm.methods import pmr
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_pmr_choice_on_rank, args=(rank, port, queue)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    # alone, rank 0 would give α to m1 and rank 1 to m0; with the scores summed both give it to m0 (m1 dominates)
+    import torch
+    y = torch.tensor([0, 1])
+    sharp, flat = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.2, 0.0], [0.0, 0.2]])
+    assert pmr.rebalance_coefficients(sharp * 0.2, flat, y).tolist() == [0.0, 1.0]
+    assert pmr.rebalance_coefficients(flat, sharp * 2, y).tolist() == [1.0, 0.0]
+    assert results == {0: [1.0, 0.0], 1: [1.0, 0.0]}

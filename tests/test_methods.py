@@ -256,3 +256,107 @@ def test_pmr_branch_features_are_the_fc_inputs():
     assert feats[0].shape == (2, 32) and feats[1].shape == (2, 32) and feats[0].requires_grad
     assert torch.allclose(net.branch0.fc(feats[0]), logits0) and torch.allclose(net.branch1.fc(feats[1]), logits1)
     assert not net.branch0.fc._forward_pre_hooks and not net.branch1.fc._forward_pre_hooks
+
+
+# ---------------------------------------------------------------------------------------------- protocols
+def test_the_fused_task_loss_is_the_cross_entropy_of_the_mean_logits():
+    from mmtm.network import task_loss
+
+    l0, l1, y = torch.tensor([[2.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1])
+    # ŷ = [[1, 0], [1, 0]]: CE = (−log(e/(e+1)) − log(1/(e+1)))/2
+    e = math.e
+    assert task_loss("fused", l0, l1, y).item() == pytest.approx((-math.log(e / (e + 1)) - math.log(1 / (e + 1))) / 2)
+    e2 = math.e ** 2  # each head alone: logits 2 vs 0, or a tie
+    assert task_loss("heads", l0, l1, y).item() == pytest.approx(
+        (-math.log(e2 / (e2 + 1)) + math.log(2)) / 2 + (math.log(2) - math.log(1 / (e2 + 1))) / 2)
+
+
+def test_each_policy_defaults_to_its_authors_task_loss_and_the_flag_overrides_it():
+    from mmtm.config import resolve
+
+    losses = {p: resolve("demo", policy=p).loss for p in ("vanilla", "balanced", "ogm-ge", "pmr", "g-blending",
+                                                          "moddrop")}
+    assert losses == {"vanilla": "heads", "balanced": "heads", "ogm-ge": "fused", "pmr": "fused",
+                      "g-blending": "fused", "moddrop": "heads"}
+    assert resolve("demo", policy="ogm-ge", loss="heads").loss == "heads"
+
+
+def test_ogm_scores_come_from_each_branch_share_of_the_fused_logits():
+    """ŷ = ŷ0/2 + ŷ1/2: the policy scores softmax(ŷi/2), as the official code scores its fusion layer's halves."""
+    net = TwoViewMMTMNet(num_classes=2, width=4)
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    policy = ogm_ge.OGMGEPolicy(alpha=1.0)
+    two = 2 * LN3  # halved: softmax(ŷ0/2) puts 0.75 on the true class, as SHARP does
+    policy.after_backward(net, torch.tensor([[two, 0.0], [0.0, two]]), FLAT, Y2, epoch=0)
+    k0 = 1 - math.tanh(1.5)  # ρ = 1.5 from the halved logits (unhalved it would be 0.9/0.5 = 1.8)
+    conv = ogm_ge.conv_params(net.branch0)[0]
+    assert conv.grad.mean().item() == pytest.approx(k0, abs=0.05)  # k0 + zero-mean noise of std ~0 (grads equal)
+
+
+def test_gblend_published_estimate_trains_copies_and_leaves_the_network_alone(synthetic_data):
+    from loaders.factory import two_view_loader
+    from mmtm.config import resolve
+    from mmtm.hardware import Compute, Distributed
+    from mmtm.policy import EpochContext
+    from mmtm.training import build_trainer
+
+    cfg = resolve("demo", width=4, batch_size=4, policy="g-blending", gb_interval=2, epochs=3, lr=0.05,
+                  max_steps_per_epoch=3)
+    t = build_trainer(cfg, 3, torch.device("cpu"), Distributed())
+    loaders = {}
+
+    def loader(split, train):
+        return loaders.setdefault((split, train), two_view_loader(synthetic_data, split, batch_size=4, train=train,
+                                                                  seed=0, backend="torch", device="cpu",
+                                                                  num_threads=1))
+
+    before = {k: v.clone() for k, v in t.net.state_dict().items()}
+    t.policy.start_epoch(0, EpochContext(t.net, Compute(torch.device("cpu")), Distributed(), loader))
+    assert all(torch.equal(before[k], v) for k, v in t.net.state_dict().items())  # the copies were discarded
+    measured = t.policy.measured  # [before/after, L^T/L^V, head]
+    assert measured.shape == (2, 2, 3) and not torch.equal(measured[0], measured[1])  # the copies trained
+    expected = g_blending.blend_weights(measured[0, 0], measured[0, 1], measured[1, 0], measured[1, 1])
+    assert torch.equal(t.policy.weights, expected) and t.policy.weights.sum().item() == pytest.approx(1.0)
+    # at the warm start every copy is the network itself: the both-view copy's L^V is the network's CE(ŷ) on val
+    from mmtm.evaluate import evaluate
+    assert measured[0, 1, 2].item() == pytest.approx(evaluate(t.net, loader("val", False), Compute(
+        torch.device("cpu")))["loss_fused"])
+    t.policy.start_epoch(1, None)  # inside the super-epoch: nothing to estimate (it would need the context)
+
+
+def test_gblend_copies_see_one_view_only():
+    batches = [type("B", (tuple,), {"_replace": lambda self, **k: dict(zip(("view0", "view1"), (k["view0"], k["view1"]))),
+                                    "view0": property(lambda s: s[0]), "view1": property(lambda s: s[1])})(
+        (torch.ones(2, 3, 4, 4), torch.ones(2, 3, 4, 4)))]
+    (zeroed1,) = g_blending.without_view(batches, 1)
+    assert torch.equal(zeroed1["view0"], torch.ones(2, 3, 4, 4)) and not zeroed1["view1"].any()
+    (zeroed0,) = g_blending.without_view(batches, 0)
+    assert not zeroed0["view0"].any() and zeroed0["view1"].all()
+    assert list(g_blending.without_view(batches, None)) == batches
+
+
+def test_pmr_blends_prototypes_from_epoch_2_as_the_official_code(synthetic_data):
+    from loaders.factory import two_view_loader
+    from mmtm.hardware import Compute, Distributed
+    from mmtm.policy import EpochContext
+
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    train = two_view_loader(synthetic_data, "train", batch_size=4, train=True, seed=0, backend="torch", device="cpu",
+                            num_threads=1)
+    context = EpochContext(net, Compute(torch.device("cpu")), Distributed(), lambda split, shuffle: train)
+    blended, fresh = pmr.PMRPolicy(momentum=0.5), pmr.PMRPolicy(momentum=0.0)
+    history = []
+    for epoch in range(3):
+        with torch.no_grad():  # the network changes between epochs, so fresh prototypes differ
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        previous = blended.protos
+        for policy in (blended, fresh):
+            policy.start_epoch(epoch, context)
+        history.append((previous, [p.clone() for p in blended.protos], [p.clone() for p in fresh.protos]))
+    for epoch, (previous, got, new) in enumerate(history):
+        for m in (0, 1):
+            want = new[m] if epoch < 2 else 0.5 * new[m] + 0.5 * previous[m]
+            assert torch.allclose(got[m], want), (epoch, m)

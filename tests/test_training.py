@@ -51,9 +51,9 @@ def test_bad_input_is_one_error_line(case, synthetic_data, trained_runs, tmp_pat
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch):
-    import mmtm.policy as policy  # where every policy's default loss comes from
+    import mmtm.network as network  # where every policy's task loss comes from
 
-    real = policy.two_head_loss
+    real = network.two_head_loss
     calls = {"n": 0}
 
     def poisoned(l0, l1, y):
@@ -61,7 +61,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_data, tm
         loss = real(l0, l1, y)
         return loss * float("nan") if calls["n"] > 8 else loss
 
-    monkeypatch.setattr(policy, "two_head_loss", poisoned)
+    monkeypatch.setattr(network, "two_head_loss", poisoned)
     run = tmp_path / "nan"
     r = invoke("train", "--data", synthetic_data, "--out", run, "--epochs", 3, *TINY)
     assert r.exit_code == 2 and "loss is nan at step 8" in r.output
@@ -144,9 +144,11 @@ def test_other_papers_methods_train_in_the_one_loop_and_pass_eval_cur(synthetic_
     r = invoke("eval-cur", run)
     assert r.exit_code == 0, r.output
     assert json.loads((run / "cur.json").read_text())["policy"] == policy
+    # the task loss its authors trained with, named in config.json
+    assert json.loads((run / "config.json").read_text())["loss"] == ("heads" if policy == "moddrop" else "fused")
     state = load_checkpoint(run / "last.pt")["policy"]
-    if policy == "g-blending":  # estimated before epochs 0 and 1: weights of the three heads
-        assert state["weights"].sum().item() == pytest.approx(1.0) and state["measured"].shape == (2, 3)
+    if policy == "g-blending":  # estimated before epochs 0 and 1: weights of the three heads, from copies
+        assert state["weights"].sum().item() == pytest.approx(1.0) and state["measured"].shape == (2, 2, 3)
     if policy == "pmr":  # one prototype per class and branch, width-4 ResNet: 32-dim features
         assert [p.shape for p in state["protos"]] == [(3, 32), (3, 32)]
     if policy in ("ogm-ge", "moddrop"):  # its own seeded generator, saved for an exact resume

@@ -1,24 +1,26 @@
 """OGM-GE: on-the-fly gradient modulation with generalisation enhancement.
 
 Peng, Wei, Deng, Wang, Hu, "Balanced Multimodal Learning via On-the-fly Gradient Modulation", CVPR 2022
-(arXiv 2203.15332); official code GeWu-Lab/OGM-GE_CVPR2022, `main.py` at 343dc1d (checked), cross-checked with
-GeWu-Lab/BalanceBenchmark `balancemm/trainer/OGM_trainer.py` at 4c1482f. Per batch, after backward and before the
-optimizer step: score_i = Σ_batch softmax(ŷ_i)[y]; ρ = score0/score1; the dominant branch (ρ > 1: branch 0;
-ρ < 1: branch 1) gets k = 1 − tanh(α·ρ_dom) with ρ_dom = its score over the other's (> 1), the other gets k = 1
-(paper Eq. 10, quoted in the code's comment, and the code since a974f3c; the first release 65b81b1 used
-1 − tanh(α·relu(ρ − 1))). GE: every
-4-D gradient (the conv weights) of BOTH encoders becomes grad·k + N(0, std(grad) + 1e-8), std taken from the
-unscaled gradient; the non-dominant encoder (k = 1) gets the noise too; biases, BN and fc are left alone.
-Defaults: α = 0.1 (the README's "default modulation setting"; it recommends 0.1 for VGGSound and 0.8 for CREMA-D,
-and `--alpha` has no default in argparse) — two views of one object are close to balanced, and since ρ_dom > 1
-always, k ≤ 1 − tanh(α): α = 0.8 would cut the dominant branch to ≤ 0.34 even at ρ ≈ 1, α = 0.1 to ≤ 0.90.
-Modulation window: epochs 0..50 inclusive, 0-based (`--modulation_starts 0 --modulation_ends 50`,
-`starts <= epoch <= ends`); outside it the step is plain (no scaling, no noise).
-Mapping: the official audio/visual encoders are this network's `branch0`/`branch1` ResNets; ŷ0, ŷ1 are the
-uni-modal heads the scores are taken from (the official code splits its fusion head to get them). `conv_params`
-picks each branch's conv weights (4-D), which excludes its fc head, BN and the MMTM layers, exactly as the
-official 4-D filter does. Deviation: at ρ = 1 exactly both k are 1 (the official code then modulates the audio
-branch with 1 − tanh(α); BalanceBenchmark also gives 1, 1).
+(arXiv 2203.15332); official code GeWu-Lab/OGM-GE_CVPR2022 `main.py` at 343dc1d (docs/methods/README.md has the
+line-by-line comparison). The official code trains CE on the fused output only (`main.py:95`), so this policy's
+default task loss is `fused`, CE(ŷ), ŷ = (ŷ0+ŷ1)/2 (`--loss heads` is the Greedy code's CE(ŷ0)+CE(ŷ1)).
+Per batch, after backward and before the optimizer step: the official scores are taken from each modality's
+additive share of the fused logits (out = out_a + out_v, `main.py:88-93`); here ŷ = ŷ0/2 + ŷ1/2, so the shares
+are ŷ0/2 and ŷ1/2 and score_i = Σ_batch softmax(ŷi/2)[y]; ρ = score0/score1; the dominant branch (ρ > 1: branch
+0; ρ < 1: branch 1) gets k = 1 − tanh(α·ρ_dom) with ρ_dom = its score over the other's (> 1), the other gets k = 1
+(paper Eq. 10, `main.py:119-124`). GE: every 4-D gradient (the conv weights) of BOTH branches becomes
+grad·k + N(0, std(grad) + 1e-8), std taken from the unscaled gradient (`main.py:136-139`); the non-dominant branch
+(k = 1) gets the noise too; biases, BN, fc and the MMTM layers are left alone.
+Defaults: α = 0.1 (the README's "default modulation setting"; it recommends 0.1 for VGGSound and 0.8 for CREMA-D;
+`--alpha` has no argparse default). Modulation window: epochs 0..50 inclusive, 0-based (`starts <= epoch <=
+ends`); outside it the step is plain (no scaling, no noise).
+Mapping: the official audio/visual encoders are this network's `branch0`/`branch1` ResNets; ŷ0, ŷ1 are the branch
+heads, whose halves make ŷ as the official code's halves of its fusion layer make its output. They are not
+uni-modal: with MMTM fusion after layers 2-4 each branch head also sees the other view.
+Deviations: at ρ = 1 exactly both k are 1 (the official code then modulates the audio branch with 1 − tanh(α));
+the noise comes from the policy's own seeded generator (the official code draws from the global RNG); the
+optimiser, learning rate and batch are the run's (the official scripts: SGD lr 1e-3, momentum 0.9, weight decay
+1e-4, StepLR 70, batch 64), so that every policy is compared under one protocol.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ NOISE_STD_EPS = 1e-8  # the official code's std(grad) + 1e-8
 
 @torch.no_grad()
 def true_class_scores(logits0: Tensor, logits1: Tensor, y: Tensor) -> Tensor:
-    """[score0, score1], score_i = Σ_batch softmax(ŷ_i)[y] (float32, no grad). Under DDP, all-reduce (sum) this
+    """[score0, score1], score_i = Σ_batch softmax(logits_i)[y] (float32, no grad); the policy passes each branch's
+    share of the fused logits, ŷi/2. Under DDP, all-reduce (sum) this
     before `coefficients_from_scores`, so every rank modulates with the same k (the official code saw the whole
     batch through DataParallel)."""
     p0 = logits0.float().softmax(dim=1).gather(1, y[:, None]).sum()
@@ -88,6 +91,7 @@ class OGMGEPolicy(SeededPolicy):
     and get GE noise. Scores are summed over DDP ranks first, and every rank draws the same noise."""
 
     name = "ogm-ge"
+    default_loss = "fused"
 
     def __init__(self, alpha: float = DEFAULT_ALPHA, starts: int = MODULATION_STARTS, ends: int = MODULATION_ENDS,
                  seed: int = 0):
@@ -101,7 +105,7 @@ class OGMGEPolicy(SeededPolicy):
     def after_backward(self, net, logits0: Tensor, logits1: Tensor, y: Tensor, epoch: int) -> None:
         if not in_window(epoch, self.starts, self.ends):
             return
-        scores = true_class_scores(logits0, logits1, y)
+        scores = true_class_scores(logits0 / 2, logits1 / 2, y)  # each branch's share of ŷ = ŷ0/2 + ŷ1/2
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(scores)
         k = coefficients_from_scores(scores, self.alpha)

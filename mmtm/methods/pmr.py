@@ -1,24 +1,32 @@
 """PMR: prototypical modal rebalance.
 
 Fan, Xu, Wang, Wang, Guo, "PMR: Prototypical Modal Rebalance for Multimodal Learning", CVPR 2023 (arXiv 2211.07089);
-official code fanyunfeng-bit/Modal-Imbalance-PMR, `main_Prototype_grad.py` at 3615e48 (checked), cross-checked with
-GeWu-Lab/BalanceBenchmark `balancemm/trainer/PMR_trainer.py` at 4c1482f (same rules). Prototypes c_k^m = mean
-feature of class k for modality m, computed without gradient, in eval mode, from the first len(loader)//10 batches
-of the training loader, once before epoch 0 and again after every epoch (= at every epoch start), optionally
-blended with the previous ones: c ← (1−m)·c_new + m·c_old. Prototype logits = −‖f − c_k‖ (Euclidean distance, NOT
-squared). Per batch: score^m = Σ_batch softmax(proto-logits^m)[y], ρ = score0/score1; the prototypical
-cross-entropy (PCE) of the slower modality is added with weight α: ρ > 1 → α·PCE1, ρ < 1 → α·PCE0, ρ = 1 → nothing;
-the task loss is unchanged. The released code has neither a ρ-scaled coefficient (e.g. α·(ρ−1)) nor clipping, nor
-the paper's prototype entropy regulariser (PER) for the dominant modality; like the released code, this one has no
-PER. Defaults: α = 1.0 (argparse default; the scripts
-use 1.0 for the two-image-modality CG-MNIST, 2.0–3.0 for CREMA-D/AVE), momentum m = 0.0 (every script in bash.sh;
-argparse says 0.2, BalanceBenchmark 0.5), modulation window epochs 0..70 inclusive (the scripts; argparse 0..100).
+official code fanyunfeng-bit/Modal-Imbalance-PMR, `main_Prototype_grad.py` at 3615e48 (docs/methods/README.md has
+the line-by-line comparison). Prototypes c_k^m = mean feature of class k for modality m, computed without gradient,
+in eval mode, from the first len(loader)//10 batches of the training loader, once before epoch 0 and again after
+every epoch (= at every epoch start, inside the window or not), blended with the previous ones as
+c ← (1−m)·c_new + m·c_old from the prototypes of epoch 2 on (the official code makes fresh prototypes after epoch 0
+too: `if epoch <= 0` skips the blend, `:435-440`). Prototype logits = −‖f − c_k‖ (Euclidean distance, NOT squared,
+no temperature: the official `--temperature` is parsed and never used). Per batch: score^m = Σ_batch
+softmax(proto-logits^m)[y], ρ = score0/score1; the prototypical cross-entropy (PCE) of the slower modality is added
+with weight α: ρ > 1 → α·PCE1, ρ < 1 → α·PCE0, ρ = 1 → nothing (`:169-178`). The released code has neither a
+ρ-scaled coefficient nor clipping, nor the paper's prototype entropy regulariser (PER); neither has this one. The
+task loss is the official code's CE on the fused output (`:178`), so this policy's default `loss` is `fused`, CE(ŷ);
+with `--loss heads` α weighs the PCE against a sum of two CEs, twice the scale.
+Defaults: α = 1.0 (argparse default; the scripts use 0.1–5.0: 1.0 for the two-image-modality CG-MNIST and most
+AVE runs, 2.0–3.0 for most CREMA-D/AVE runs, 5.0 and 0.1 once each), momentum m = 0.0 (all scripts but two in
+bash.sh, which use 0.5 and 0.2; argparse 0.2, BalanceBenchmark 0.5), window epochs 0..70 inclusive (most scripts;
+60 for CG-MNIST, 100 in two scripts and argparse). The official learning rate is 0.001 (SGD, momentum 0.9, weight
+decay 1e-4, batch 64); here the run's optimiser and learning rate apply, as for every policy.
 Mapping: the feature of modality i is branch i's penultimate feature — the input of its fc, flatten(avgpool(·))
 after MMTM₄, 8w-dim — captured by `branch_features`; m0 = branch 0, m1 = branch 1. These features already mix in
-the other view through the MMTMs (the official fusions are late, its features uni-modal). A class with no sample in
-the prototype set keeps its previous prototype, or, with none, gets a NaN row: it is left out of every softmax
-(logit −inf) and samples of that class are left out of the scores and losses (the official code divides by zero).
-Under DDP the class sums and counts are added over ranks, so every rank has the same prototypes.
+the other view through the MMTMs (the official fusions are late, its features uni-modal; the official repository's
+own MMTM model returns the same post-MMTM features, but the script that trains it is not released). A class with
+no sample in the prototype set keeps its previous prototype, or, with none, gets a NaN row: it is left out of every
+softmax (logit −inf) and samples of that class are left out of the scores and losses (the official code divides by
+zero). Under DDP the class sums and counts are added over ranks, so every rank has the same prototypes, and the
+scores are added over ranks before the slower modality is chosen, so every rank chooses the same one (the official
+code runs one process).
 """
 from __future__ import annotations
 
@@ -30,12 +38,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mmtm.network import two_head_loss
+from mmtm.network import task_loss
 from mmtm.policy import EpochContext, StepPolicy
 
 DEFAULT_ALPHA = 1.0
 DEFAULT_MOMENTUM = 0.0
 MODULATION_STARTS = 0  # first epoch with the PCE term (0-based, inclusive)
+MOMENTUM_FROM_EPOCH = 2  # the first epoch whose prototypes blend in the previous ones (official code)
 MODULATION_ENDS = 70  # last one (inclusive)
 PROTOTYPE_FRACTION = 0.1  # share of the training loader's batches the prototypes are computed from
 _DIST_SQ_FLOOR = 1e-12  # keeps sqrt's gradient finite at distance 0
@@ -114,8 +123,11 @@ def prototype_scores(proto_logits0: Tensor, proto_logits1: Tensor, y: Tensor) ->
 def rebalance_coefficients(proto_logits0: Tensor, proto_logits1: Tensor, y: Tensor,
                            alpha: float = DEFAULT_ALPHA) -> Tensor:
     """[β0, β1], the PCE weights: ρ = score0/score1 > 1 (m0 dominant) → [0, α]; ρ < 1 → [α, 0]; ρ = 1 → [0, 0].
-    A tensor, no host sync, no gradient."""
+    Under DDP the scores are summed over ranks first, so every rank picks the same modality. A tensor, no host
+    sync, no gradient."""
     s = prototype_scores(proto_logits0, proto_logits1, y)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(s)
     rho = s[0] / s[1]
     zero, a = torch.zeros_like(rho), torch.full_like(rho, alpha)
     return torch.stack([torch.where(rho < 1, a, zero), torch.where(rho > 1, a, zero)])
@@ -139,25 +151,26 @@ def pmr_loss(features0: Tensor, features1: Tensor, y: Tensor, protos0: Tensor, p
 
 
 class PMRPolicy(StepPolicy):
-    """PMR in the one training loop: every step regular; at each epoch start inside the window the prototypes are
-    recomputed (eval mode, no gradient, the first tenth of a shuffled pass over the training split); each step's
+    """PMR in the one training loop: every step regular; at each epoch start the prototypes are recomputed (eval
+    mode, no gradient, the first tenth of a shuffled pass over the training split); inside the window each step's
     forward captures both branches' penultimate features and PMR's loss is added to the task loss."""
 
     name = "pmr"
+    default_loss = "fused"
 
     def __init__(self, alpha: float = DEFAULT_ALPHA, momentum: float = DEFAULT_MOMENTUM,
                  starts: int = MODULATION_STARTS, ends: int = MODULATION_ENDS):
         self.alpha, self.momentum, self.starts, self.ends = alpha, momentum, starts, ends
-        self.protos: list[Tensor] | None = None  # [protos0, protos1] while the epoch is in the window
+        self.protos: list[Tensor] | None = None  # [protos0, protos1] of the current epoch
+        self.in_window = False                    # whether the current epoch adds the PCE term
+        self.device = torch.device("cpu")         # where loaded prototypes go
 
     @classmethod
     def from_config(cls, cfg) -> "PMRPolicy":
         return cls(cfg.pmr_alpha, cfg.pmr_momentum, cfg.pmr_start_epoch, cfg.pmr_end_epoch)
 
     def start_epoch(self, epoch: int, context: EpochContext) -> None:
-        if not self.starts <= epoch <= self.ends:
-            self.protos = None
-            return
+        self.in_window = self.starts <= epoch <= self.ends
         loader = context.loader("train", True)
         loader.set_epoch(epoch)
         take = max(1, int(len(loader) * PROTOTYPE_FRACTION))
@@ -177,6 +190,7 @@ class PMRPolicy(StepPolicy):
                 labels.append(batch.label)
         net.train(was_training)
         y = torch.cat(labels)
+        momentum = self.momentum if epoch >= MOMENTUM_FROM_EPOCH else 0.0
         new = []
         for m in (0, 1):
             sums, counts = class_sums(torch.cat(features[m]), y, num_classes)
@@ -184,21 +198,26 @@ class PMRPolicy(StepPolicy):
                 dist.all_reduce(sums)
                 dist.all_reduce(counts)
             previous = self.protos[m] if self.protos is not None else None
-            new.append(prototypes_from_sums(sums, counts, previous, self.momentum))
+            new.append(prototypes_from_sums(sums, counts, previous, momentum))
         self.protos = new
 
     def capture(self, net):
-        # Outside the window there are no prototypes and nothing to capture.
-        return branch_features(net) if self.protos is not None else contextlib.nullcontext()
+        # Outside the window nothing uses the features.
+        return branch_features(net) if self.in_window else contextlib.nullcontext()
 
     def loss(self, logits0: Tensor, logits1: Tensor, y: Tensor, features, epoch: int) -> Tensor:
-        loss = two_head_loss(logits0, logits1, y)
-        if self.protos is None:
+        loss = task_loss(self.task, logits0, logits1, y)
+        if not self.in_window:
             return loss
         return loss + pmr_loss(features[0], features[1], y, self.protos[0], self.protos[1], self.alpha)
 
+    def to(self, device: torch.device) -> "PMRPolicy":
+        self.device = device
+        return self
+
     def state_dict(self) -> dict:
-        return {"protos": self.protos}
+        return {"protos": self.protos, "in_window": self.in_window}
 
     def load_state_dict(self, state: dict) -> None:
-        self.protos = state["protos"]
+        self.in_window = state["in_window"]
+        self.protos = None if state["protos"] is None else [p.to(self.device) for p in state["protos"]]
