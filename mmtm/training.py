@@ -26,7 +26,7 @@ from mmtm.config import TrainConfig, to_dict
 from mmtm.cuda_graphs import GraphedSteps
 from mmtm.evaluate import evaluate
 from mmtm.fusion import REBALANCED_BRANCH, REGULAR
-from mmtm.hardware import Compute, Distributed, setup_distributed
+from mmtm.hardware import Compute, Distributed, graph_steps, setup_distributed
 from mmtm.network import TwoViewMMTMNet, build_network, fused_logits
 from mmtm.policy import EpochContext, StepPolicy
 from mmtm.progress import TrainProgress
@@ -102,7 +102,7 @@ def build_trainer(cfg: TrainConfig, num_classes: int, device: torch.device, ddp:
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=policy.rebalances)
     cuda = device.type == "cuda"
-    graphs = cfg.cuda_graphs == "auto" and cuda and ddp.world_size == 1 and policy.cuda_graphs
+    graphs = graph_steps(cfg.cuda_graphs, device, ddp.world_size, policy.cuda_graphs)
     # Graph replays read the learning rate from a device tensor that the schedule fills in place; fused SGD
     # takes it on the device (and is the faster update on CUDA either way).
     lr = torch.tensor(cfg.lr, device=device) if graphs else cfg.lr
