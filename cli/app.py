@@ -20,8 +20,8 @@ app.command("train")(train.train)
 app.command("eval-cur")(eval_cur.eval_cur)
 app.command("report")(report.report)
 app.command("compare")(compare.compare)
-app.add_typer(bench.app, name="bench")
 app.command("info")(info.info)
+app.add_typer(bench.app, name="bench")
 
 
 def main() -> None:

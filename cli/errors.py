@@ -27,7 +27,7 @@ def user_errors(fn):
 
 class OneLineErrors(ReadableGroup):
     """The app's command group: a usage error (a value of the wrong type, an unknown option or command, a missing
-    argument) prints one `error:` line like every other error, not Click's usage box; --help is help, not an error."""
+    argument) prints one `error:` line like every other error, not Click's usage box; --help is ReadableGroup's."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
