@@ -1,12 +1,11 @@
 """The `mmtm` Typer app: registers one module per command; no science here."""
 from __future__ import annotations
 
-import typer
-
-from cli import bench, compare, eval_cur, prep, report, train
+from cli import bench, compare, eval_cur, info, prep, report, train
 from cli.errors import OneLineErrors
+from cli.help import App
 
-app = typer.Typer(
+app = App(
     name="mmtm",
     help="Measure and fix greedy learning in two-view MMTM networks (Wu et al., ICML 2022).\n\n"
     "Typical flow: `mmtm prep synthetic --out data` → `mmtm train --data data --out runs/v` → "
@@ -21,6 +20,7 @@ app.command("train")(train.train)
 app.command("eval-cur")(eval_cur.eval_cur)
 app.command("report")(report.report)
 app.command("compare")(compare.compare)
+app.command("info")(info.info)
 app.add_typer(bench.app, name="bench")
 
 

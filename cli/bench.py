@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.errors import user_errors
+from cli.help import App
 from loaders.errors import UserError
 from loaders.output import check_output_file
 
-app = typer.Typer(
+app = App(
     help="Loader, training and rendering throughput, side by side as ratios; `mmtm bench --data D` runs the "
     "loader and training benches.\n\n"
     "\b\nExamples:\n  mmtm bench --data demo/data\n  mmtm bench loader --data demo/data --json\n"

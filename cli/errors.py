@@ -6,8 +6,8 @@ import functools
 import sys
 
 import typer
-from typer.core import TyperGroup
 
+from cli.help import ReadableGroup
 from loaders.errors import UserError
 
 
@@ -25,9 +25,9 @@ def user_errors(fn):
     return wrapper
 
 
-class OneLineErrors(TyperGroup):
+class OneLineErrors(ReadableGroup):
     """The app's command group: a usage error (a value of the wrong type, an unknown option or command, a missing
-    argument) prints one `error:` line like every other error, not Click's usage box; --help is unchanged."""
+    argument) prints one `error:` line like every other error, not Click's usage box; --help is ReadableGroup's."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:

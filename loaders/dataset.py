@@ -62,23 +62,50 @@ class PreparedDataset:
         return int(self.meta["image_size"])
 
     def rows(self, split: str) -> list[Row]:
-        """The split's rows, checked: integer index 0..n-1 in order, a label of one of the classes, and a path
-        that resolves inside the dataset folder (a `..` or absolute path would read another dataset)."""
+        """The split's rows, checked: integer index 0..n-1 in order, a label of one of the classes whose name is
+        the row's class, a path that resolves inside the dataset folder (a `..` or absolute path would read another
+        dataset), and an object that no other row of the three split files names (a repeat would be counted twice,
+        and an object in two splits would be tested on what it was trained on)."""
         if split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        path = self._split_path(split)
+        inside = self.root.resolve()
+        rows = [self._row(path, i, r, inside) for i, r in enumerate(self._records(path))]
+        seen: dict[str, int] = {}
+        for row in rows:
+            first = seen.setdefault(row.object, row.index)
+            if first != row.index and rows[first].label != row.label:
+                raise DatasetError(f"{path}: row {row.index} has object {row.object!r} under label {row.label}, row "
+                                   f"{first} under label {rows[first].label}; an object has one label")
+            if first != row.index:
+                raise DatasetError(f"{path}: row {row.index} repeats object {row.object!r} of row {first}; "
+                                   "an object has one row")
+        for other in SPLITS:
+            if other != split:
+                other_path = self._split_path(other)
+                for j, record in enumerate(self._records(other_path)):
+                    if record["object"] in seen:
+                        raise DatasetError(f"{path}: row {seen[record['object']]} has object {record['object']!r}, "
+                                           f"which row {j} of {other_path} also has; an object belongs to one split")
+        return rows
+
+    def _split_path(self, split: str) -> Path:
         path = self.root / "splits" / f"{split}.csv"
         if not path.is_file():
             raise DatasetError(f"{path}: split index file is missing; re-run `mmtm prep`")
+        return path
+
+    @staticmethod
+    def _records(path: Path) -> list[dict]:
+        """The split file's rows as read, under a checked header."""
         try:
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 if tuple(reader.fieldnames or ()) != FIELDS:
                     raise DatasetError(f"{path}: header must be {','.join(FIELDS)}")
-                inside = self.root.resolve()
-                rows = [self._row(path, i, r, inside) for i, r in enumerate(reader)]
+                return list(reader)
         except OSError as e:
             raise DatasetError(f"{path}: cannot read the split index file ({e.strerror})") from None
-        return rows
 
     def _row(self, path: Path, i: int, fields: dict, inside: Path) -> Row:
         if None in fields or None in fields.values():  # DictReader's marks of too many or too few fields
@@ -90,9 +117,13 @@ class PreparedDataset:
                                "both must be integers") from None
         if index != i:
             raise DatasetError(f"{path}: row {i} has index {index}; indices must be 0..n-1 in order")
-        if not 0 <= label < len(self.meta["classes"]):
-            raise DatasetError(f"{path}: row {i} has label {label}; labels are 0..{len(self.meta['classes']) - 1} "
-                               f"({len(self.meta['classes'])} classes in dataset.json)")
+        classes = self.meta["classes"]
+        if not 0 <= label < len(classes):
+            raise DatasetError(f"{path}: row {i} has label {label}; labels are 0..{len(classes) - 1} "
+                               f"({len(classes)} classes in dataset.json)")
+        if fields["class"] != classes[label]:
+            raise DatasetError(f"{path}: row {i} has class {fields['class']!r} and label {label}, which is "
+                               f"{classes[label]!r} in dataset.json's classes")
         if not (self.root / fields["path"]).resolve().is_relative_to(inside):
             raise DatasetError(f"{path}: row {i} has path {fields['path']!r}, which leads outside the dataset "
                                f"folder {self.root}")

@@ -37,7 +37,7 @@ def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[
         raise UserError(f"the batch size ({batch_size}) and the loader threads ({num_threads}) must be at least 1")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
-    name = _resolve_backend(backend)
+    name = resolve_backend(backend)
     dev = resolve_device(device)
     dataset = open_dataset(data_dir)
     if len(views) != 2:
@@ -63,7 +63,8 @@ def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[
     return DaliTwoViewLoader(dataset, split, rows, source_workers=source_workers, **common)
 
 
-def _resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str) -> str:
+    """The backend `backend` names; auto = dali when it imports, else torch."""
     if backend not in ("auto", *BACKENDS):
         raise UserError(f"unknown loader backend {backend!r}; expected auto, {', '.join(BACKENDS)}")
     dali_found = _dali_imports()

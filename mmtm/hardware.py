@@ -1,5 +1,6 @@
 """Hardware: DDP set-up and the one rule for how the network runs on a device (bf16 autocast, channels-last),
-used alike by training, eval-cur and bench. The device itself comes from `loaders.device.resolve_device`."""
+used alike by training, eval-cur and bench, and the rule for CUDA-graph training steps (training, `mmtm info`).
+The device itself comes from `loaders.device.resolve_device`."""
 from __future__ import annotations
 
 import contextlib
@@ -47,6 +48,12 @@ class Compute:
         if self.amp and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
+
+
+def graph_steps(setting: str, device: torch.device, world_size: int, policy_allows: bool) -> bool:
+    """Whether training steps run as captured CUDA graphs: asked for (auto), on CUDA, in one process (DDP runs
+    eager steps), under a policy whose steps can be captured."""
+    return setting == "auto" and device.type == "cuda" and world_size == 1 and policy_allows
 
 
 @dataclass

@@ -27,7 +27,7 @@ from mmtm.config import TrainConfig, to_dict
 from mmtm.cuda_graphs import GraphedSteps
 from mmtm.evaluate import evaluate
 from mmtm.fusion import REBALANCED_BRANCH, REGULAR
-from mmtm.hardware import Compute, Distributed, setup_distributed
+from mmtm.hardware import Compute, Distributed, graph_steps, setup_distributed
 from mmtm.network import TwoViewMMTMNet, build_network, fused_logits
 from mmtm.policy import EpochContext, StepPolicy, runs_in_cuda_graphs
 from mmtm.progress import TrainProgress
@@ -141,12 +141,11 @@ def build_trainer(cfg: TrainConfig, num_classes: int, device: torch.device, ddp:
     meter = SpeedMeter(net.param_groups(), window=cfg.speed_window, signal=cfg.speed_signal,
                        signal_from_epoch=cfg.speed_from_epoch)
     t = Trainer(cfg, net, model, optimizer, make_scheduler(optimizer, cfg), policy, meter, compute, ddp)
-    if cfg.cuda_graphs == "auto" and cuda:
-        if ddp.world_size == 1 and runs_in_cuda_graphs(policy):
-            use_cuda_graphs(t)
-        elif ddp.main:
-            why = "DDP runs eager steps" if ddp.world_size > 1 else f"policy {policy.name} runs eager steps"
-            print(f"note: CUDA graphs off ({why})", file=sys.stderr)
+    if graph_steps(cfg.cuda_graphs, device, ddp.world_size, runs_in_cuda_graphs(policy)):
+        use_cuda_graphs(t)
+    elif cfg.cuda_graphs == "auto" and cuda and ddp.main:
+        why = "DDP runs eager steps" if ddp.world_size > 1 else f"policy {policy.name} runs eager steps"
+        print(f"note: CUDA graphs off ({why})", file=sys.stderr)
     return t
 
 

@@ -82,6 +82,27 @@ def damaged(change_meta=None, split="train", change_rows=None):
     return setup
 
 
+def with_object_of(same_label: bool):
+    """The first row takes the object name of a later row with the same label, or with another label."""
+    def change(rows):
+        rows[1][1] = next(r[1] for r in rows[2:] if (r[3] == rows[1][3]) == same_label)
+        return rows
+    return change
+
+
+def with_class_of_another_label(rows):
+    rows[1][2] = next(r[2] for r in rows[2:] if r[3] != rows[1][3])
+    return rows
+
+
+def object_in_train_and_val(tmp, data, runs):
+    d = data_copy(tmp, data)
+    with (d / "splits" / "val.csv").open(newline="") as f:
+        val_object = list(csv.reader(f))[1][1]
+    edit_rows(d / "splits" / "train.csv", with_cell(1, 1, val_object))
+    return train(d, tmp)
+
+
 def config_file(content):
     def setup(tmp, data, runs):
         (tmp / "c.json").write_text(json.dumps(content))
@@ -253,6 +274,13 @@ CASES = [
     ("prep --val-fraction 0.01", 5, prep_synthetic("--val-fraction", "0.01"), "--val-fraction"),
     ("eval-cur on a run holding another dataset's checkpoint", 5, eval_cur_on(replace_best=five_class_checkpoint),
      "classes differ"),
+    # 19: split rows checked against dataset.json's classes and against each other
+    ("train.csv class of another label", 19, damaged(change_rows=with_class_of_another_label),
+     "train.csv: row 0 has class"),
+    ("train.csv object under two labels", 19, damaged(change_rows=with_object_of(same_label=False)),
+     "an object has one label"),
+    ("train.csv object twice", 19, damaged(change_rows=with_object_of(same_label=True)), "repeats object"),
+    ("object in train.csv and val.csv", 19, object_in_train_and_val, "val.csv also has"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
                                                        "99"], "99"),

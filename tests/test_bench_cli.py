@@ -49,25 +49,3 @@ def test_bench_without_data_is_one_error_line():
     r = CliRunner().invoke(app, ["bench"])
     assert r.exit_code == 2 and r.output.strip() == "error: --data is required (a folder made by `mmtm prep`)"
 
-
-def test_every_help_text_shows_in_full():
-    """Rich reads `[word]` in a help text as markup and drops it; every option's help must reach --help whole."""
-    import re
-
-    import typer
-
-    def commands(group, path: list[str]):
-        for name, command in group.commands.items():
-            yield path + [name], command
-            if hasattr(command, "commands"):  # a group of subcommands (bench)
-                yield from commands(command, path + [name])
-
-    def flat(text: str) -> str:
-        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
-
-    root = typer.main.get_command(app)
-    for path, command in commands(root, []):
-        shown = flat(CliRunner().invoke(app, [*path, "--help"], terminal_width=200).output)
-        for param in command.params:
-            if getattr(param, "help", None):
-                assert flat(param.help) in shown, (path, param.name)

@@ -101,6 +101,13 @@ def _face_normals(tris: np.ndarray) -> np.ndarray:
     return n / np.where(length > 0, length, 1.0)
 
 
+def gl_context():
+    """A headless moderngl context on EGL (Mesa llvmpipe on a CPU)."""
+    import moderngl
+
+    return moderngl.create_standalone_context(backend="egl")
+
+
 class Renderer:
     """One GL context and framebuffer per process, reused for every mesh.
 
@@ -114,7 +121,7 @@ class Renderer:
         import moderngl
 
         self.image_size = int(image_size)
-        self.ctx = moderngl.create_standalone_context(backend="egl")
+        self.ctx = gl_context()
         self.ctx.enable(moderngl.DEPTH_TEST)
         self.program = self.ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
         self.size = self.image_size * self.SUPERSAMPLE
