@@ -83,8 +83,8 @@ def main() -> int:
     record: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "targets": TARGETS}
     info = run([*MMTM, "info", "--json"], 60)
     record["machine"] = json.loads(info["output_tail"]) if info["exit"] == 0 else info
-    if args.device == "cuda" and not (isinstance(record["machine"], dict) and record["machine"].get("gpus_torch")
-                                      not in (None, "none")):
+    if args.device == "cuda" and not (isinstance(record["machine"], dict)
+                                      and record["machine"].get("torch_gpus") not in (None, "none")):
         print("error: no GPU seen by torch; nothing to check", file=sys.stderr)
         return 2
     pytest_args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
