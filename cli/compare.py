@@ -1,4 +1,4 @@
-"""`mmtm compare`: vanilla vs balanced vs random over seeds, with eval-cur, plots and a table."""
+"""`mmtm compare`: policies × seeds × grid cells, launched here or on Slurm, with eval-cur, tables and plots."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,45 +9,141 @@ import typer
 from cli.errors import user_errors
 from loaders.errors import UserError
 
+LAUNCHERS = ("local", "slurm")
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"{flag} must list at least one value and none twice, got {text!r}")
+    return values
+
 
 @user_errors
 def compare(
-    data: Path = typer.Option(..., "--data", help="Prepared dataset folder (from `mmtm prep`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (from `mmtm prep`)."),
     out: Path = typer.Option(..., "--out", help="Folder for the runs, comparison.md/.json and plots."),
     seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated seeds; seed k of every policy shares its "
                                                 "initial weights and data order."),
-    policies: Optional[str] = typer.Option(None, help="Comma-separated policies "
-                                                      "(default: vanilla,balanced,random,flipped)."),
-    preset: str = typer.Option("demo", help="demo (2-core CPU) or paper (SPEC §5)."),
+    policies: Optional[str] = typer.Option(None, help="Comma-separated policies (default: "
+                                                      "vanilla, balanced, random and flipped)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=V1,V2", help="A grid axis over a config "
+                                                                 "setting, crossed with policies and seeds "
+                                                                 "(views as 0-6; repeatable); runs go to OUT/KEY=V/."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also train each view alone (the single-view "
+                                                              "baselines) for every seed and cell."),
+    preset: str = typer.Option("demo", help="demo (2-core CPU) or paper (docs/science.md §5)."),
     config: Optional[Path] = typer.Option(None, help="JSON config overriding the preset."),
     epochs: Optional[int] = typer.Option(None, help="Override the preset's epochs."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
+    jobs: int = typer.Option(1, help="Runs at once on this machine, each with cores/JOBS threads."),
+    devices: Optional[str] = typer.Option(None, help="GPUs to use, e.g. 0,1: runs go to them round-robin."),
+    runs_per_device: int = typer.Option(1, help="Runs packed on each GPU at once (CUDA MPS is used when its "
+                                                "daemon runs)."),
+    launcher: str = typer.Option("local", help="local (this machine) or slurm (one job array through submitit)."),
+    partition: Optional[str] = typer.Option(None, help="slurm: partition."),
+    time_min: int = typer.Option(240, help="slurm: time limit per run, minutes."),
+    gpus_per_run: int = typer.Option(0, help="slurm: GPUs per run."),
+    cpus_per_run: int = typer.Option(4, help="slurm: CPUs per run."),
+    array_parallelism: int = typer.Option(64, help="slurm: array tasks running at once."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="slurm: return once the jobs are submitted; the same "
+                                                          "command later collects them."),
+    collect: Optional[Path] = typer.Option(None, help="Train nothing: rebuild the comparison from the runs' "
+                                                      "evidence under this folder (e.g. a committed "
+                                                      "docs/finding/runs) into --out."),
 ) -> None:
-    """Compare training policies over seeds: train, eval-cur (best and last checkpoint), tables and plots.
+    """Compare training policies over seeds and grid cells: train, eval-cur (best and last checkpoint), tables and
+    plots.
 
-    OUT/comparison.md gives, per policy, mean ± std and a 95% bootstrap interval of test accuracy, A(f0), A(f1),
-    d_util and d_speed (at an equal number of regular steps, and at the end), and the paired per-seed
-    differences against vanilla; OUT/comparison.json holds the same numbers.
+    OUT/comparison.md gives, per policy, mean ± std and a 95% t-interval over seeds of test accuracy, A(f0), A(f1),
+    d_util and d_speed (after an equal number of regular steps, at half of training, at the end), both checkpoints;
+    paired per-seed differences with exact permutation p-values and McNemar tests; the rank correlation of d_speed
+    with d_util; the single-view baselines with --baselines. OUT/comparison.json holds the same numbers.
 
-    Re-running the same command resumes: finished runs are kept, unfinished ones continue.
+    Re-running the same command resumes: finished runs are kept, unfinished or failed ones continue.
 
     \b
     Examples:
       mmtm compare --data demo/data --out demo/compare
       mmtm compare --data demo/data --out c1 --seeds 0 --policies vanilla,pmr
+      mmtm compare --data demo/data --out c2 --jobs 2 --baselines
+      mmtm compare --data demo/data --out c3 --policies vanilla,balanced \\
+        --set views=0-6,0-3,3-9 --seeds 0,1,2     # a grid of view pairs
+      mmtm compare --data data/mn40 --out c4 --preset paper --device cuda \\
+        --devices 0,1 --runs-per-device 4          # 8 runs at once
+      mmtm compare --data data/mn40 --out c5 --preset paper --launcher slurm \\
+        --partition gpu --gpus-per-run 1 --no-wait  # then the same again
+      mmtm compare --collect docs/finding/runs --out /tmp/finding
     """
-    from mmtm.compare import DEFAULT_POLICIES, run_comparison
+    from mmtm.compare import DEFAULT_POLICIES, collect as collect_comparison, parse_axes, run_comparison
 
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
+    if collect is not None:
+        typer.echo(f"wrote {collect_comparison(collect, out)}")
+        return
+    if data is None:
+        raise UserError("--data is required (a folder made by `mmtm prep`), unless --collect names runs")
+    seed_list = _ints(seeds, "--seeds")
     policy_list = DEFAULT_POLICIES if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
-    if not seed_list or not policy_list:
-        raise UserError("--seeds and --policies must not be empty")
-    if len(set(seed_list)) != len(seed_list) or len(set(policy_list)) != len(policy_list):
-        raise UserError("--seeds and --policies must not repeat an entry")
-    path = run_comparison(str(data), out, seeds=seed_list, policies=policy_list, preset=preset,
-                          config_file=str(config) if config else None, epochs=epochs, device=device, loader=loader)
-    typer.echo(f"wrote {path}")
+    if not policy_list or len(set(policy_list)) != len(policy_list):
+        raise UserError("--policies must list at least one policy and none twice")
+    if launcher not in LAUNCHERS:
+        raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    for flag, value in (("--jobs", jobs), ("--runs-per-device", runs_per_device), ("--time-min", time_min),
+                        ("--cpus-per-run", cpus_per_run), ("--array-parallelism", array_parallelism)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    device_list = _ints(devices, "--devices") if devices else None
+    axes = parse_axes(set_ or [])
+    with _Progress() as progress:
+        path = run_comparison(
+            str(data), out, seeds=seed_list, policies=policy_list, preset=preset,
+            config_file=str(config) if config else None, axes=axes, baselines=baselines,
+            launcher=launcher, jobs=jobs, devices=device_list, runs_per_device=runs_per_device,
+            slurm={"partition": partition, "time_min": time_min, "gpus_per_run": gpus_per_run,
+                   "cpus_per_run": cpus_per_run, "array_parallelism": array_parallelism},
+            wait=not no_wait, progress=progress.update, epochs=epochs, loader=loader,
+            device=device or ("cuda" if device_list else None))
+    if path is not None:
+        typer.echo(f"wrote {path}")
+
+
+class _Progress:
+    """The sweep as a whole (runs done / total, time left) and each running job (epoch it is at)."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            transient=True)
+        self.bar.__enter__()
+        self.sweep = None
+        self.jobs: dict[str, int] = {}
+        return self
+
+    def update(self, running, done: int, total: int) -> None:
+        import csv
+
+        if self.sweep is None:
+            self.sweep = self.bar.add_task("sweep (runs)", total=total, completed=done)
+        self.bar.update(self.sweep, completed=done)
+        names = {s.name: s for s in running}
+        for name in list(self.jobs):
+            if name not in names:
+                self.bar.remove_task(self.jobs.pop(name))
+        for name, spec in names.items():
+            epochs_csv = spec.dir / "epochs.csv"
+            try:
+                with epochs_csv.open() as f:
+                    epochs_done = max(0, sum(1 for _ in csv.reader(f)) - 1)
+            except OSError:
+                epochs_done = 0
+            if name not in self.jobs:
+                self.jobs[name] = self.bar.add_task(f"  {name} (epochs)", total=spec.config["epochs"])
+            self.bar.update(self.jobs[name], completed=epochs_done)
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)

@@ -1,112 +1,375 @@
-"""Seeded comparison of training policies on one dataset, with statistics a reviewer can check.
+"""Seeded comparison of training policies on one dataset, over grid axes, with statistics a reviewer can check.
 
-Each (policy, seed) trains into OUT/<policy>-s<seed>; seed k of every policy starts from the same initial weights
-and reads the data in the same order, so per-seed differences between policies are paired. Every run gets eval-cur
-on best.pt and on last.pt. An interrupted comparison picks up where it stopped (finished runs are not trained
-again, unfinished ones resume from last.pt, results already evaluated are kept).
+Each (cell, policy, seed) trains into OUT/[cell/]<policy>-s<seed>, where a cell is one combination of the grid axes
+(`--set key=v1,v2`: OUT/key=v1/...); seed k of every policy in every cell starts from the same initial weights
+and reads the data in the same order, so per-seed differences between policies are paired. `--baselines` adds the
+single-view runs of each seed (single-view0-s<k>, single-view1-s<k>): the accuracy each view alone reaches on this
+data. The runs are launched by mmtm/sweep.py (here N at a time, or on Slurm); each ends with its evidence
+(mmtm/evidence.py), and every table and figure is made from that evidence alone, so `--collect DIR` rebuilds a
+comparison byte for byte from committed evidence, without checkpoints.
+
+Statistics (mmtm/stats.py): per policy mean ± sample std and a 95% t-interval over seeds; per pair of policies the
+per-seed differences' mean, t-interval, exact sign-flip permutation p and how many seeds share the sign; McNemar's
+exact test per seed on the test objects; per run, a bootstrap interval over its test objects; across runs, the
+rank correlation of d_speed with d_util. Both checkpoints (best.pt, last.pt) are reported side by side.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
+import shutil
+import time
 from pathlib import Path
 
 from loaders.atomic import atomic_write_text
-from mmtm import plots, stats
+from loaders.errors import UserError
 from loaders.output import check_output_folder
-from mmtm.config import resolve
-from mmtm.eval_cur import evaluate_cur
-from mmtm.report import markdown_table, summary_rows, write_plots
-from mmtm.run import RunFolder, load_run
-from mmtm.training import fit
+from mmtm import evidence, plots, stats
+from mmtm.config import TrainConfig, as_field_type, resolve, to_dict
+from mmtm.environment import facts
+from mmtm.registry import POLICIES
+from mmtm.report import cell_label, markdown_table, summary_rows, write_plots
+from mmtm.sweep import RunSpec, is_done, launch_local, launch_slurm, mps_note, thread_share
 
 DEFAULT_POLICIES = ("vanilla", "balanced", "random", "flipped")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-BASELINE = "vanilla"
+SWEEP_JSON = "sweep.json"
+REFERENCES = ("vanilla", "balanced")  # every other policy is paired against these, where the comparison has them
+BASELINES = ("single-view0", "single-view1")
+NOT_AXES = {"data", "out", "policy", "seed", "single_view"}  # set by compare itself
 ACCURACY = ("acc", "acc_last", "acc_m0", "acc_m1")
-IMBALANCE = ("d_util", "d_util_last", "d_speed_equal", "d_speed_final", "d_speed_window_final")
-# Paired against vanilla: accuracy as is; the imbalance measures by magnitude (smaller = more balanced).
+IMBALANCE = ("d_util", "d_util_last", "u_m1_given_m0", "u_m0_given_m1", "d_util_floor", "d_speed_equal",
+             "d_speed_stage", "d_speed_final")
+# Paired measures: accuracy as is; the imbalance measures by magnitude (negative = more balanced).
 PAIRED = (("acc", "acc", False), ("acc_last", "acc_last", False), ("|d_util|", "d_util", True),
-          ("|d_util_last|", "d_util_last", True), ("|d_speed_equal|", "d_speed_equal", True))
+          ("|d_util_last|", "d_util_last", True), ("|d_speed_equal|", "d_speed_equal", True),
+          ("|d_speed_stage|", "d_speed_stage", True))
+PROXY = (("d_speed_final", "d_util"), ("d_speed_stage", "d_util"), ("d_speed_final", "d_util_last"),
+         ("d_speed_stage", "d_util_last"))
+
+
+# ------------------------------------------------------------------------------------------------------ the grid
+def _axis_value(name: str, text: str):
+    """One value of a grid axis, typed like the config field (views as `0-6`)."""
+    kind = {f.name: f.type for f in TrainConfig.__dataclass_fields__.values()}[name]
+    if kind == "tuple[int, int]":
+        parts = text.split("-")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise UserError(f"--set {name}: views are written like 0-6, got {text!r}")
+        return tuple(int(p) for p in parts)
+    base = kind.removesuffix(" | None")
+    try:
+        value = {"int": int, "float": float, "str": str}[base](text)
+    except ValueError:
+        raise UserError(f"--set {name}: {text!r} is not {'a whole number' if base == 'int' else 'a number'}") from None
+    return as_field_type(name, value, kind)
+
+
+def parse_axes(settings: list[str]) -> dict[str, list]:
+    """`KEY=V1,V2,...` (repeatable) → {key: [values]} over config fields; each refused with one error line if the
+    key is no config field, is set by compare itself, repeats, or has no or a repeated value."""
+    fields = set(TrainConfig.__dataclass_fields__)
+    axes: dict[str, list] = {}
+    for setting in settings:
+        key, eq, values = setting.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not values.strip():
+            raise UserError(f"--set takes KEY=V1,V2,..., got {setting!r}")
+        if key not in fields:
+            raise UserError(f"--set {key}: not a setting; the settings are the keys of a run's config.json")
+        if key in NOT_AXES:
+            raise UserError(f"--set {key}: compare sets it itself (use --policies, --seeds, --data, --out, "
+                            "--baselines)")
+        if key in axes:
+            raise UserError(f"--set {key} is given twice; list all its values in one --set")
+        parsed = [_axis_value(key, v.strip()) for v in values.split(",") if v.strip()]
+        if len(set(parsed)) != len(parsed):
+            raise UserError(f"--set {key}: a value repeats in {values!r}")
+        axes[key] = parsed
+    return axes
+
+
+def _fmt_axis(value) -> str:
+    return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def cells(axes: dict[str, list]) -> list[dict]:
+    """Every combination of the axes' values, in the order given ([{}] without axes)."""
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else [{}]
+
+
+def plan(data: str, out: Path, *, seeds: list[int], policies: tuple[str, ...], preset: str, config_file: str | None,
+         axes: dict[str, list], baselines: bool, overrides: dict) -> list[RunSpec]:
+    """Every run of the sweep, each config resolved (and so checked) before the first one starts."""
+    specs = []
+    for cell in cells(axes):
+        root = out / ",".join(f"{k}={_fmt_axis(v)}" for k, v in cell.items()) if cell else out
+        label = {k: _fmt_axis(v) for k, v in cell.items()}
+        runs = [(f"{p}-s{s}", dict(policy=p, seed=s)) for s in seeds for p in policies]
+        if baselines:
+            runs += [(f"single-view{v}-s{s}", dict(policy="vanilla", single_view=v, seed=s)) for s in seeds
+                     for v in (0, 1)]
+        for name, who in runs:
+            cfg = resolve(preset, config_file, data=data, out=str(root / name), **{**overrides, **cell, **who})
+            specs.append(RunSpec(root / name, to_dict(cfg), label, preset))
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------------- launching
+def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tuple[str, ...] = DEFAULT_POLICIES,
+                   preset: str = "demo", config_file: str | None = None, axes: dict[str, list] | None = None,
+                   baselines: bool = False, launcher: str = "local", jobs: int = 1, devices: list[int] | None = None,
+                   runs_per_device: int = 1, slurm: dict | None = None, wait: bool = True, progress=None,
+                   **overrides) -> Path | None:
+    """Plan, launch, and write the comparison; None when Slurm jobs were left running (--no-wait)."""
+    out = check_output_folder(out)
+    data = str(Path(data).resolve())  # runs record an absolute path, so eval-cur works from any folder
+    specs = plan(data, out, seeds=seeds, policies=policies, preset=preset, config_file=config_file, axes=axes or {},
+                 baselines=baselines, overrides={k: v for k, v in overrides.items() if v is not None})
+    note = mps_note(devices or [], runs_per_device)
+    if note:
+        print(note, flush=True)
+    kept = {s.name for s in specs if is_done(s)}  # from an earlier launch: their time is not this launch's
+    started = time.perf_counter()
+    if launcher == "slurm":
+        result = launch_slurm(specs, out, wait=wait, progress=progress, **(slurm or {}))
+        if not wait:
+            print(f"submitted {len(result['submitted'])} runs ({len(result['active'])} still queued or running); "
+                  "run the same command again to collect them", flush=True)
+            return None
+        failed = result["failed"]
+        concurrency = (slurm or {}).get("array_parallelism", 1)
+    else:
+        failed = launch_local(specs, jobs=jobs, devices=devices, runs_per_device=runs_per_device, progress=progress)
+        concurrency = len(devices) * runs_per_device if devices else jobs
+    wall = time.perf_counter() - started
+    if failed:
+        raise UserError(f"{len(failed)} of {len(specs)} runs failed ({', '.join(failed[:4])}"
+                        f"{', ...' if len(failed) > 4 else ''}); see RUN/job.log; the same command resumes them")
+    runs = [evidence.load(s.dir) for s in specs]
+    run_minutes = sum(r["summary"]["job"].get("seconds", 0.0) for s, r in zip(specs, runs) if s.name not in kept) / 60
+    sweep = {"launcher": launcher, "concurrent": concurrency, "runs": len(specs), "runs_launched": len(specs) - len(kept),
+             "threads_per_job": thread_share(concurrency) if launcher == "local" else (slurm or {}).get("cpus_per_run"),
+             "wall_minutes": round(wall / 60, 2), "sum_of_job_minutes": round(run_minutes, 2),
+             "speedup": round(run_minutes * 60 / wall, 2) if wall else math.nan,
+             "parallel_efficiency": round(run_minutes * 60 / wall / concurrency, 2) if wall else math.nan,
+             "machine": facts()}
+    atomic_write_text(out / SWEEP_JSON, json.dumps(sweep, indent=2) + "\n")
+    return write_comparison(runs, out, sweep)
+
+
+def collect(source: str | Path, out: str | Path) -> Path:
+    """Rebuild a comparison from the evidence under `source` (run folders, or committed evidence), and copy that
+    evidence to OUT/runs/ (unless it is there already)."""
+    source = Path(source)
+    out = check_output_folder(out)
+    dirs = evidence.find_runs(source)
+    runs = [evidence.load(d) for d in dirs]
+    sweep_file = source / SWEEP_JSON
+    sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else None
+    target = out / "runs"
+    if target.resolve() != source.resolve():
+        for d in dirs:
+            evidence.copy_evidence(d, target / d.relative_to(source))
+        if sweep is not None:
+            shutil.copyfile(sweep_file, target / SWEEP_JSON)
+    return write_comparison(runs, out, sweep)
+
+
+# ------------------------------------------------------------------------------------------------------- tables
+def _kind_order(kind: str) -> int:
+    order = [*POLICIES, *BASELINES]
+    return order.index(kind) if kind in order else len(order)
+
+
+def _natural(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def canonical(rows: list[dict]) -> list[dict]:
+    """Rows in one order whatever order the runs were found in: cell, policy (registry order, baselines last),
+    seed."""
+    return sorted(rows, key=lambda r: (_natural(r["cell"]), _kind_order(r["policy"]), r["seed"]))
 
 
 def aggregate(rows: list[dict], metrics: tuple[str, ...]) -> list[dict]:
-    """Per policy (in the order they appear): seeds, and `mean ± std [95% bootstrap interval]` of each metric."""
+    """Per (cell, policy): seeds, and `mean ± std [95% t-interval]` of each metric."""
     table = []
-    for policy in dict.fromkeys(r["policy"] for r in rows):
-        sel = [r for r in rows if r["policy"] == policy]
-        table.append({"policy": policy, "seeds": len(sel),
+    for cell, policy in dict.fromkeys((r["cell"], r["policy"]) for r in rows):
+        sel = [r for r in rows if (r["cell"], r["policy"]) == (cell, policy)]
+        table.append({"cell": cell, "policy": policy, "seeds": len(sel),
                       **{m: stats.fmt_mean_std_ci([r[m] for r in sel]) for m in metrics}})
     return table
 
 
-def paired_against(rows: list[dict], baseline: str = BASELINE) -> list[dict]:
-    """Per policy other than the baseline: for each PAIRED measure, the per-seed difference policy − baseline as
-    `mean [95% interval] k/n` (k of n seeds have the sign of the mean)."""
-    def by_seed(policy: str, key: str, magnitude: bool) -> dict[int, float]:
-        return {r["seed"]: abs(r[key]) if magnitude else r[key] for r in rows if r["policy"] == policy}
-
+def paired_table(rows: list[dict], objects: dict[str, str]) -> list[dict]:
+    """Per cell, every policy against each reference it is not: the per-seed difference policy − reference of each
+    PAIRED measure, and in how many seeds McNemar's test on the test objects (best.pt) gives p < 0.05."""
     table = []
-    for policy in dict.fromkeys(r["policy"] for r in rows):
-        if policy == baseline:
-            continue
-        table.append({"policy": policy, **{label: stats.fmt_paired(stats.paired(
-            by_seed(policy, key, magnitude), by_seed(baseline, key, magnitude))) for label, key, magnitude in PAIRED}})
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        in_cell = [r for r in rows if r["cell"] == cell and r["policy"] not in BASELINES]
+        present = list(dict.fromkeys(r["policy"] for r in in_cell))
+        for ref in (p for p in REFERENCES if p in present):
+            for policy in present:
+                if policy == ref or (ref == "balanced" and policy == "vanilla"):
+                    continue
+
+                def by_seed(p: str, key: str, magnitude: bool) -> dict[int, float]:
+                    return {r["seed"]: abs(r[key]) if magnitude else r[key] for r in in_cell if r["policy"] == p}
+
+                mine = {r["seed"]: r["run"] for r in in_cell if r["policy"] == policy}
+                theirs = {r["seed"]: r["run"] for r in in_cell if r["policy"] == ref}
+                ps = [stats.mcnemar_p([int(c) for c in objects[(cell, mine[s])]],
+                                      [int(c) for c in objects[(cell, theirs[s])]])
+                      for s in sorted(set(mine) & set(theirs))]
+                table.append({"cell": cell, "comparison": f"{policy} − {ref}",
+                              **{label: stats.fmt_paired(stats.paired(by_seed(policy, key, mag), by_seed(ref, key, mag)))
+                                 for label, key, mag in PAIRED},
+                              "McNemar p<0.05 (acc)": f"{sum(p < 0.05 for p in ps)}/{len(ps)}"})
     return table
 
 
-def _evaluate(run_dir: Path, which: str) -> None:
-    """eval-cur on one checkpoint, unless its result is already there and newer than the checkpoint."""
-    run = RunFolder(run_dir)
-    result, ckpt = run.cur_for(which), run.checkpoint(which)
-    if not (result.is_file() and result.stat().st_mtime >= ckpt.stat().st_mtime):
-        evaluate_cur(run_dir, checkpoint=which)
+def proxy_table(rows: list[dict]) -> list[dict]:
+    """Per cell: Spearman's ρ across all two-view runs (policies × seeds) of d_speed (final, and at half of
+    training) with d_util (best.pt and last.pt)."""
+    table = []
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        sel = [r for r in rows if r["cell"] == cell and r["policy"] not in BASELINES]
+        for x, y in PROXY:
+            s = stats.spearman([r[x] for r in sel], [r[y] for r in sel])
+            ci = "[—]" if s["ci"] is None else f"[{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}]"
+            table.append({"cell": cell, "d_speed": x, "d_util": y, "n": s["n"],
+                          "Spearman ρ [95% CI]": f"{s['rho']:+.2f} {ci}", "p": stats.fmt_p(s["p"])})
+    return table
 
 
-def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tuple[str, ...] = DEFAULT_POLICIES,
-                   preset: str = "demo", config_file: str | None = None, **overrides) -> Path:
-    out = check_output_folder(out)
-    data = str(Path(data).resolve())  # runs record an absolute path, so eval-cur works from any folder
-    # Every run's settings are checked before the first one trains.
-    configs = [resolve(preset, config_file, data=data, out=str(out / f"{policy}-s{seed}"), policy=policy, seed=seed,
-                       **overrides) for seed in seeds for policy in policies]
-    for cfg in configs:
-        print(f"== {cfg.policy}, seed {cfg.seed} -> {cfg.out}", flush=True)
-        fit(cfg, resume=RunFolder(cfg.out).last.is_file())
-        for which in ("best", "last"):
-            _evaluate(Path(cfg.out), which)
-    runs = [load_run(cfg.out) for cfg in configs]
-    rows, n_equal = summary_rows(runs)
-    first_seed = [r for r in runs if r["config"]["seed"] == seeds[0]]
-    figures = write_plots(first_seed, out) + [plots.plot_cur_by_policy(rows, out / "cur_by_policy.png")]
-    accuracy, imbalance = aggregate(rows, ACCURACY), aggregate(rows, IMBALANCE)
-    paired = paired_against(rows) if BASELINE in policies and len(policies) > 1 else []
-    minutes = sum(float(e["seconds"]) for r in runs for e in r["epochs"]) / 60
+def baseline_table(rows: list[dict]) -> list[dict]:
+    """Per cell and view: the single-view runs' test accuracy and epochs to reach 90% of it."""
+    table = []
+    for cell, kind in dict.fromkeys((r["cell"], r["policy"]) for r in rows if r["policy"] in BASELINES):
+        sel = [r for r in rows if (r["cell"], r["policy"]) == (cell, kind)]
+        table.append({"cell": cell, "view alone": kind, "seeds": len(sel),
+                      "acc": stats.fmt_mean_std_ci([r["acc"] for r in sel]),
+                      "acc_last": stats.fmt_mean_std_ci([r["acc_last"] for r in sel]),
+                      "epochs to 90% of acc": stats.fmt_mean_std_ci([r["epochs_to_90"] for r in sel], digits=1)})
+    return table
+
+
+def cost_table(rows: list[dict]) -> list[dict]:
+    """Training minutes per run by (cell, policy), and against vanilla's."""
+    table = []
+    for cell, policy in dict.fromkeys((r["cell"], r["policy"]) for r in rows):
+        mine = [r["minutes"] for r in rows if (r["cell"], r["policy"]) == (cell, policy)]
+        base = [r["minutes"] for r in rows if (r["cell"], r["policy"]) == (cell, "vanilla")]
+        mean = sum(mine) / len(mine)
+        table.append({"cell": cell, "policy": policy, "minutes per run": f"{mean:.2f}",
+                      "× vanilla": f"{mean / (sum(base) / len(base)):.2f}" if base else "—"})
+    return table
+
+
+def view_pair_table(rows: list[dict], configs: dict[str, dict]) -> list[dict]:
+    """Per (views, policy) of a grid with a `views` axis: mean and t-interval half-width of d_util and final d_speed."""
+    table = []
+    for cell, policy in dict.fromkeys((r["cell"], r["policy"]) for r in rows if r["policy"] not in BASELINES):
+        sel = [r for r in rows if (r["cell"], r["policy"]) == (cell, policy)]
+        entry = {"policy": policy, "views": configs[sel[0]["run_id"]]["views"]}
+        for key in ("d_util", "d_speed_final"):
+            values = [r[key] for r in sel if not math.isnan(r[key])]
+            ci = stats.t_interval(values)
+            entry[key] = (sum(values) / len(values) if values else math.nan,
+                          (ci[1] - ci[0]) / 2 if ci else math.nan)
+        table.append(entry)
+    return table
+
+
+def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
+    """comparison.md, comparison.json and the figures, from the runs' evidence alone."""
+    rows, n_equal, stage = summary_rows(runs)
+    for r, run in zip(rows, runs):
+        r["run_id"] = f"{r['cell']}/{r['run']}"
+    rows = canonical(rows)
+    by_id = {f"{cell_label(run)}/{run['name']}": run for run in runs}
+    runs = [by_id[r["run_id"]] for r in rows]
+    objects = {(r["cell"], r["run"]): (by_id[r["run_id"]]["cur"] or {}).get("objects", {}).get("fused", "")
+               for r in rows}
+    two_view = [r for r in rows if r["policy"] not in BASELINES]
+    first = runs[0]
+    seeds = sorted({r["seed"] for r in rows})
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    cell_names = list(dict.fromkeys(r["cell"] for r in rows))
+    dataset = first["summary"].get("dataset", {})
+    figures = write_plots([run for run in runs if run["config"]["seed"] == seeds[0]
+                           and cell_label(run) == cell_names[0]], [r for r in rows if r["cell"] == cell_names[0]], out)
+    figures.append(plots.plot_cur_by_policy(two_view, out / "cur_by_policy.png"))
+    if any("views=" in c for c in cell_names):
+        figures.append(plots.plot_view_pairs(view_pair_table(rows, {f"{cell_label(r)}/{r['name']}": r["config"]
+                                                                    for r in runs}), out / "view_pairs.png"))
+    accuracy = aggregate(rows, ACCURACY)
+    imbalance = aggregate(two_view, IMBALANCE)
+    paired = paired_table(rows, objects)
+    proxy = proxy_table(rows)
+    baselines = baseline_table(rows)
+    cost = cost_table(rows)
+    synthetic = dataset.get("synthetic")
+    what = (f"the built-in synthetic set (`{synthetic.get('views_differ', 'information')}` variant: "
+            f"{dataset.get('classes')} classes, chance {1 / dataset['classes']:.2f}, {dataset.get('image_size')} px, "
+            f"{dataset.get('counts', {}).get('test')} test objects)" if synthetic else
+            f"`{dataset.get('source', 'unknown')}` data ({dataset.get('classes')} classes, "
+            f"{dataset.get('counts', {}).get('test')} test objects)")
+    limits = first["summary"].get("view_limits")
+    cols = ["cell"] if any(cell_names) else []
     text = (
         "# mmtm comparison\n\n"
-        f"Dataset `{data}`, preset `{preset}`, policies {list(policies)}, seeds {seeds}; {len(runs)} runs, "
-        f"{minutes:.1f} min of training (epoch time, eval-cur not counted). Test split. `acc`, A(f0) = `acc_m0`, "
-        "A(f1) = `acc_m1`, `d_util`: best-validation checkpoint; `acc_last`, `d_util_last`: last checkpoint. "
-        f"`d_speed_equal`: cumulative d_speed (d_CLS) after {n_equal} regular steps in every run (the fewest any "
-        "run made); `d_speed_final`: after the last step; `d_speed_window_final`: over the last K regular steps.\n\n"
-        "Cells: mean ± sample std [95% percentile-bootstrap interval of the mean] over seeds.\n\n"
-        "## Accuracy\n\n" + markdown_table(accuracy, ["policy", "seeds", *ACCURACY])
-        + "\n## Imbalance\n\n" + markdown_table(imbalance, ["policy", "seeds", *IMBALANCE])
-        + ("\n## Paired differences against vanilla (same seed)\n\n"
-           "policy − vanilla per seed: mean [95% bootstrap interval] and how many seeds share the sign of the mean. "
-           "For |d_util| and |d_speed_equal| a negative difference means more balanced than vanilla.\n\n"
-           + markdown_table(paired, ["policy", *(label for label, _, _ in PAIRED)]) if paired else "")
-        + "\n## Runs\n\n"
-        + markdown_table(rows, ["run", "acc", "acc_last", "acc_m0", "acc_m1", "u_m1_given_m0", "u_m0_given_m1",
-                                "d_util", "d_util_last", "d_speed_equal", "d_speed_final", "regular_steps",
-                                "rebalance_steps", "epochs"])
-        + f"\nPlots of seed {seeds[0]}'s runs, and u(·|·) of every run by policy:\n\n"
-        + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
+        f"Data: {what}, `{first['config']['data']}`, views {first['config']['views']}. Preset "
+        f"`{first['summary'].get('preset')}`; policies {policies}; seeds {seeds}; {len(rows)} runs"
+        + (f"; grid cells {cell_names}" if any(cell_names) else "") + ". Test split. "
+        + (f"Attainable accuracy of each view alone, by the data's design: view {first['config']['views'][0]}: "
+           f"{limits[0]}, view {first['config']['views'][1]}: {limits[1]}. " if limits and None not in limits else "")
+        + "`acc`, A(f0) = `acc_m0`, A(f1) = `acc_m1`, u(·|·), `d_util`: best-validation checkpoint (best.pt); "
+        "`acc_last`, `d_util_last`: last checkpoint (last.pt). `d_util_floor`: how close to 0 |d_util| can get given "
+        "the views' attainable accuracy (0: no floor). d_speed (d_CLS), cumulative: `d_speed_equal` after "
+        f"{n_equal} regular steps in every run (the fewest any run made), `d_speed_stage` at the end of epoch "
+        f"{stage + 1} (half of training), `d_speed_final` after the last step.\n\n"
+        "Cells: mean ± sample std [95% t-interval, df = n − 1] over seeds; `[—]` for one seed.\n\n"
+        "## Accuracy\n\n" + markdown_table(accuracy, [*cols, "policy", "seeds", *ACCURACY])
+        + (("\n## Each view alone (single-view baselines)\n\nThe same ResNet-18 branch trained on one view with the "
+            "same protocol: the accuracy each view can give on this data, against which A(f0) and A(f1) above are "
+            "judged. Epochs to 90%: the first epoch whose validation accuracy reached 90% of the run's test "
+            "accuracy.\n\n" + markdown_table(baselines, [*cols, "view alone", "seeds", "acc", "acc_last",
+                                                           "epochs to 90% of acc"])) if baselines else "")
+        + "\n## Imbalance\n\n" + markdown_table(imbalance, [*cols, "policy", "seeds", *IMBALANCE])
+        + (("\n## Paired differences (same seed)\n\nper seed, policy − reference: mean [95% t-interval] p (exact "
+            "sign-flip permutation test over all 2^n sign patterns) k/n (seeds sharing the sign of the mean). For "
+            "|·| a negative difference means more balanced than the reference. McNemar: seeds in which the two "
+            "runs' test predictions (best.pt) differ at p < 0.05.\n\n"
+            + markdown_table(paired, [*cols, "comparison", *(label for label, _, _ in PAIRED),
+                                      "McNemar p<0.05 (acc)"])) if paired else "")
+        + "\n## Does d_speed predict d_util?\n\nSpearman's rank correlation across all two-view runs (policies × "
+        "seeds), 95% Fisher-z interval (Bonett-Wright standard error).\n\n"
+        + markdown_table(proxy, [*cols, "d_speed", "d_util", "n", "Spearman ρ [95% CI]", "p"])
+        + "\n## Cost\n\n" + markdown_table(cost, [*cols, "policy", "minutes per run", "× vanilla"])
+        + (f"\nSweep: {sweep['runs_launched']} of {sweep['runs']} runs launched by the last command "
+           f"({sweep['launcher']} launcher, {sweep['concurrent']} at a time): {sweep['wall_minutes']} min of wall time "
+           f"for {sweep['sum_of_job_minutes']} min of their job time (speed-up {sweep['speedup']}, parallel "
+           f"efficiency {sweep['parallel_efficiency']}).\n" if sweep else "")
+        + "\n## Runs\n\nPer run, in brackets: a 95% percentile-bootstrap interval over its test objects (from "
+        "cur.json).\n\n"
+        + markdown_table(rows, [*cols, "run", "acc", "acc_ci", "acc_last", "acc_m0", "acc_m1", "u_m1_given_m0",
+                                "u_m0_given_m1", "d_util", "d_util_ci", "d_util_last", "d_speed_equal",
+                                "d_speed_stage", "d_speed_final", "regular_steps", "rebalance_steps", "epochs",
+                                "launcher", "host", "device"])
+        + f"\nPlots of seed {seeds[0]}'s runs{' in ' + cell_names[0] if cell_names[0] else ''}, u(·|·) of every run by "
+        "policy" + (", d_util and d_speed per pair of views" if any("views=" in c for c in cell_names) else "")
+        + ":\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
     atomic_write_text(out / "comparison.md", text)
     atomic_write_text(out / "comparison.json", json.dumps(
-        {"data": data, "preset": preset, "policies": list(policies), "seeds": list(seeds), "equal_regular_steps":
-         n_equal, "training_minutes": round(minutes, 2), "runs": rows, "accuracy": accuracy, "imbalance": imbalance,
-         "paired_against_vanilla": paired}, indent=2) + "\n")
-    if any(math.isnan(r["d_util"]) for r in rows):
-        print("note: some d_util are nan (a head with zero accuracy)", flush=True)
+        {"data": first["config"]["data"], "dataset": dataset, "view_limits": limits,
+         "preset": first["summary"].get("preset"), "policies": policies, "seeds": seeds, "cells": cell_names,
+         "equal_regular_steps": n_equal, "stage_epoch": stage + 1,
+         "runs": [{k: v for k, v in r.items() if k != "run_id"} for r in rows], "accuracy": accuracy,
+         "imbalance": imbalance, "paired": paired, "proxy": proxy, "baselines": baselines, "cost": cost,
+         "sweep": sweep}, indent=2) + "\n")
     return out / "comparison.md"
+

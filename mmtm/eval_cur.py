@@ -1,6 +1,8 @@
-"""`evaluate_cur`: the whole CUR protocol of SPEC §2 on a run's checkpoint, written to RUN/cur.json."""
+"""`evaluate_cur`: the whole CUR protocol of docs/science.md §2 on a run's checkpoint, written to RUN/cur.json, with
+each test object's outcomes and the object-level intervals they give."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from loaders.device import resolve_device
@@ -12,18 +14,23 @@ from mmtm.fusion import FLOW_OFF, REGULAR
 from mmtm.hardware import Compute
 from mmtm.network import build_network
 from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
+from mmtm.stats import object_intervals
 from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
 
 
 def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | None = None, split: str = "test",
                  device: str = "auto", loader: str | None = None, batch_size: int | None = None,
                  num_threads: int | None = None) -> dict:
-    """Both CUR passes in one call (SPEC §2) and `RUN/cur.json`.
+    """Both CUR passes in one call (docs/science.md §2) and `RUN/cur.json`.
 
     Pass 1: mean squeeze vectors of every MMTM over the training subset (val excluded), eval mode,
     deterministic transform. Pass 2: the split with regular fusion and with cross-modal flow off.
     Both passes run in float32, whatever the run trained in (cur.json says so). The checkpoint file is only
-    read; nothing in it changes. best.pt (or a path) → RUN/cur.json, last.pt → RUN/cur-last.json."""
+    read; nothing in it changes. best.pt (or a path) → RUN/cur.json, last.pt → RUN/cur-last.json.
+    cur.json also keeps, per object of the split, whether ŷ, ŷ0 (f0), ŷ0 with flow off (f0'), ŷ1 and ŷ1 with flow
+    off were right ("objects", strings of 0/1 in row order), and a bootstrap interval over those objects of each
+    measure ("intervals"). A single-view run has no flow to turn off: its result is its accuracy (A(f0) = A(f1) =
+    acc), and the CUR fields are nan."""
     run = RunFolder(run_dir)
     ckpt_path = run.checkpoint(checkpoint)
     ckpt, cfg, classes = load_run_checkpoint(ckpt_path)
@@ -44,16 +51,25 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
                                train=False, seed=cfg.seed, backend=loader or cfg.loader, device=compute.device,
                                num_threads=num_threads or cfg.num_threads)
 
-    collect_mean_squeeze(net, make("train"), device=compute.device)
+    single = cfg.single_view is not None
     split_loader = make(split)
-    regular = evaluate(net, split_loader, compute, mode=REGULAR)
-    flow_off = evaluate(net, split_loader, compute, mode=FLOW_OFF)
+    regular = evaluate(net, split_loader, compute, mode=REGULAR, per_object=True)
+    objects = {"index": regular["objects"]["index"], "fused": regular["objects"]["fused"],
+               "f0": regular["objects"]["head0"], "f1": regular["objects"]["head1"]}
+    if single:
+        cur = dict.fromkeys(("acc_m0_only", "acc_m1_only", "u_m1_given_m0", "u_m0_given_m1", "d_util"), math.nan)
+    else:
+        collect_mean_squeeze(net, make("train"), device=compute.device)
+        flow_off = evaluate(net, split_loader, compute, mode=FLOW_OFF, per_object=True)
+        objects |= {"f0_only": flow_off["objects"]["head0"], "f1_only": flow_off["objects"]["head1"]}
+        cur = {"acc_m0_only": flow_off["acc_m0"], "acc_m1_only": flow_off["acc_m1"],
+               **cur_from_accuracies(regular["acc_m0"], regular["acc_m1"], flow_off["acc_m0"], flow_off["acc_m1"])}
     result = {
-        "acc": regular["acc"], "acc_m0": regular["acc_m0"], "acc_m1": regular["acc_m1"],
-        "acc_m0_only": flow_off["acc_m0"], "acc_m1_only": flow_off["acc_m1"],
-        **cur_from_accuracies(regular["acc_m0"], regular["acc_m1"], flow_off["acc_m0"], flow_off["acc_m1"]),
-        "checkpoint": str(ckpt_path), "epochs_trained": ckpt.get("epoch"), "policy": cfg.policy, "views": list(cfg.views),
-        "split": split, "n": regular["n"], "data": str(data), "precision": "float32",
+        "acc": regular["acc"], "acc_m0": regular["acc_m0"], "acc_m1": regular["acc_m1"], **cur,
+        "checkpoint": str(ckpt_path), "epochs_trained": ckpt.get("epoch"), "policy": cfg.policy,
+        "views": list(cfg.views), "single_view": cfg.single_view, "split": split, "n": regular["n"],
+        "data": str(data), "precision": "float32", "intervals": object_intervals(objects),
+        "objects": {"index": objects.pop("index"), **{k: "".join(map(str, v)) for k, v in objects.items()}},
     }
     run.write_cur(checkpoint, result)
     return result

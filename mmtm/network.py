@@ -75,8 +75,34 @@ class TwoViewMMTMNet(nn.Module):
         }
 
 
-def build_network(cfg, num_classes: int) -> TwoViewMMTMNet:
-    """The network a run config describes (its width, MMTM ratio and gate)."""
+class SingleViewNet(nn.Module):
+    """The single-view baseline: one branch of the two-view network (the same ResNet-18 with its head) on one view
+    alone (`slot` 0 or 1 of the run's two views), no MMTM. Its one head stands in for both heads of the two-view
+    interface — forward returns it twice, so ŷ = (ŷ0+ŷ1)/2 is that head and CE(ŷ) its loss — which lets the one
+    training loop, evaluation and checkpoints serve it unchanged. It has no fusion parameters, so the CLS is nan."""
+
+    def __init__(self, num_classes: int, width: int = 64, slot: int = 0):
+        super().__init__()
+        self.slot = slot
+        self.branch = ResNet18(num_classes, width)
+        self.mmtms = nn.ModuleList()
+
+    def forward(self, x0: Tensor, x1: Tensor, mode: str = REGULAR) -> tuple[Tensor, Tensor]:
+        logits = self.branch((x0, x1)[self.slot])
+        return logits, logits
+
+    def branch_params(self, i: int) -> list[nn.Parameter]:
+        return list(self.branch.parameters())
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        params = list(self.branch.parameters())
+        return {"theta0": params, "theta1": params, "fusion0": [], "fusion1": []}
+
+
+def build_network(cfg, num_classes: int) -> TwoViewMMTMNet | SingleViewNet:
+    """The network a run config describes (its width, MMTM ratio and gate; one branch for a single-view run)."""
+    if cfg.single_view is not None:
+        return SingleViewNet(num_classes, width=cfg.width, slot=cfg.single_view)
     return TwoViewMMTMNet(num_classes, width=cfg.width, ratio=cfg.mmtm_ratio, gate=cfg.gate)
 
 

@@ -1,5 +1,6 @@
-"""Matplotlib figures of runs: d_speed over steps and over regular steps, s(·|·), accuracies per head, u(·|·)
-bars per run and per policy."""
+"""Matplotlib figures of runs (from their evidence, mmtm/evidence.py): d_speed over steps and over regular steps,
+s(·|·), accuracies per head, u(·|·) per run and per policy, d_speed against d_util, and d_util and d_speed per pair
+of views."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,18 +25,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _trace(run: dict, key: str) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in run["summary"]["trace"][key]], dtype=float)
+
+
 def plot_d_speed(runs: list[dict], path: Path) -> Path:
-    """d_speed per step, one panel per run: the cumulative view (black) and the windowed one (grey), re-balancing
-    steps marked by which modality they re-balance."""
+    """d_speed over steps, one panel per run (from its summary's trace, every few steps): the cumulative view
+    (black) and the windowed one (grey); re-balancing marked where an interval of the trace held such steps."""
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.6 * len(runs)), sharex=True, squeeze=False)
     for ax, run in zip(axes[:, 0], runs):
-        steps = run["steps"]
-        x, d = _column(steps, "step", int), _column(steps, "d_speed")
-        ax.plot(x, _column(steps, "d_speed_window"), lw=0.8, color="grey", label="windowed")
+        x, d = _trace(run, "step"), _trace(run, "d_speed")
+        ax.plot(x, _trace(run, "d_speed_window"), lw=0.8, color="grey", label="windowed")
         ax.plot(x, d, lw=1, color="black", label="cumulative")
-        modes = np.array([r["mode"] for r in steps])
         for mode, color in REBALANCE_COLORS.items():
-            sel = modes == mode
+            sel = _trace(run, mode) > 0
             if sel.any():
                 ax.scatter(x[sel], d[sel], s=6, color=color, label=mode.replace("_", " "), zorder=3)
         alpha = run["config"].get("alpha")
@@ -54,9 +57,8 @@ def plot_d_speed_by_regular_steps(runs: list[dict], path: Path) -> Path:
     runs are compared on equal evidence."""
     fig, ax = plt.subplots(figsize=(9, 4))
     for i, run in enumerate(runs):
-        regular = [r for r in run["steps"] if r["mode"] == "regular"]
-        ax.plot(np.arange(1, len(regular) + 1), _column(regular, "d_speed"), lw=1, color=f"C{i % 10}",
-                label=run["name"])
+        d = np.array([np.nan if v is None else v for v in run["summary"]["d_speed_by_regular_step"]], dtype=float)
+        ax.plot(np.arange(1, len(d) + 1), d, lw=1, color=f"C{i % 10}", label=run["name"])
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("regular steps so far")
     ax.set_ylabel("cumulative d_speed (d_CLS)")
@@ -67,11 +69,10 @@ def plot_d_speed_by_regular_steps(runs: list[dict], path: Path) -> Path:
 def plot_speeds(runs: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4))
     for i, run in enumerate(runs):
-        steps = run["steps"]
-        x = _column(steps, "step", int)
-        color = f"C{i}"
-        ax.plot(x, _column(steps, "s_m1_m0"), color=color, lw=1, label=f"{run['name']}: s(m1|m0)")
-        ax.plot(x, _column(steps, "s_m0_m1"), color=color, lw=1, ls="--", label=f"{run['name']}: s(m0|m1)")
+        x = _trace(run, "step")
+        color = f"C{i % 10}"
+        ax.plot(x, _trace(run, "s_m1_m0"), color=color, lw=1, label=f"{run['name']}: s(m1|m0)")
+        ax.plot(x, _trace(run, "s_m0_m1"), color=color, lw=1, ls="--", label=f"{run['name']}: s(m0|m1)")
     ax.set_xlabel("step")
     ax.set_ylabel("conditional learning speed (log10)")
     ax.legend(fontsize=7)
@@ -122,4 +123,52 @@ def plot_cur_by_policy(rows: list[dict], path: Path) -> Path:
     ax.set_xticks(np.arange(len(policies)), policies, rotation=20, fontsize=8)
     ax.set_ylabel("conditional utilisation rate")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_speed_vs_util(rows: list[dict], path: Path) -> Path:
+    """Does the proxy predict the outcome? d_util (best.pt) against the final and the stage-matched d_speed, one
+    dot per run, one colour per policy (rows from `mmtm.report.summary_rows`; single-view runs left out)."""
+    rows = [r for r in rows if not r["policy"].startswith("single-view")]
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, label in ((axes[0], "d_speed_final", "final d_speed"), (axes[1], "d_speed_stage",
+                                                                         "d_speed at half of training")):
+        for i, policy in enumerate(policies):
+            sel = [r for r in rows if r["policy"] == policy]
+            ax.scatter([r[key] for r in sel], [r["d_util"] for r in sel], s=14, color=f"C{i % 10}", label=policy)
+        ax.set_xlabel(label)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+    axes[0].set_ylabel("d_util (best.pt)")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_view_pairs(table: list[dict], path: Path) -> Path:
+    """Mean d_util and mean final d_speed per pair of views (rows: first view, columns: second), one row of panels
+    per policy; each cell says mean ± the t-interval's half-width over seeds. `table` rows: {policy, views: [a, b],
+    d_util: (mean, half), d_speed_final: (mean, half)}."""
+    policies = list(dict.fromkeys(r["policy"] for r in table))
+    views = sorted({v for r in table for v in r["views"]})
+    index = {v: i for i, v in enumerate(views)}
+    fig, axes = plt.subplots(len(policies), 2, figsize=(4.2 * 2 + 1, 3.6 * len(policies)), squeeze=False)
+    for row_axes, policy in zip(axes, policies):
+        for ax, key, title in zip(row_axes, ("d_util", "d_speed_final"), ("d_util", "final d_speed")):
+            grid = np.full((len(views), len(views)), np.nan)
+            for r in table:
+                if r["policy"] == policy:
+                    a, b = r["views"]
+                    grid[index[a], index[b]] = r[key][0]
+                    half = r[key][1]
+                    ax.text(index[b], index[a], f"{r[key][0]:+.2f}\n±{half:.2f}" if half == half else
+                            f"{r[key][0]:+.2f}", ha="center", va="center", fontsize=7)
+            bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+            im = ax.imshow(grid, cmap="coolwarm", vmin=-bound, vmax=bound)
+            ax.set_xticks(range(len(views)), [f"v{v}" for v in views])
+            ax.set_yticks(range(len(views)), [f"v{v}" for v in views])
+            ax.set_xlabel("second view (m1)")
+            ax.set_ylabel("first view (m0)")
+            ax.set_title(f"{policy}: {title}", fontsize=10)
+            fig.colorbar(im, ax=ax, shrink=0.8)
     return _save(fig, path)

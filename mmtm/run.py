@@ -43,7 +43,7 @@ CUR_FIELDS = ("acc", "acc_m0", "acc_m1", "acc_m0_only", "acc_m1_only", "u_m1_giv
 # Settings that make a checkpoint's state what it is: a run resumed, or a checkpoint evaluated for a run, with
 # other values would load weights of another shape or a policy or meter state of another kind, or measure
 # another run.
-RUN_IDENTITY = ("policy", "loss", "width", "mmtm_ratio", "gate", "speed_window", "speed_signal", "speed_from_epoch")
+RUN_IDENTITY = ("policy", "loss", "single_view", "width", "mmtm_ratio", "gate", "speed_window", "speed_signal", "speed_from_epoch")
 
 
 class RunFolder:
@@ -80,7 +80,7 @@ class RunFolder:
         """The run's config.json, checked; None when the folder has none."""
         if not self.config.is_file():
             return None
-        saved = _read_json(self.config)
+        saved = read_json(self.config)
         try:
             return from_dict(saved)
         except UserError as e:
@@ -102,7 +102,7 @@ class RunFolder:
         for path, fields in ((self.steps, STEP_FIELDS), (self.epochs, EPOCH_FIELDS)):
             rows = []
             if resume_epoch is not None and path.exists():
-                rows = [r for r in _read_csv(path, fields) if int(r["epoch"]) < resume_epoch]
+                rows = [r for r in read_csv(path, fields) if int(r["epoch"]) < resume_epoch]
             with path.open("w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=fields)
                 w.writeheader()
@@ -137,16 +137,16 @@ def load_run(root: str | os.PathLike) -> dict:
         if not path.is_file():
             raise UserError(f"{run.root}: not a run folder (no {path.name}); make one with `mmtm train`")
     config = to_dict(run.saved_config())
-    steps, epochs = _read_csv(run.steps, STEP_FIELDS), _read_csv(run.epochs, EPOCH_FIELDS)
+    steps, epochs = read_csv(run.steps, STEP_FIELDS), read_csv(run.epochs, EPOCH_FIELDS)
     if not epochs:
         raise UserError(f"{run.root}: the run has not finished an epoch yet")
     return {"name": run.root.name, "dir": str(run.root), "config": config, "steps": steps, "epochs": epochs,
-            "cur": _read_cur(run.cur), "cur_last": _read_cur(run.cur_last)}
+            "cur": read_cur(run.cur), "cur_last": read_cur(run.cur_last)}
 
 
-def _read_cur(path: Path) -> dict | None:
+def read_cur(path: Path) -> dict | None:
     """An eval-cur result with its numbers, or None when eval-cur has not written it."""
-    cur = _read_json(path) if path.is_file() else None
+    cur = read_json(path) if path.is_file() else None
     if cur is not None and not (isinstance(cur, dict) and all(
             isinstance(cur.get(k), (int, float)) and not isinstance(cur.get(k), bool) for k in CUR_FIELDS)):
         raise UserError(f"{path}: must hold the numbers {', '.join(CUR_FIELDS)}; re-run `mmtm eval-cur`")
@@ -173,7 +173,7 @@ def check_same_run(checkpoint: str | os.PathLike, saved: TrainConfig, cfg: Train
                             f"{getattr(cfg, name)!r}; {advice}")
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -182,7 +182,7 @@ def _read_json(path: Path):
         raise UserError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
 
 
-def _read_csv(path: Path, fields: tuple[str, ...]) -> list[dict]:
+def read_csv(path: Path, fields: tuple[str, ...]) -> list[dict]:
     """The rows of a run CSV; every field there, and a number in every field but `mode`."""
     try:
         with path.open(newline="") as f:

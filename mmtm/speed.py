@@ -55,14 +55,17 @@ class SpeedMeter:
         self.last = torch.zeros(4, **zeros)              # μ of the last regular step
         self.steps = torch.zeros((), dtype=torch.long, device=device)  # regular steps so far
         self._counting = torch.zeros((), **zeros)        # 1 while the epoch counts towards M_from
+        self._nan = torch.full((), float("nan"), **zeros)
         self.start_epoch(0)
 
     def start_epoch(self, epoch: int) -> None:
         self._counting.fill_(float(epoch >= self.signal_from_epoch))
 
     def measure(self) -> Tensor:
-        """μ_g = Σ‖∇p‖² / Σ‖p‖² of every group from the current .grad, as float64 [4] in GROUPS order."""
-        return torch.stack([formulas.mu((p.grad for p in self.groups[g]), self.groups[g]) for g in GROUPS]).double()
+        """μ_g = Σ‖∇p‖² / Σ‖p‖² of every group from the current .grad, as float64 [4] in GROUPS order; nan for an
+        empty group (a network without fusion parameters, whose d_speed is then nan)."""
+        return torch.stack([formulas.mu((p.grad for p in self.groups[g]), self.groups[g]).double()
+                            if self.groups[g] else self._nan for g in GROUPS])
 
     @torch.no_grad()
     def update(self, mu: Tensor) -> None:

@@ -25,6 +25,7 @@ from loaders.output import check_output_folder
 from mmtm.checkpoint import save_checkpoint
 from mmtm.config import TrainConfig, to_dict
 from mmtm.cuda_graphs import GraphedSteps
+from mmtm.eval_cur import evaluate_cur
 from mmtm.evaluate import evaluate
 from mmtm.fusion import REBALANCED_BRANCH, REGULAR
 from mmtm.hardware import Compute, Distributed, graph_steps, setup_distributed
@@ -318,6 +319,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | Non
 
 
 def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgress | None) -> dict:
+    if cfg.cpu_threads is not None:  # on the CPU the results depend on it, so a run fixes it
+        torch.set_num_threads(cfg.cpu_threads)
     ddp = setup_distributed(cfg.device)
     device = ddp.local_device(resolve_device(cfg.device))
     check_output_folder(run.root)
@@ -395,6 +398,9 @@ def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgr
                 save_checkpoint(state, run.last)
             progress.end_epoch(row)
     tb.close()
+    if cfg.single_view is not None and ddp.main:  # a single-view baseline's result is its test accuracy
+        for which in ("best", "last"):
+            evaluate_cur(run.root, checkpoint=which)
     if ddp.world_size > 1:
         dist.barrier()
     return row

@@ -173,7 +173,8 @@ def test_lockstep_harness_on_the_cpu_twin(synthetic_data, roundtrip):
     """The harness tests/test_cuda.py runs on a GPU, here on the twin: exact equality after every step over three
     epochs, with an LR drop, validation passes, a load after capture and a resume, and re-balancing steps that
     update the slow branch only."""
-    cfg = resolve("demo", width=4, batch_size=4, policy="random", lr=0.05, plateau_patience=0, loader="torch",
+    cfg = resolve("demo", width=4, batch_size=4, policy="random", lr=0.05, schedule="plateau", plateau_patience=0,
+                  loader="torch",
                   device="cpu", num_threads=1, rebalance_params="slow")
     common = dict(batch_size=4, seed=0, backend="torch", device="cpu", num_threads=1)
     loader = two_view_loader(synthetic_data, "train", train=True, **common)

@@ -1,4 +1,5 @@
-"""`mmtm report` on trained runs; `mmtm compare` on a tiny synthetic set, and the mean ± std aggregation."""
+"""`mmtm report` on trained runs; `mmtm compare` on a tiny synthetic set: its tables, evidence, --collect, resume,
+grid axes and baselines."""
 import json
 import math
 import os
@@ -6,8 +7,8 @@ import os
 import pytest
 
 from helpers import invoke
-from mmtm.compare import aggregate, paired_against
-from mmtm.report import d_speed_after_regular_steps, summary_rows
+from mmtm.compare import aggregate, paired_table, parse_axes
+from mmtm.report import d_util_floor, summary_rows
 
 
 def test_report_writes_plots_and_summary(trained_runs, tmp_path):
@@ -15,70 +16,120 @@ def test_report_writes_plots_and_summary(trained_runs, tmp_path):
     r = invoke("report", trained_runs / "vanilla", trained_runs / "balanced", "--out", tmp_path / "rep")
     assert r.exit_code == 0, r.output
     names = set(os.listdir(tmp_path / "rep"))
-    assert {"d_speed.png", "speeds.png", "accuracy.png", "cur.png", "summary.md"} <= names
+    assert {"d_speed.png", "speeds.png", "accuracy.png", "cur.png", "d_speed_vs_d_util.png", "summary.md"} <= names
     text = (tmp_path / "rep" / "summary.md").read_text()
     assert "| vanilla | vanilla |" in text and "| balanced | balanced |" in text
+    assert not (trained_runs / "vanilla" / "summary.json").exists()  # report only reads run folders
+
+
+def row(policy, seed, acc, d):
+    return {"cell": "", "run": f"{policy}-s{seed}", "policy": policy, "seed": seed, "acc": acc, "acc_last": acc,
+            "d_util": d, "d_util_last": d, "d_speed_equal": -0.2, "d_speed_stage": -0.3}
 
 
 def test_aggregate_and_paired_differences_per_policy():
-    rows = [{"policy": policy, "seed": seed, "acc": acc, "acc_last": acc, "d_util": d, "d_util_last": d,
-             "d_speed_equal": -0.2}
-            for policy, seed, acc, d in (("vanilla", 0, 0.8, -0.4), ("vanilla", 1, 0.9, 0.2),
-                                         ("balanced", 0, 0.85, -0.1), ("balanced", 1, 0.8, 0.3))]
+    rows = [row("vanilla", 0, 0.8, -0.4), row("vanilla", 1, 0.9, 0.2), row("balanced", 0, 0.85, -0.1),
+            row("balanced", 1, 0.8, 0.3)]
     vanilla, balanced = aggregate(rows, ("acc", "d_util"))
     assert (vanilla["policy"], vanilla["seeds"], balanced["policy"]) == ("vanilla", 2, "balanced")
-    assert vanilla["acc"] == "0.850 ± 0.071 [0.800, 0.900]"
-    (paired,) = paired_against(rows)
+    assert vanilla["acc"].startswith("0.850 ± 0.071 [")  # t-interval with 1 df: 0.85 ± 12.706·0.05
+    assert vanilla["acc"].endswith("[0.215, 1.485]")
+    objects = {("", f"{p}-s{s}"): "1100" if p == "vanilla" else "1111" for p in ("vanilla", "balanced")
+               for s in (0, 1)}
+    (paired,) = paired_table(rows, objects)
     # per seed: acc +0.05, −0.10; |d_util| 0.1−0.4 = −0.3, 0.3−0.2 = +0.1; |d_speed_equal| 0, 0
-    assert paired["policy"] == "balanced"
-    assert paired["acc"].startswith("-0.025 [") and paired["acc"].endswith("1/2")
-    assert paired["|d_util|"].startswith("-0.100 [-0.300, +0.100]")
+    assert paired["comparison"] == "balanced − vanilla"
+    assert paired["acc"].startswith("-0.025 [") and paired["acc"].endswith("p=1.000 1/2")
+    assert paired["|d_util|"].startswith("-0.100 [")
+    assert paired["McNemar p<0.05 (acc)"] == "0/2"  # two discordant objects only
 
 
-def run_of(modes_and_d):
-    return {"name": "r", "config": {"policy": "x", "seed": 0}, "epochs": [{}], "cur": None, "cur_last": None,
-            "steps": [{"mode": m, "d_speed": str(d), "d_speed_window": str(d)} for m, d in modes_and_d]}
+def test_the_d_util_floor_from_the_views_limits():
+    # the rear view alone reaches at most 0.4; A(f1) = 0.8 → u(m0|m1) ≥ 0.5; with u(m1|m0) = 0.1, |d_util| ≥ 0.4
+    assert d_util_floor(0.9, 0.8, 0.1, 0.7, [1.0, 0.4]) == pytest.approx(0.4)
+    assert d_util_floor(0.9, 0.8, 0.1, 0.7, [1.0, 1.0]) == 0.0           # equally informative views: no floor
+    assert math.isnan(d_util_floor(0.9, 0.8, 0.1, 0.7, None))
 
 
-def test_d_speed_is_compared_at_an_equal_number_of_regular_steps():
-    few = run_of([("regular", 0.5), ("rebalance_m1", 0.5), ("rebalance_m1", 0.5), ("regular", 0.2)])
-    many = run_of([("regular", 0.9), ("regular", 0.7), ("regular", 0.4), ("regular", 0.1)])
-    assert d_speed_after_regular_steps(many, 2) == 0.7 and math.isnan(d_speed_after_regular_steps(few, 3))
-    rows, n_equal = summary_rows([few, many])
-    assert n_equal == 2
+def run_of(regular_d, rebalanced, epochs_d):
+    return {"name": "r", "config": {"policy": "x", "seed": 0, "single_view": None}, "cur": None, "cur_last": None,
+            "epochs": [{"d_speed": str(d), "val_acc": "0.5", "seconds": "1"} for d in epochs_d],
+            "summary": {"regular_steps": len(regular_d), "steps": len(regular_d) + rebalanced,
+                        "d_speed_by_regular_step": regular_d, "trace": {"d_speed": [regular_d[-1]]}}}
+
+
+def test_d_speed_at_equal_regular_steps_and_at_an_equal_stage():
+    few = run_of([0.5, 0.2], 2, [0.5, 0.4, 0.2, 0.2])
+    many = run_of([0.9, 0.7, 0.4, 0.1], 0, [0.8, 0.6, 0.3, 0.1])
+    rows, n_equal, stage = summary_rows([few, many])
+    assert (n_equal, stage) == (2, 1)  # 4 epochs: half of training ends with epoch index 1
     assert [r["d_speed_equal"] for r in rows] == [0.2, 0.7]
+    assert [r["d_speed_stage"] for r in rows] == [0.4, 0.6]
     assert [r["d_speed_final"] for r in rows] == [0.2, 0.1]
     assert [(r["regular_steps"], r["rebalance_steps"]) for r in rows] == [(2, 2), (4, 0)]
 
 
-def test_compare_trains_each_policy_and_resumes(tmp_path):
-    data = tmp_path / "data"
+def test_grid_axes_are_typed_and_bad_ones_refused():
+    assert parse_axes(["alpha=0.01,0.05", "views=0-6,0-3"]) == {"alpha": [0.01, 0.05], "views": [(0, 6), (0, 3)]}
+    assert parse_axes(["rebalance-steps=5,10"]) == {"rebalance_steps": [5, 10]}
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("nonsense=1", "not a setting"), ("seed=1,2", "compare sets it itself"), ("alpha", "KEY=V1"),
+    ("alpha=x", "not a number"), ("views=0,6", "views are written like 0-6"), ("alpha=0.1,0.1", "repeats"),
+    ("epochs=1.5", "whole number")])
+def test_bad_axes_are_one_error_line(setting, message, tmp_path):
+    r = invoke("compare", "--data", tmp_path, "--out", tmp_path / "o", "--set", setting)
+    assert r.exit_code == 2 and r.output.startswith("error: ") and message in r.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    data = root / "data"
     r = invoke("prep", "synthetic", "--out", data, "--classes", "3", "--per-class", "10", "--image-size", "32",
                "--workers", "1")
     assert r.exit_code == 0, r.output
-    cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps({"width": 4, "batch_size": 4, "loader": "torch", "num_threads": 1, "device": "cpu"}))
-    args = ["compare", "--data", str(data), "--out", str(tmp_path / "cmp"), "--policies", "vanilla,balanced",
-            "--seeds", "0,1", "--config", str(cfg), "--epochs", "2"]
+    cfg = root / "tiny.json"
+    cfg.write_text(json.dumps({"width": 4, "batch_size": 4, "loader": "torch", "device": "cpu"}))
+    args = ["compare", "--data", str(data), "--out", str(root / "cmp"), "--policies", "vanilla,balanced",
+            "--seeds", "0,1", "--config", str(cfg), "--epochs", "2", "--baselines"]
     r = invoke(*args)
     assert r.exit_code == 0, r.output
-    out = tmp_path / "cmp"
-    assert {"vanilla-s0", "balanced-s1", "comparison.md", "comparison.json", "d_speed.png", "cur_by_policy.png",
-            "d_speed_by_regular_steps.png"} <= set(os.listdir(out))
-    assert {"cur.json", "cur-last.json"} <= set(os.listdir(out / "balanced-s1"))
+    return root / "cmp", args
+
+
+def test_compare_trains_each_policy_and_baseline_and_resumes(tiny_compare):
+    out, args = tiny_compare
+    assert {"vanilla-s0", "balanced-s1", "single-view0-s0", "single-view1-s1", "comparison.md", "comparison.json",
+            "sweep.json", "d_speed.png", "cur_by_policy.png", "d_speed_vs_d_util.png"} <= set(os.listdir(out))
+    assert {"cur.json", "cur-last.json", "summary.json"} <= set(os.listdir(out / "balanced-s1"))
     text = (out / "comparison.md").read_text()
     assert "| vanilla | 2 |" in text and "| balanced | 2 |" in text and "random" not in text
-    assert "## Paired differences against vanilla" in text
+    assert "| balanced − vanilla |" in text and "## Each view alone" in text and "| single-view1 | 2 |" in text
     summary = json.loads((out / "comparison.json").read_text())
-    assert len(summary["runs"]) == 4 and summary["paired_against_vanilla"][0]["policy"] == "balanced"
-    assert summary["equal_regular_steps"] == min(r["regular_steps"] for r in summary["runs"])
+    assert len(summary["runs"]) == 8 and summary["paired"][0]["comparison"] == "balanced − vanilla"
+    assert [b["view alone"] for b in summary["baselines"]] == ["single-view0", "single-view1"]
+    assert summary["equal_regular_steps"] == min(r["regular_steps"] for r in summary["runs"]
+                                                 if not r["policy"].startswith("single"))
+    assert {r["launcher"] for r in summary["runs"]} == {"local"} and all(r["host"] for r in summary["runs"])
+    sv = json.loads((out / "single-view1-s0" / "config.json").read_text())
+    assert (sv["single_view"], sv["policy"], sv["loss"]) == (1, "vanilla", "fused")
     steps_before = (out / "balanced-s0" / "steps.csv").read_bytes()
     r = invoke(*args)                                   # finished runs are not trained again
     assert r.exit_code == 0, r.output
     assert (out / "balanced-s0" / "steps.csv").read_bytes() == steps_before
 
 
-@pytest.mark.parametrize("flag, value", [("--seeds", "a,b"), ("--policies", "greedy")])
-def test_bad_lists_are_one_error_line(flag, value, tmp_path):
-    r = invoke("compare", "--data", tmp_path, "--out", tmp_path / "o", flag, value)
-    assert r.exit_code == 2 and r.output.startswith("error: ")
+def test_collect_rebuilds_the_comparison_byte_for_byte_from_evidence(tiny_compare, tmp_path):
+    out, _ = tiny_compare
+    r = invoke("compare", "--collect", out, "--out", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    evidence = tmp_path / "a" / "runs"
+    assert sorted(os.listdir(evidence / "vanilla-s0")) == ["config.json", "cur-last.json", "cur.json", "epochs.csv",
+                                                           "summary.json"]
+    r = invoke("compare", "--collect", evidence, "--out", tmp_path / "b")  # from the evidence alone
+    assert r.exit_code == 0, r.output
+    for name in ("comparison.json", "comparison.md"):
+        assert (tmp_path / "b" / name).read_bytes() == (out / name).read_bytes()

@@ -63,3 +63,36 @@ def test_bad_synthetic_options(tmp_path):
     with pytest.raises(UserError, match="--per-class"):
         prepare_synthetic(tmp_path / "x", classes=3, per_class=2, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_ease_variant_writes_each_objects_own_class_on_both_faces():
+    names = synthetic.class_names(10)
+    for c in range(10):
+        for obj in range(1, 9):
+            assert synthetic.marks(c, 10, obj, seed=10, views_differ="ease") == (names[c], names[c])
+
+
+def test_the_information_variant_writes_only_the_class_pair_on_the_rear():
+    names = synthetic.class_names(10)
+    rears = [(c, synthetic.marks(c, 10, obj, seed=10)[1]) for c in range(10) for obj in range(1, 41)]
+    own_pair = [rear == names[2 * (c // 2)] for c, rear in rears]
+    assert all(synthetic.marks(c, 10, 1, seed=10)[0] == names[c] for c in range(10))  # the front names the class
+    assert {rear for _, rear in rears} <= {names[2 * p] for p in range(5)}               # the rear only a pair
+    assert 0.7 < sum(own_pair) / len(own_pair) < 0.9  # 1 − 0.25 + 0.25/5 = 0.8 expected
+
+
+def test_view_accuracy_limits_of_the_designs():
+    assert synthetic.view_accuracy_limits("information", 10)["6"] == pytest.approx(0.4)  # 5 pairs: 0.8/2
+    assert synthetic.view_accuracy_limits("ease", 10)["6"] == 1.0
+    assert synthetic.view_accuracy_limits("information", 10)["0"] == 1.0
+    assert synthetic.view_accuracy_limits("information", 10)["3"] is None
+
+
+@pytest.mark.parametrize("variant", synthetic.VARIANTS)
+def test_both_variants_are_reproducible_byte_for_byte_and_recorded(tmp_path, variant):
+    prepare_synthetic(tmp_path / "a", seed=3, workers=1, views_differ=variant, **TINY)
+    prepare_synthetic(tmp_path / "b", seed=3, workers=2, views_differ=variant, **TINY)
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    meta = open_dataset(tmp_path / "a").meta
+    assert meta["synthetic"]["views_differ"] == variant
+    assert meta["view_accuracy_limits"] == synthetic.view_accuracy_limits(variant, 3)

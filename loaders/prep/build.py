@@ -52,6 +52,7 @@ class _Job:
     up: str = "z"
     classes: int = 0           # synthetic only
     seed: int = 0              # synthetic only
+    views_differ: str = "information"  # synthetic only
 
 
 def detect_source(src: str | os.PathLike) -> str:
@@ -146,12 +147,15 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, *, image_size: int =
 def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAULT_CLASSES,
                       per_class: int = synthetic.DEFAULT_PER_CLASS, image_size: int = synthetic.DEFAULT_IMAGE_SIZE,
                       encoding: str = "jpeg", val_fraction: float = 0.2, seed: int = 10, workers: int = 2,
-                      progress: bool = True, test_fraction: float = 0.2) -> dict:
-    """Generate and render the procedural set (loaders/prep/synthetic.py). `seed` seeds both generation and the
-    validation split; the last `test_fraction` of each class's objects form the official test split."""
+                      progress: bool = True, test_fraction: float = 0.2, views_differ: str = "information") -> dict:
+    """Generate and render the procedural set (loaders/prep/synthetic.py) in the variant `views_differ`. `seed`
+    seeds both generation and the validation split; the last `test_fraction` of each class's objects form the
+    official test split. dataset.json records the variant, its parameters and each view's attainable accuracy."""
     _check_options(image_size, encoding, val_fraction, workers)
     if not 2 <= classes <= synthetic.MAX_CLASSES:
         raise UserError(f"--classes must be 2..{synthetic.MAX_CLASSES} for the synthetic set, not {classes}")
+    if views_differ not in synthetic.VARIANTS:
+        raise UserError(f"--views-differ must be one of {', '.join(synthetic.VARIANTS)}, not {views_differ!r}")
     if per_class < 5:
         raise UserError(f"--per-class must be at least 5 (train, validation and test all need objects), "
                         f"not {per_class}")
@@ -160,11 +164,12 @@ def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAUL
     n_test = max(1, int(round(test_fraction * per_class)))
     objects = [SourceObject(cls, "test" if i >= per_class - n_test else "train", f"{cls}_{i + 1:04d}", ())
                for cls in names for i in range(per_class)]
-    job = _Job(SYNTHETIC, image_size, encoding, classes=classes, seed=seed)
+    job = _Job(SYNTHETIC, image_size, encoding, classes=classes, seed=seed, views_differ=views_differ)
     return _build(out, objects, sorted(names), job, None, skipped=[], val_fraction=val_fraction, seed=seed,
                   workers=workers, skip_bad=False, progress=progress, source=SYNTHETIC,
                   extra={"synthetic": {"classes": classes, "per_class": per_class, "seed": seed,
-                                       "test_fraction": test_fraction}})
+                                       "test_fraction": test_fraction, **synthetic.variant_parameters(views_differ)},
+                         "view_accuracy_limits": synthetic.view_accuracy_limits(views_differ, classes)})
 
 
 def _check_options(image_size: int, encoding: str, val_fraction: float, workers: int) -> None:
@@ -314,7 +319,8 @@ def _write_object(job: _Job, obj: SourceObject) -> str | None:
                 vertices, faces = meshes.read_mesh(obj.files[0])
             else:
                 index = synthetic.class_names(job.classes).index(obj.cls)
-                vertices, faces = synthetic.make_mesh(index, job.classes, int(obj.name.rsplit("_", 1)[1]), job.seed)
+                vertices, faces = synthetic.make_mesh(index, job.classes, int(obj.name.rsplit("_", 1)[1]), job.seed,
+                                                      job.views_differ)
             views = render.shared_renderer(job.image_size).render(vertices, faces, job.up)
             if not views.any():
                 raise DatasetError(f"{obj.files[0] if obj.files else obj.name}: mesh renders to 12 blank views")

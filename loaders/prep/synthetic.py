@@ -1,15 +1,21 @@
-"""A procedural ModelNet-like set whose two default views carry different amounts of class information.
+"""A procedural ModelNet-like set in two variants, chosen by how its two default views (0: front, 6: rear) differ.
 
 Every object is a z-up body drawn from class-independent families (box, cylinder, prism, domed box) with random
 proportions and optional handles/knob, so the body itself says nothing about the class. The class is written on
 it twice:
 - the **front mark** (on the -Y face, seen by view 0): the class's glyph, large and clear;
-- the **rear mark** (on the +Y face, seen by view 6): a small glyph shared by a pair of classes, and in
-  `REAR_NOISE` of the objects replaced by a random class pair's glyph.
-So view 0 alone can reach high accuracy while view 6 alone is capped well below it (still above chance): the
-information asymmetry that lets greedy learning show up. Each object is rotated by at most ±`YAW_JITTER_DEG`
-about the upright axis, so the front stays the front. Everything derives from (seed, class, object), so a set is
-reproducible byte for byte and independent of how work is split over processes.
+- the **rear mark** (on the +Y face, seen by view 6), by variant (`VARIANTS`):
+  - `information` (the default): a small glyph shared by a pair of classes, and in `REAR_NOISE` of the objects
+    replaced by a random class pair's glyph. View 6 alone cannot tell the two classes of a pair apart and is
+    sometimes wrong: its best attainable accuracy is about 0.40 with 10 classes (`view_accuracy_limits`), while
+    view 0 alone can reach 1. The views differ in how much they say.
+  - `ease`: the class's own glyph, every time, so view 6 alone can reach 1 like view 0; but it is harder to learn:
+    smaller (`EASE_REAR_SCALE` of the face against the front's `FRONT_SCALE`), in lower relief, placed more loosely,
+    among `EASE_CLUTTER` class-independent distractor studs. The views say the same; they differ in how easily
+    it is learnt.
+Each object is rotated by at most ±`YAW_JITTER_DEG` about the upright axis, so the front stays the front.
+Everything derives from (seed, class, object, variant), so a set is reproducible byte for byte and independent of
+how work is split over processes.
 """
 from __future__ import annotations
 
@@ -26,6 +32,12 @@ FRONT_SCALE = 0.9    # glyph size relative to the smaller side of the front face
 # like the face and only its thin edges would show.
 TILT_DEG = 40.0
 REAR_SCALE = 0.65
+VARIANTS = ("information", "ease")
+# The `ease` rear mark: smaller, shallower and looser than the front one, among distractor studs.
+EASE_REAR_SCALE = 0.7
+EASE_RELIEF = 0.8      # its relief depth relative to a normal mark's
+EASE_JITTER = 0.12     # its position jitter, a fraction of the face
+EASE_CLUTTER = 3       # distractor studs on the rear face
 
 # A glyph is a list of parts in face coordinates (u along the face's width, v up), unit = glyph size:
 # ("block", u, v, width, height[, angle°]) | ("disc", u, v, radius) | ("ring", u, v, radius, thickness)
@@ -63,11 +75,53 @@ def class_names(classes: int) -> list[str]:
     return _GLYPH_NAMES[:classes]
 
 
-def make_mesh(class_index: int, classes: int, object_index: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def variant_parameters(views_differ: str) -> dict:
+    """What `dataset.json` records of a variant: its name and the parameters of its rear mark."""
+    if views_differ == "information":
+        return {"views_differ": views_differ, "rear_mark": "glyph of the class pair", "rear_scale": REAR_SCALE,
+                "rear_noise": REAR_NOISE}
+    return {"views_differ": views_differ, "rear_mark": "glyph of the class", "rear_scale": EASE_REAR_SCALE,
+            "rear_relief": EASE_RELIEF, "rear_jitter": EASE_JITTER, "rear_clutter": EASE_CLUTTER}
+
+
+def view_accuracy_limits(views_differ: str, classes: int) -> dict[str, float | None]:
+    """The best accuracy a classifier of one view can reach on an infinite sample (the Bayes accuracy of the
+    design), per view index; None for views the design does not aim at a mark (their limit is not derived).
+    `information`, view 6: the rear glyph names the pair (k, k+1) with chance 1 − REAR_NOISE + REAR_NOISE/P
+    (P = pairs), otherwise a random pair; the best guess is a class of the seen pair, right with chance
+    max_c P(c | pair seen) averaged over what is seen."""
+    limits: dict[str, float | None] = {str(v): None for v in range(12)}
+    limits["0"] = 1.0
+    if views_differ == "ease":
+        limits["6"] = 1.0
+        return limits
+    pairs = (classes + 1) // 2
+    right_pair = 1 - REAR_NOISE + REAR_NOISE / pairs
+    # P(seen pair q, class c) = 1/classes · (right_pair if c is in q else REAR_NOISE/pairs); for each q the best c
+    # is one of its members, with P = right_pair/classes.
+    limits["6"] = pairs * right_pair / classes
+    return limits
+
+
+def make_mesh(class_index: int, classes: int, object_index: int, seed: int,
+              views_differ: str = "information") -> tuple[np.ndarray, np.ndarray]:
     """Object `object_index` of class `class_index` (position in `class_names(classes)`): vertices, faces."""
+    mesh, _ = _make(class_index, classes, object_index, seed, views_differ)
+    return np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int64)
+
+
+def marks(class_index: int, classes: int, object_index: int, seed: int,
+          views_differ: str = "information") -> tuple[str, str]:
+    """The glyphs written on the object's front and rear faces: what views 0 and 6 can read."""
+    return _make(class_index, classes, object_index, seed, views_differ)[1]
+
+
+def _make(class_index: int, classes: int, object_index: int, seed: int, views_differ: str):
     import trimesh
 
-    rng = np.random.default_rng([seed, class_index, object_index])
+    if views_differ not in VARIANTS:
+        raise ValueError(f"views_differ must be one of {', '.join(VARIANTS)}, not {views_differ!r}")
+    rng = np.random.default_rng([seed, class_index, object_index] + ([] if views_differ == "information" else [1]))
     parts, front_y, rear_y, face_width, face_bottom, face_top = _body(rng)
     size = min(face_width, face_top - face_bottom)
     centre_v = (face_bottom + face_top) / 2
@@ -76,17 +130,26 @@ def make_mesh(class_index: int, classes: int, object_index: int, seed: int) -> t
     parts += _glyph(front, FRONT_SCALE * size * rng.uniform(0.85, 1.1),
                     rng.uniform(-0.06, 0.06), centre_v + rng.uniform(-0.06, 0.06), front_y, side=-1, rng=rng)
 
-    # Rear: the glyph of the class pair (2k, 2k+1), sometimes a random pair's instead.
-    pairs = (classes + 1) // 2
-    pair = class_index // 2 if rng.random() >= REAR_NOISE else int(rng.integers(pairs))
-    rear_u, rear_v = rng.uniform(-0.15, 0.15) * face_width, centre_v + rng.uniform(-0.15, 0.15) * size
-    parts += _glyph(_GLYPH_NAMES[2 * pair], REAR_SCALE * size * rng.uniform(0.8, 1.2),
-                    rear_u, rear_v, rear_y, side=1, rng=rng)
+    if views_differ == "information":
+        # Rear: the glyph of the class pair (2k, 2k+1), sometimes a random pair's instead.
+        pairs = (classes + 1) // 2
+        pair = class_index // 2 if rng.random() >= REAR_NOISE else int(rng.integers(pairs))
+        rear_u, rear_v = rng.uniform(-0.15, 0.15) * face_width, centre_v + rng.uniform(-0.15, 0.15) * size
+        rear = _GLYPH_NAMES[2 * pair]
+        parts += _glyph(rear, REAR_SCALE * size * rng.uniform(0.8, 1.2), rear_u, rear_v, rear_y, side=1, rng=rng)
+    else:
+        # Rear: the class's own glyph, small, shallow and loosely placed, among distractor studs.
+        rear_u = rng.uniform(-EASE_JITTER, EASE_JITTER) * face_width
+        rear_v = centre_v + rng.uniform(-EASE_JITTER, EASE_JITTER) * size
+        rear = front
+        parts += _glyph(rear, EASE_REAR_SCALE * size * rng.uniform(0.85, 1.15), rear_u, rear_v, rear_y, side=1,
+                        rng=rng, relief=EASE_RELIEF)
+        parts += _studs(EASE_CLUTTER, face_width, centre_v, size, rear_y, rng)
 
     mesh = trimesh.util.concatenate(parts)
     yaw = np.radians(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG))
     mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 0, 1]))
-    return np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int64)
+    return mesh, (front, rear)
 
 
 def _body(rng: np.random.Generator) -> tuple[list, float, float, float, float, float]:
@@ -119,13 +182,29 @@ def _body(rng: np.random.Generator) -> tuple[list, float, float, float, float, f
     return parts, -half_depth, half_depth, face_width * 0.9, -height / 2 + 0.05, height / 2 - 0.2
 
 
-def _glyph(name: str, size: float, u0: float, v0: float, face_y: float, *, side: int,
+def _studs(count: int, face_width: float, centre_v: float, size: float, face_y: float,
            rng: np.random.Generator) -> list:
-    """Parts of glyph `name` standing out of the face plane y = face_y on `side` (-1 front, +1 rear)."""
+    """`count` small hemispheres scattered over the rear face: clutter that says nothing about the class."""
+    from trimesh import creation
+    from trimesh.transformations import translation_matrix
+
+    out = []
+    for _ in range(count):
+        radius = size * rng.uniform(0.05, 0.09)
+        x = rng.uniform(-0.45, 0.45) * face_width
+        z = centre_v + rng.uniform(-0.45, 0.45) * size
+        out.append(creation.icosphere(subdivisions=1, radius=radius).apply_transform(translation_matrix([x, face_y, z])))
+    return out
+
+
+def _glyph(name: str, size: float, u0: float, v0: float, face_y: float, *, side: int,
+           rng: np.random.Generator, relief: float = 1.0) -> list:
+    """Parts of glyph `name` standing out of the face plane y = face_y on `side` (-1 front, +1 rear); `relief`
+    scales how far they stand out."""
     from trimesh import creation
     from trimesh.transformations import rotation_matrix, translation_matrix
 
-    depth = size * rng.uniform(0.2, 0.3)
+    depth = size * rng.uniform(0.2, 0.3) * relief
     embed = 0.15  # sink each part into the body so it stays attached on curved faces
     out = []
     for part in GLYPHS[name]:

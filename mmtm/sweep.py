@@ -1,0 +1,230 @@
+"""Running a comparison's runs: on this machine N at a time, or on a Slurm cluster through submitit.
+
+Every run is one job, `python -m mmtm.sweep RUN/job.json`: train (or resume from last.pt) exactly as `mmtm train`
+does, eval-cur on best.pt and last.pt, then the run's summary.json (mmtm/evidence.py), which marks it done. So a
+sweep that was killed, or whose cluster jobs failed, is finished by running the same command again: runs with
+their evidence are kept, the others start or resume.
+
+Local (`--jobs N`, the default launcher): N job processes at once, each with its share of the cores — torch's
+threads and the loader's threads are both capped at cores // N, so the jobs never oversubscribe the machine (two
+trainings that each use every core run many times slower than one). With GPUs (`--devices 0,1 --runs-per-device
+K`) each job gets one GPU (CUDA_VISIBLE_DEVICES), K jobs per GPU at once, and the cores are shared among all jobs.
+On the CPU torch's results depend on its thread count, so a run is repeatable bit for bit with the same
+`cpu_threads` (the demo preset fixes it at 1, so --jobs changes no result).
+
+Slurm (`--launcher slurm`): the runs not yet done are submitted as one job array through submitit, with the
+partition, time limit, GPUs and CPUs per run asked for; the job ids are kept in OUT/slurm.json. `compare` waits for
+them and builds the tables, or with --no-wait returns at once; the same command later collects what finished and
+resubmits what failed (runs resume from last.pt), leaving queued and running jobs alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loaders.atomic import atomic_write_text
+from loaders.errors import UserError
+
+JOB_JSON = "job.json"
+JOB_LOG = "job.log"
+SLURM_RECORD = "slurm.json"
+SLURM_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
+MPS_PIPE = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+
+
+@dataclass
+class RunSpec:
+    """One run of a sweep: where it goes and the resolved config it trains with."""
+    dir: Path
+    config: dict
+    cell: dict = field(default_factory=dict)
+    preset: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(Path(*self.dir.parts[-2:])) if self.cell else self.dir.name
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def thread_share(concurrent: int, cores: int | None = None) -> int:
+    """Threads each of `concurrent` jobs may use so that together they use the cores once."""
+    return max(1, (cores or usable_cores()) // max(1, concurrent))
+
+
+def job_config(config: dict, threads: int) -> dict:
+    """The run's config with torch's and the loader's threads capped at the job's share (a run that asks for
+    fewer keeps its number; one without a setting gets the share)."""
+    cpu = config.get("cpu_threads")
+    return {**config, "cpu_threads": threads if cpu is None else min(cpu, threads),
+            "num_threads": min(config["num_threads"], threads)}
+
+
+def is_done(spec: RunSpec) -> bool:
+    from mmtm.evidence import is_summarised
+
+    return is_summarised(spec.dir)
+
+
+def write_job(spec: RunSpec, *, launcher: str, threads: int | None, device: str | None) -> Path:
+    """RUN/job.json: what the job process needs (and nothing it could get wrong from the environment)."""
+    spec.dir.mkdir(parents=True, exist_ok=True)
+    path = spec.dir / JOB_JSON
+    config = job_config(spec.config, threads) if threads else spec.config
+    atomic_write_text(path, json.dumps({"config": config, "cell": spec.cell, "preset": spec.preset,
+                                        "launcher": launcher, "threads": threads, "device": device}, indent=2) + "\n")
+    return path
+
+
+def run_job(job_json: str | os.PathLike) -> None:
+    """The job: train or resume, eval-cur on best.pt and last.pt, summary.json (which marks the run done)."""
+    import torch
+
+    from loaders.device import resolve_device
+    from mmtm.config import from_dict
+    from mmtm.eval_cur import evaluate_cur
+    from mmtm.evidence import summarise
+    from mmtm.run import RunFolder
+    from mmtm.training import fit
+
+    job = json.loads(Path(job_json).read_text())
+    cfg = from_dict(job["config"])
+    started = time.perf_counter()
+    run = RunFolder(cfg.out)
+    fit(cfg, resume=run.last.is_file())
+    for which in ("best", "last"):
+        result, ckpt = run.cur_for(which), run.checkpoint(which)
+        if not (result.is_file() and result.stat().st_mtime >= ckpt.stat().st_mtime):
+            evaluate_cur(run.root, checkpoint=which)
+    device = str(resolve_device(cfg.device))
+    if device.startswith("cuda"):
+        device += f" ({torch.cuda.get_device_name(0)}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')})"
+    summarise(run.root, cell=job["cell"], preset=job["preset"],
+              job={"launcher": job["launcher"], "host": socket.gethostname(), "device": device,
+                   "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1)})
+
+
+def _job_command(job_json: Path) -> list[str]:
+    return [sys.executable, "-m", "mmtm.sweep", str(job_json)]
+
+
+def mps_note(devices: list[int], runs_per_device: int) -> str | None:
+    """One line on how K runs share a GPU: through CUDA MPS when its control daemon runs, else by time-slicing."""
+    if not devices or runs_per_device < 2:
+        return None
+    if (MPS_PIPE / "control").exists():
+        return f"note: CUDA MPS control daemon found ({MPS_PIPE}): the {runs_per_device} runs on each GPU share it " \
+               "through MPS"
+    return (f"note: no CUDA MPS control daemon ({MPS_PIPE}/control): the {runs_per_device} runs on each GPU "
+            "time-share it; `nvidia-cuda-mps-control -d` starts one")
+
+
+def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | None = None, runs_per_device: int = 1,
+                 progress=None) -> list[str]:
+    """Run every spec not yet done, `jobs` at a time (or len(devices)·runs_per_device on GPUs); returns the names of
+    runs whose job failed (their log: RUN/job.log). `progress(running, done, total)` is called as jobs move."""
+    todo = [s for s in specs if not is_done(s)]
+    slots = [str(d) for d in devices for _ in range(runs_per_device)] if devices else [None] * jobs
+    threads = thread_share(len(slots))
+    running: dict[str, tuple[subprocess.Popen, RunSpec, object]] = {}
+    free, failed, done = list(range(len(slots))), [], len(specs) - len(todo)
+    try:
+        while todo or running:
+            while todo and free:
+                slot = free.pop(0)
+                spec = todo.pop(0)
+                device = slots[slot]
+                job = write_job(spec, launcher="local", threads=threads, device=device)
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+                if device is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = device
+                log = (spec.dir / JOB_LOG).open("a")
+                running[spec.name] = (subprocess.Popen(_job_command(job), env=env, stdout=log, stderr=subprocess.STDOUT),
+                                      spec, (slot, log))
+            time.sleep(0.5)
+            for name, (proc, spec, (slot, log)) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                free.append(slot)
+                done += 1
+                if proc.returncode != 0 or not is_done(spec):
+                    failed.append(name)
+            if progress is not None:
+                progress([s for _, s, _ in running.values()], done, len(specs))
+    except BaseException:
+        for proc, _, (_, log) in running.values():
+            proc.terminate()
+        for proc, _, (_, log) in running.values():
+            proc.wait()
+            log.close()
+        raise
+    return failed
+
+
+def launch_slurm(specs: list[RunSpec], out: Path, *, wait: bool, partition: str | None, time_min: int,
+                 gpus_per_run: int, cpus_per_run: int, array_parallelism: int, poll_s: float = 30.0,
+                 progress=None) -> dict:
+    """Submit the runs not yet done (and not queued or running) as one Slurm job array through submitit; with
+    `wait`, poll until every job has ended. Returns {"submitted", "active", "failed"} run names."""
+    import submitit
+
+    folder = out / ".submitit"
+    record_path = out / SLURM_RECORD
+    record: dict[str, str] = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    todo, active = [], []
+    for spec in specs:
+        if is_done(spec):
+            continue
+        state = submitit.SlurmJob(folder, record[spec.name]).watcher.get_state(record[spec.name], mode="force") \
+            if spec.name in record else None
+        (active if state in SLURM_ACTIVE else todo).append(spec)
+    jobs = {}
+    if todo:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(name="mmtm", timeout_min=time_min, nodes=1, tasks_per_node=1,
+                                   cpus_per_task=cpus_per_run, gpus_per_node=gpus_per_run,
+                                   slurm_array_parallelism=array_parallelism,
+                                   **({"slurm_partition": partition} if partition else {}))
+        functions = [submitit.helpers.CommandFunction(
+            _job_command(write_job(s, launcher="slurm", threads=cpus_per_run, device="cuda" if gpus_per_run else "cpu")))
+            for s in todo]
+        for spec, job in zip(todo, executor.submit_array(functions)):
+            record[spec.name] = job.job_id
+            jobs[spec.name] = job
+        atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+    if wait:
+        watch = {**jobs, **{s.name: submitit.SlurmJob(folder, record[s.name]) for s in active}}
+        while True:
+            ended = {name for name, job in watch.items() if job.done(force_check=True)}
+            if progress is not None:
+                progress([s for s in specs if s.name in watch.keys() - ended], sum(map(is_done, specs)), len(specs))
+            if ended == set(watch):
+                break
+            time.sleep(poll_s)
+    failed = [s.name for s in specs if wait and not is_done(s)]
+    return {"submitted": [s.name for s in todo], "active": [s.name for s in active], "failed": failed}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m mmtm.sweep RUN/job.json")
+    try:
+        run_job(argv[0])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
