@@ -23,7 +23,7 @@ def eval_cur(
     batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print cur.json instead of a table."),
 ) -> None:
-    """Measure u(m1|m0), u(m0|m1) and d_util (SPEC §2) and write RUN/cur.json (cur-last.json for last).
+    """Measure u(m1|m0), u(m0|m1) and d_util (docs/science.md §2) and write RUN/cur.json (cur-last.json for last).
 
     Pass 1 averages every MMTM's squeeze vectors over the training subset; pass 2 evaluates the split
     with regular fusion and with cross-modal flow off, both in float32. The checkpoint is only read.

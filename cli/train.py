@@ -26,7 +26,7 @@ def _views(text: Optional[str]) -> Optional[tuple[int, int]]:
 def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (from `mmtm prep`)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.json, steps.csv, epochs.csv, last.pt, best.pt."),
-    balanced: bool = typer.Option(False, "--balanced", help="Balanced multi-modal learning (SPEC §4); "
+    balanced: bool = typer.Option(False, "--balanced", help="Balanced multi-modal learning (docs/science.md §4); "
                                                             "= --policy balanced."),
     random_: bool = typer.Option(False, "--random", help="Random re-balancing ablation; = --policy random."),
     policy: Optional[str] = typer.Option(None, help="Training policy (default vanilla): the paper's vanilla, balanced, "
@@ -84,7 +84,7 @@ def train(
     amp: Optional[str] = typer.Option(None, help="auto: bf16 autocast on CUDA; off: float32 everywhere."),
     max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap the steps of each epoch (quick looks)."),
     config: Optional[Path] = typer.Option(None, help="JSON config (e.g. a run's config.json); flags override it."),
-    preset: str = typer.Option("paper", help="Defaults: paper (SPEC §5) or demo (2-core CPU)."),
+    preset: str = typer.Option("paper", help="Defaults: paper (docs/science.md §5) or demo (2-core CPU)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
 ) -> None:
     """Train the two-view MMTM network and log d_speed (d_CLS) every step.
@@ -99,7 +99,7 @@ def train(
         --ogm-alpha 0.3                             # OGM-GE, stronger
       mmtm train --data data/syn --out runs/w --preset demo --balanced \\
         --speed-signal window --speed-window 50     # policy reads 50 steps
-      mmtm train --data data/mn40 --out runs/paper --balanced  # SPEC §5
+      mmtm train --data data/mn40 --out runs/paper --balanced  # docs/science.md §5
       mmtm train --out runs/bal --resume           # after an interruption
       torchrun --standalone --nproc-per-node=2 --no-python \\
         mmtm train --data data/mn40 --out runs/ddp --balanced  # 2 procs

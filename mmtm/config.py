@@ -29,14 +29,14 @@ class TrainConfig:
     data: str = ""
     out: str = ""
     policy: str = "vanilla"                 # a name in mmtm.registry.POLICIES
-    views: tuple[int, int] = (0, 6)         # SPEC §5: v001 and v007, "front" and "rear"
-    # model (SPEC §1); width 64 is torchvision's ResNet-18, smaller widths keep its structure
+    views: tuple[int, int] = (0, 6)         # docs/science.md §5: v001 and v007, "front" and "rear"
+    # model (docs/science.md §1); width 64 is torchvision's ResNet-18, smaller widths keep its structure
     width: int = 64
     mmtm_ratio: int = 4
     gate: str = "sigmoid"                   # "sigmoid" (official code) or "2sigmoid" (paper)
     loss: str = "auto"                      # heads: CE(ŷ0)+CE(ŷ1) | fused: CE(ŷ) | auto: the policy's authors' choice
     single_view: int | None = None          # 0 or 1: the single-view baseline, one branch on views[0] or views[1]
-    # optimisation (SPEC §5)
+    # optimisation (docs/science.md §5)
     epochs: int = 300
     batch_size: int = 8
     lr: float = 0.1
@@ -49,7 +49,7 @@ class TrainConfig:
     plateau_on: str = "all"                 # the loss the plateau schedule watches: all steps (official) | regular
     min_lr: float = 1e-6
     early_stop_epochs: int = 5              # stop once this many epochs reached 100% train accuracy; 0 = never
-    # balanced training (SPEC §3-4)
+    # balanced training (docs/science.md §3-4)
     alpha: float = ALPHA
     rebalance_steps: int = REBALANCE_STEPS
     warmup_epochs: int = WARMUP_EPOCHS
@@ -128,7 +128,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # Wu et al.'s ModelNet40 setup (SPEC §5).
+    # Wu et al.'s ModelNet40 setup (docs/science.md §5).
     "paper": {},
     # Sized for a 2-core CPU: a narrow ResNet-18 on the built-in synthetic set, under a minute per run. The
     # learning rate falls along a cosine to the last epoch (not the paper's plateau schedule, under which 15 epochs

@@ -1,4 +1,4 @@
-"""The paper's formulas (SPEC.md §2-3), as small pure functions on floats and tensors.
+"""The paper's formulas (docs/science.md §2-3), as small pure functions on floats and tensors.
 
 CLS (conditional learning speed, during training):
     μ_g(t)   = Σ_{p∈g} ‖∇p‖² / Σ_{p∈g} ‖p‖²

@@ -4,7 +4,7 @@ Per sample: S_A, S_B = global average pools of A [B,C_A,...] and B [B,C_B,...];
 Z = ReLU(W_s [S_A; S_B] + b_s) (the shared `squeeze` layer); E_A = W_A Z + b_A, E_B = W_B Z + b_B (`excite_a`,
 `excite_b`); g = σ(E) (or the paper's 2σ(E)); Ã = A ⊙ g_A, B̃ = B ⊙ g_B.
 
-Modes (SPEC §1):
+Modes (docs/science.md §1):
   regular       the above (the fusion of a regular training step, and of evaluation).
   flow_off      cross-modal flow off: g_A from [S_A; S̄_B], g_B from [S̄_A; S_B], S̄ = mean squeeze vectors over the
                 training subset (set by `mmtm.utilization.collect_mean_squeeze`). Branch 0 then sees view 0 only.
@@ -30,7 +30,7 @@ FLOW_OFF = "flow_off"
 REBALANCE_M0 = "rebalance_m0"
 REBALANCE_M1 = "rebalance_m1"
 MODES = (REGULAR, FLOW_OFF, REBALANCE_M0, REBALANCE_M1)
-# The modes a training step runs in (SPEC §4); flow_off is for evaluation only.
+# The modes a training step runs in (docs/science.md §4); flow_off is for evaluation only.
 STEP_MODES = (REGULAR, REBALANCE_M0, REBALANCE_M1)
 # The branch a re-balancing step is for: re-balance m0 when m0 (branch 0) is the slow modality.
 REBALANCED_BRANCH = {REBALANCE_M0: 0, REBALANCE_M1: 1}

@@ -1,6 +1,6 @@
 """Training policies: what differs between the algorithms that share the one training loop.
 
-The paper's (SPEC §4) only choose each step's MMTM mode: vanilla, balanced, random, and the flipped control. The
+The paper's (docs/science.md §4) only choose each step's MMTM mode: vanilla, balanced, random, and the flipped control. The
 remedies of other papers (mmtm/methods/) also use the other hooks. Per step, the loop calls, in order:
 `next_mode(epoch)`; `inputs(view0, view1, epoch)`; the forward in that mode inside `capture(net)`;
 `loss(logits0, logits1, y, features, epoch)`; backward; the speed meter measures μ (it only observes);
@@ -23,7 +23,7 @@ from mmtm.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR, STEP_MODES
 from mmtm.hardware import Compute, Distributed
 from mmtm.network import TwoViewMMTMNet, task_loss
 
-# SPEC §4: the paper's hyper-parameters, the defaults of the policies and of the run config.
+# docs/science.md §4: the paper's hyper-parameters, the defaults of the policies and of the run config.
 ALPHA = 0.01
 REBALANCE_STEPS = 5   # Q
 WARMUP_EPOCHS = 1

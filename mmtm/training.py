@@ -1,4 +1,4 @@
-"""The training loop: one loop for every training policy (SPEC §3-4 and the remedies in mmtm/methods/).
+"""The training loop: one loop for every training policy (docs/science.md §3-4 and the remedies in mmtm/methods/).
 
 Read top to bottom: `fit` sets up a run (or resumes one), then per epoch calls `train_one_epoch`
 and `evaluate`, writes one CSV row per epoch and atomic `last.pt` / `best.pt` checkpoints.
@@ -59,7 +59,7 @@ class Trainer:
     step: int = 0
     epoch: int = 0                    # the next epoch to run
     best_val_acc: float = -1.0
-    full_acc_epochs: int = 0          # epochs that reached 100% train accuracy (early stop, SPEC §5)
+    full_acc_epochs: int = 0          # epochs that reached 100% train accuracy (early stop, docs/science.md §5)
 
     def state_dict(self, classes: list[str]) -> dict:
         rng = {"torch": torch.get_rng_state()}
@@ -215,7 +215,7 @@ def _check_ranks_agree(t: Trainer) -> None:
 
 
 def _keep_only_slow_branch_grads(t: Trainer, mode: str) -> None:
-    """SPEC §4 option: a re-balancing step updates only the slow modality's own branch θ0 or θ1."""
+    """docs/science.md §4 option: a re-balancing step updates only the slow modality's own branch θ0 or θ1."""
     slow = set(map(id, t.net.branch_params(REBALANCED_BRANCH[mode])))
     for p in t.net.parameters():
         if id(p) not in slow:
@@ -235,7 +235,7 @@ def step_on_device(t: Trainer, view0: Tensor, view1: Tensor, y: Tensor, mode: st
     loss.backward()
     regular = mode == REGULAR
     if regular:
-        t.meter.update(t.meter.measure())  # μ of the loss's gradient, before any policy changes it (SPEC §3)
+        t.meter.update(t.meter.measure())  # μ of the loss's gradient, before any policy changes it (docs/science.md §3)
     elif t.cfg.rebalance_params == "slow":
         _keep_only_slow_branch_grads(t, mode)
     policy.after_backward(t.net, logits0, logits1, y, t.epoch)

@@ -15,7 +15,7 @@ def direct_mu(params):
 
 
 def d_of(M):
-    """d_speed of group sums {group: value}, straight from SPEC §3."""
+    """d_speed of group sums {group: value}, straight from docs/science.md §3."""
     return math.log10(M["fusion0"] / M["theta0"]) - math.log10(M["fusion1"] / M["theta1"])
 
 

@@ -2,7 +2,7 @@
 
 Every source ends in the same layout (loaders/dataset.py). The folder is built under a temporary name and
 renamed into place only after every object was written and checked, so a failure leaves `out` as it was.
-Validation = a seeded fraction of the official train split (SPEC §5: 20%, seed 10), shuffled reproducibly.
+Validation = a seeded fraction of the official train split (docs/science.md §5: 20%, seed 10), shuffled reproducibly.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The MVCNN 12-view renderer (SPEC §6) on a headless moderngl context (EGL; Mesa llvmpipe on a CPU).
+"""The MVCNN 12-view renderer (docs/science.md §6) on a headless moderngl context (EGL; Mesa llvmpipe on a CPU).
 
 Protocol: the mesh is centred (bounding-box centre) and scaled into the unit sphere, both measured on the vertices
 its faces use (ModelNet has stray unused vertices far from the object); 12 perspective cameras sit
