@@ -1,7 +1,8 @@
 """The whole GPU acceptance in one command (`make gpu-check`, or `python3 benchmarks/gpu_check.py --data DIR` on a
 machine where the project cannot be installed): the install, the CUDA tests, a short training run of every step
-mode with CUDA graphs on and off compared, and the loader and training benchmarks at 224 px. Writes
-benchmarks/gpu-check.json (plus gpu-loader.json and gpu-train.json) with the command, the machine and the commit.
+mode with CUDA graphs on and off compared, the loader and training benchmarks at 224 px, and K = 1, 2, 4, 8 runs
+packed on the GPU. Writes benchmarks/gpu-check.json (plus gpu-loader.json, gpu-train.json and gpu-pack.json) with
+the command, the machine and the commit.
 Each part has its own time limit so that the whole fits in 8 minutes on one H200; a part that fails or runs out
 of time is recorded as such and the rest still runs.
 
@@ -98,6 +99,9 @@ def main() -> int:
                                   "32", "--threads", "4", *quick, "--save", str(out / "gpu-loader.json")], 90)
     record["bench_train"] = run([*MMTM, "bench", "train", "--data", data, "--device", args.device, "--preset",
                                  "paper", "--batch-size", "8,64", *steps, "--save", str(out / "gpu-train.json")], 180)
+    record["bench_pack"] = run([*MMTM, "bench", "pack", "--data", data, "--device", args.device, "--preset", "paper",
+                                "--batch-size", "8", "--k", "1,2" if args.quick else "1,2,4,8", *steps,
+                                "--save", str(out / "gpu-pack.json")], 150)
     if (out / "gpu-train.json").is_file():
         record["train_figures"] = _train_figures(json.loads((out / "gpu-train.json").read_text()))
     record["seconds"] = round(time.perf_counter() - started, 1)

@@ -157,7 +157,8 @@ def bench(
         raise UserError("--data is required (a folder made by `mmtm prep`)")
     path = _save_path(save, "bench.json")
     result = {"loader": _run_loader(data, batch_size, threads),
-              "train": _run_train(data, [batch_size], threads, device=device, preset=preset, steps=steps)}
+              "train": _run_train(data, [batch_size], threads, device=device, preset=preset, steps=steps),
+              "machine": _machine()}
     _emit(result, path, as_json,
           _table("mmtm bench", _loader_rows(result["loader"]) + _train_rows(result["train"])))
 
@@ -186,6 +187,7 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
     r = _run_loader(data, batch_size, threads, split=split, views=views, repeats=repeats,
                     warmup_batches=warmup_batches, max_batches=max_batches, device=device,
                     source_workers=source_workers)
+    r["machine"] = _machine()
     _emit(r, path, as_json, _table("loader throughput", _loader_rows(r)))
 
 
@@ -211,7 +213,51 @@ def train(data: Path = DATA,
     path = _save_path(save, "bench-train.json")
     r = _run_train(data, _batch_sizes(batch_size), threads, device=device, preset=preset, loader=loader,
                    channels_last=channels_last, steps=steps)
+    r["machine"] = _machine()
     _emit(r, path, as_json, _table("training throughput", _train_rows(r)))
+
+
+@app.command("pack")
+@user_errors
+def pack(data: Path = DATA,
+         k: str = typer.Option("1,2,4,8", help="Numbers of runs packed on the device at once, comma-separated."),
+         preset: str = typer.Option("paper", help="Model size: demo or paper."),
+         batch_size: int = typer.Option(8, help="Batch size of every run."),
+         device: str = typer.Option("auto", help="auto | cpu | cuda."),
+         steps: int = typer.Option(20, help="Timed steps per repeat of each run."),
+         as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
+    """Aggregate training samples/s of K runs at once on one device, for each K, against one run alone.
+
+    \b
+    Example:
+      mmtm bench pack --data data224 --device cuda --k 1,2,4,8
+    """
+    from mmtm.bench.pack import bench_pack
+
+    path = _save_path(save, "bench-pack.json")
+    r = bench_pack(_check_folder(data), ks=_counts(k, "--k"), preset=preset, batch_size=batch_size,
+                   device=device, steps=steps)
+    r["machine"] = _machine()
+    _emit(r, path, as_json, _table("packing runs on one device", [
+        (f"K = {e['k']} runs at once, aggregate samples/s ({e['threads_per_run']} CPU threads each)",
+         f"{e['aggregate_samples_per_s']:.1f}", f"{e['aggregate_over_first']:.2f}× K = {r['results'][0]['k']}")
+        for e in r["results"]]))
+
+
+def _counts(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} takes counts of at least 1, got {text!r}")
+    return values
+
+
+def _machine() -> dict:
+    """The facts `mmtm info` shows, carried in every bench JSON."""
+    from mmtm.environment import facts
+    return facts()
 
 
 @app.command("render")
@@ -233,4 +279,5 @@ def render(workers: int = typer.Option(2, help="Processes of the prep and ingest
 
     path = _save_path(save, "bench-render.json")
     r = bench_render(workers=workers, meshes=meshes, repeats=repeats, synthetic_set=not skip_synthetic)
+    r["machine"] = _machine()
     _emit(r, path, as_json, _table("rendering throughput", _render_rows(r)))

@@ -49,3 +49,19 @@ def test_bench_without_data_is_one_error_line():
     r = CliRunner().invoke(app, ["bench"])
     assert r.exit_code == 2 and r.output.strip() == "error: --data is required (a folder made by `mmtm prep`)"
 
+
+
+def test_bench_pack_sums_concurrent_runs_and_every_bench_json_names_the_machine(make_dataset, tmp_path):
+    import pytest
+
+    data = make_dataset(tmp_path, size=16, per_split={"train": 6})
+    r = CliRunner().invoke(app, ["bench", "pack", "--data", str(data), "--k", "1,2", "--preset", "demo",
+                                 "--batch-size", "4", "--device", "cpu", "--steps", "2", "--json",
+                                 "--save", str(tmp_path / "p.json")])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    one, two = result["results"]
+    assert (one["k"], two["k"]) == (1, 2) and len(two["per_run_samples_per_s"]) == 2
+    assert two["aggregate_samples_per_s"] == pytest.approx(sum(two["per_run_samples_per_s"]))
+    assert one["aggregate_over_first"] == 1.0 and result["config"]["mps"] in (True, False)
+    assert result["machine"]["torch_gpus"] == "none" or result["machine"]["cuda_available"]

@@ -1,0 +1,59 @@
+"""Packing runs on one device: the aggregate training throughput of K concurrent runs, for each K asked for.
+
+Each of the K runs is a separate process running `mmtm bench train` (the step the training loop takes, with the
+default CUDA-graph setting) on the same device at the same time, with cores/K CPU threads; the aggregate is the sum
+of their end-to-end samples/s, which holds while their timed windows overlap (they start together and time the
+same number of steps). With the CUDA MPS control daemon running the K processes share the GPU through MPS; without
+it they time-share it (the result says which).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from loaders.errors import UserError
+from mmtm.sweep import MPS_PIPE, thread_share
+
+MMTM = [sys.executable, "-c", "from cli.app import main; main()"]
+
+
+def _run_figure(result: dict) -> float:
+    """A bench train result's end-to-end samples/s: the CUDA-graph entry where there is one."""
+    entries = result["results"]
+    best = next((e for e in entries if e["cuda_graphs"]), entries[0])
+    return best["end_to_end_samples_per_s"]
+
+
+def bench_pack(data: str, *, ks: list[int], preset: str = "paper", batch_size: int = 8, device: str = "auto",
+               steps: int = 20, timeout: float = 600) -> dict:
+    if not ks or min(ks) < 1:
+        raise UserError("--k takes run counts of at least 1, like 1,2,4,8")
+    results = []
+    for k in ks:
+        threads = thread_share(k)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        with tempfile.TemporaryDirectory(prefix="mmtm-pack-") as tmp:
+            outs = [Path(tmp) / f"run{i}.json" for i in range(k)]
+            procs = [subprocess.Popen([*MMTM, "bench", "train", "--data", data, "--preset", preset, "--batch-size",
+                                       str(batch_size), "--device", device, "--steps", str(steps), "--threads",
+                                       str(threads), "--save", str(out)], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True) for out in outs]
+            errors = []
+            for p in procs:
+                _, err = p.communicate(timeout=timeout)
+                if p.returncode != 0:
+                    errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
+            if errors:
+                raise UserError(f"a packed run failed with K = {k}: {errors[0]}")
+            per_run = [_run_figure(json.loads(out.read_text())) for out in outs]
+        results.append({"k": k, "threads_per_run": threads, "per_run_samples_per_s": per_run,
+                        "aggregate_samples_per_s": sum(per_run)})
+    base = results[0]["aggregate_samples_per_s"]
+    for r in results:
+        r["aggregate_over_first"] = r["aggregate_samples_per_s"] / base
+    return {"results": results, "config": {"data": data, "preset": preset, "batch_size": batch_size, "device": device,
+                                           "steps": steps, "mps": (MPS_PIPE / "control").exists()}}
