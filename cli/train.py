@@ -121,8 +121,9 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, width=width, alpha=alpha,
         rebalance_steps=rebalance_steps, warmup_epochs=warmup_epochs, rebalance_params=rebalance_params,
         speed_window=speed_window, speed_signal=speed_signal, speed_from_epoch=speed_from_epoch,
-        schedule=schedule, plateau_on=plateau_on, ogm_alpha=ogm_alpha, ogm_start_epoch=ogm_start_epoch, ogm_end_epoch=ogm_end_epoch,
-        gb_interval=gb_interval, gb_estimator=gb_estimator, moddrop_p=moddrop_p, pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
+        schedule=schedule, plateau_on=plateau_on, ogm_alpha=ogm_alpha, ogm_start_epoch=ogm_start_epoch,
+        ogm_end_epoch=ogm_end_epoch, gb_interval=gb_interval, gb_estimator=gb_estimator, moddrop_p=moddrop_p,
+        pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
         pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, loss=loss, seed=seed, device=device,
         loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, amp=amp, max_steps_per_epoch=max_steps_per_epoch)
     if not cfg.data:

@@ -150,7 +150,8 @@ def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tu
                         f"{', ...' if len(failed) > 4 else ''}); see RUN/job.log; the same command resumes them")
     runs = [evidence.load(s.dir) for s in specs]
     run_minutes = sum(r["summary"]["job"].get("seconds", 0.0) for s, r in zip(specs, runs) if s.name not in kept) / 60
-    sweep = {"launcher": launcher, "concurrent": concurrency, "runs": len(specs), "runs_launched": len(specs) - len(kept),
+    sweep = {"launcher": launcher, "concurrent": concurrency, "runs": len(specs),
+             "runs_launched": len(specs) - len(kept),
              "threads_per_job": thread_share(concurrency) if launcher == "local" else (slurm or {}).get("cpus_per_run"),
              "wall_minutes": round(wall / 60, 2), "sum_of_job_minutes": round(run_minutes, 2),
              "speedup": round(run_minutes * 60 / wall, 2) if wall else math.nan,
@@ -225,7 +226,8 @@ def paired_table(rows: list[dict], objects: dict[str, str]) -> list[dict]:
                                       [int(c) for c in objects[(cell, theirs[s])]])
                       for s in sorted(set(mine) & set(theirs))]
                 table.append({"cell": cell, "comparison": f"{policy} − {ref}",
-                              **{label: stats.fmt_paired(stats.paired(by_seed(policy, key, mag), by_seed(ref, key, mag)))
+                              **{label: stats.fmt_paired(stats.paired(by_seed(policy, key, mag),
+                                                                      by_seed(ref, key, mag)))
                                  for label, key, mag in PAIRED},
                               "McNemar p<0.05 (acc)": f"{sum(p < 0.05 for p in ps)}/{len(ps)}"})
     return table

@@ -44,7 +44,8 @@ def d_speed(s_m1_m0, s_m0_m1):
 
 
 def conditional_utilization(acc_f: float, acc_f_only: float) -> float:
-    """u = (A(f) − A(f')) / A(f), f' = the same head with cross-modal flow off. Never clipped: A(f') > A(f) gives u < 0."""
+    """u = (A(f) − A(f')) / A(f), f' = the same head with cross-modal flow off. Never clipped: A(f') > A(f) gives
+    u < 0."""
     if acc_f == 0:
         return math.nan
     return (acc_f - acc_f_only) / acc_f

@@ -65,7 +65,8 @@ class TwoViewMMTMNet(nn.Module):
         return list((self.branch0, self.branch1)[i].parameters())
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """docs/science.md §3 groups: θ0, θ1, θ'0 = every excite_a + every squeeze, θ'1 = every excite_b + every squeeze."""
+        """The groups of docs/science.md §3: θ0, θ1, θ'0 = every excite_a + every squeeze, θ'1 = every excite_b +
+        every squeeze."""
         squeeze = [p for m in self.mmtms for p in m.squeeze.parameters()]
         return {
             "theta0": self.branch_params(0),

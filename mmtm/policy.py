@@ -1,6 +1,7 @@
 """Training policies: what differs between the algorithms that share the one training loop.
 
-The paper's (docs/science.md §4) only choose each step's MMTM mode: vanilla, balanced, random, and the flipped control. The
+The paper's (docs/science.md §4) only choose each step's MMTM mode: vanilla, balanced, random, and the flipped
+control. The
 remedies of other papers (mmtm/methods/) also use the other hooks. Per step, the loop calls, in order:
 `next_mode(epoch)`; `inputs(view0, view1, epoch)`; the forward in that mode inside `capture(net)`;
 `loss(logits0, logits1, y, features, epoch)`; backward; the speed meter measures μ (it only observes);

@@ -43,7 +43,8 @@ CUR_FIELDS = ("acc", "acc_m0", "acc_m1", "acc_m0_only", "acc_m1_only", "u_m1_giv
 # Settings that make a checkpoint's state what it is: a run resumed, or a checkpoint evaluated for a run, with
 # other values would load weights of another shape or a policy or meter state of another kind, or measure
 # another run.
-RUN_IDENTITY = ("policy", "loss", "single_view", "width", "mmtm_ratio", "gate", "speed_window", "speed_signal", "speed_from_epoch")
+RUN_IDENTITY = ("policy", "loss", "single_view", "width", "mmtm_ratio", "gate", "speed_window", "speed_signal",
+                "speed_from_epoch")
 
 
 class RunFolder:

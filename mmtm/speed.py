@@ -1,4 +1,5 @@
-"""Conditional learning speed (docs/science.md §3): per-step μ of the four parameter groups, their sums M, s and d_speed.
+"""Conditional learning speed (docs/science.md §3): per-step μ of the four parameter groups, their sums M, s and
+d_speed.
 
 Three views of d_speed, logged side by side (they answer different questions):
   cumulative  the paper's: M summed over every regular step since training began;

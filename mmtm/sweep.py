@@ -106,7 +106,8 @@ def run_job(job_json: str | os.PathLike) -> None:
             evaluate_cur(run.root, checkpoint=which)
     device = str(resolve_device(cfg.device))
     if device.startswith("cuda"):
-        device += f" ({torch.cuda.get_device_name(0)}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')})"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        device += f" ({torch.cuda.get_device_name(0)}, CUDA_VISIBLE_DEVICES={visible})"
     summarise(run.root, cell=job["cell"], preset=job["preset"],
               job={"launcher": job["launcher"], "host": socket.gethostname(), "device": device,
                    "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1)})
@@ -147,8 +148,8 @@ def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | No
                 if device is not None:
                     env["CUDA_VISIBLE_DEVICES"] = device
                 log = (spec.dir / JOB_LOG).open("a")
-                running[spec.name] = (subprocess.Popen(_job_command(job), env=env, stdout=log, stderr=subprocess.STDOUT),
-                                      spec, (slot, log))
+                proc = subprocess.Popen(_job_command(job), env=env, stdout=log, stderr=subprocess.STDOUT)
+                running[spec.name] = (proc, spec, (slot, log))
             time.sleep(0.5)
             for name, (proc, spec, (slot, log)) in list(running.items()):
                 if proc.poll() is None:
@@ -195,9 +196,9 @@ def launch_slurm(specs: list[RunSpec], out: Path, *, wait: bool, partition: str 
                                    cpus_per_task=cpus_per_run, gpus_per_node=gpus_per_run,
                                    slurm_array_parallelism=array_parallelism,
                                    **({"slurm_partition": partition} if partition else {}))
+        device = "cuda" if gpus_per_run else "cpu"
         functions = [submitit.helpers.CommandFunction(
-            _job_command(write_job(s, launcher="slurm", threads=cpus_per_run, device="cuda" if gpus_per_run else "cpu")))
-            for s in todo]
+            _job_command(write_job(s, launcher="slurm", threads=cpus_per_run, device=device))) for s in todo]
         for spec, job in zip(todo, executor.submit_array(functions)):
             record[spec.name] = job.job_id
             jobs[spec.name] = job

@@ -100,7 +100,8 @@ def _make_optimizer_state(optimizer: torch.optim.SGD) -> None:
     for group in optimizer.param_groups:
         if group["momentum"] != 0:
             for p in group["params"]:
-                optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
+                buffer = torch.zeros_like(p, memory_format=torch.preserve_format)
+                optimizer.state[p].setdefault("momentum_buffer", buffer)
 
 
 def _load_optimizer_in_place(optimizer: torch.optim.Optimizer, saved: dict) -> None:
@@ -163,6 +164,37 @@ def use_cuda_graphs(t: Trainer, graphed_steps: Callable[..., GraphedSteps] = Gra
     """Run the trainer's steps as CUDA graphs (`graphed_steps`: the CPU twin in tests)."""
     lr_on_device(t.optimizer, t.compute.device)
     t.graphs = graphed_steps(lambda view0, view1, y, mode: step_on_device(t, view0, view1, y, mode))
+
+
+@torch.no_grad()
+def recompute_bn_stats(net: torch.nn.Module, batches, compute: Compute, limit: int) -> None:
+    """Precise BatchNorm statistics (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): every BatchNorm's
+    running mean and variance replaced by their plain average over the first `limit` batches, computed with the
+    current weights. The running averages lag behind weights that change every step, and what evaluation then
+    measures swings from epoch to epoch. Only the BatchNorm layers run in training mode for this pass, so the MMTM
+    running gate means do not move; training itself, which normalises by batch statistics, is unchanged. In place,
+    so tensors a CUDA graph holds stay its own; averaged over ranks under DDP. (torch.optim.swa_utils.update_bn does
+    this for one-input models with the whole model in training mode.)"""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    was_training = net.training
+    net.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+        m.train()
+    for i, batch in enumerate(batches):
+        if i == limit:
+            break
+        with compute.autocast():
+            net(compute.layout(batch.view0), compute.layout(batch.view1))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        if dist.is_available() and dist.is_initialized():
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf /= dist.get_world_size()
+    net.train(was_training)
 
 
 def _sync_running_gates(t: Trainer) -> None:
@@ -375,6 +407,10 @@ def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgr
             train_loader.set_epoch(t.epoch)
             steps_log: list[dict] = []
             train = train_one_epoch(t, train_loader, steps_log, progress)
+            if cfg.precise_bn:
+                bn_loader = loader("train", True)
+                bn_loader.set_epoch(t.epoch)
+                recompute_bn_stats(t.net, bn_loader, t.compute, cfg.precise_bn)
             _check_ranks_agree(t)
             val = evaluate(t.net, val_loader, t.compute.fp32())  # selects best.pt: no bf16 flips
             lr = float(t.optimizer.param_groups[0]["lr"])

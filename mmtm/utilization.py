@@ -1,4 +1,5 @@
-"""Conditional utilisation rate (docs/science.md §2): the mean squeeze vectors S̄ that cross-modal flow off needs, and the
+"""Conditional utilisation rate (docs/science.md §2): the mean squeeze vectors S̄ that cross-modal flow off needs,
+and the
 CUR arithmetic.
 
 Protocol (run by `mmtm.eval_cur.evaluate_cur`): `collect_mean_squeeze(net, train_batches)` (training subset, eval

@@ -16,7 +16,12 @@ objects. Training tests can use the same datasets: the class colour makes them l
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
+
+# One torch thread per test process (and per process a test starts): pytest runs one worker per core, and tiny
+# networks gain nothing from more threads, while two processes that each take every core slow each other many times.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest

@@ -326,13 +326,14 @@ def test_gblend_published_estimate_trains_copies_and_leaves_the_network_alone(sy
 
 
 def test_gblend_copies_see_one_view_only():
-    batches = [type("B", (tuple,), {"_replace": lambda self, **k: dict(zip(("view0", "view1"), (k["view0"], k["view1"]))),
-                                    "view0": property(lambda s: s[0]), "view1": property(lambda s: s[1])})(
-        (torch.ones(2, 3, 4, 4), torch.ones(2, 3, 4, 4)))]
+    from loaders.two_view import Batch
+
+    ones = torch.ones(2, 3, 4, 4)
+    batches = [Batch(ones, ones, torch.tensor([0, 1]), torch.tensor([0, 1]))]
     (zeroed1,) = g_blending.without_view(batches, 1)
-    assert torch.equal(zeroed1["view0"], torch.ones(2, 3, 4, 4)) and not zeroed1["view1"].any()
+    assert torch.equal(zeroed1.view0, ones) and not zeroed1.view1.any()
     (zeroed0,) = g_blending.without_view(batches, 0)
-    assert not zeroed0["view0"].any() and zeroed0["view1"].all()
+    assert not zeroed0.view0.any() and zeroed0.view1.all()
     assert list(g_blending.without_view(batches, None)) == batches
 
 

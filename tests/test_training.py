@@ -210,3 +210,27 @@ def test_run_files_get_the_mode_of_any_file_the_user_writes(trained_runs):
     os.umask(umask)
     for name in ("config.json", "best.pt", "last.pt", "steps.csv", "epochs.csv"):
         assert os.stat(trained_runs / "vanilla" / name).st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_precise_bn_recomputes_the_statistics_as_plain_averages_and_leaves_the_gates(synthetic_data):
+    from loaders.factory import two_view_loader
+    from mmtm.config import resolve
+    from mmtm.hardware import Compute, Distributed
+    from mmtm.training import build_trainer, recompute_bn_stats, train_step
+
+    t = build_trainer(resolve("demo", width=4, batch_size=4), 3, torch.device("cpu"), Distributed())
+    loader = two_view_loader(synthetic_data, "train", batch_size=4, train=True, seed=0, backend="torch",
+                             device="cpu", num_threads=1)
+    batches = list(loader)
+    for b in batches[:3]:
+        train_step(t, b, "regular")
+    gates = [m.running_gate_a.clone() for m in t.net.mmtms]
+    seen = []
+    bn = t.net.branch0.bn1
+    hook = bn.register_forward_pre_hook(lambda m, args: seen.append(args[0].mean(dim=(0, 2, 3))))
+    recompute_bn_stats(t.net, batches, Compute(torch.device("cpu")), limit=2)
+    hook.remove()
+    assert len(seen) == 2 and int(bn.num_batches_tracked) == 2
+    torch.testing.assert_close(bn.running_mean, (seen[0] + seen[1]) / 2)  # the plain average, not an EMA
+    assert bn.momentum == 0.1 and t.net.training                          # settings restored
+    assert all(torch.equal(g, m.running_gate_a) for g, m in zip(gates, t.net.mmtms))  # MMTM gates untouched

@@ -193,7 +193,8 @@ def _studs(count: int, face_width: float, centre_v: float, size: float, face_y: 
         radius = size * rng.uniform(0.05, 0.09)
         x = rng.uniform(-0.45, 0.45) * face_width
         z = centre_v + rng.uniform(-0.45, 0.45) * size
-        out.append(creation.icosphere(subdivisions=1, radius=radius).apply_transform(translation_matrix([x, face_y, z])))
+        stud = creation.icosphere(subdivisions=1, radius=radius)
+        out.append(stud.apply_transform(translation_matrix([x, face_y, z])))
     return out
 
 
