@@ -205,31 +205,44 @@ def aggregate(rows: list[dict], metrics: tuple[str, ...]) -> list[dict]:
     return table
 
 
+def _paired_row(rows: list[dict], objects: dict, mine: list[dict], theirs: list[dict], cell: str, label: str) -> dict:
+    """One row of the paired table: runs `mine` against `theirs`, seed by seed."""
+    def by_seed(sel: list[dict], key: str, magnitude: bool) -> dict[int, float]:
+        return {r["seed"]: abs(r[key]) if magnitude else r[key] for r in sel}
+
+    a, b = {r["seed"]: r for r in mine}, {r["seed"]: r for r in theirs}
+    ps = [stats.mcnemar_p([int(c) for c in objects[(a[s]["cell"], a[s]["run"])]],
+                          [int(c) for c in objects[(b[s]["cell"], b[s]["run"])]]) for s in sorted(set(a) & set(b))]
+    return {"cell": cell, "comparison": label,
+            **{name: stats.fmt_paired(stats.paired(by_seed(mine, key, mag), by_seed(theirs, key, mag)))
+               for name, key, mag in PAIRED},
+            "McNemar p<0.05 (acc)": f"{sum(p < 0.05 for p in ps)}/{len(ps)}"}
+
+
 def paired_table(rows: list[dict], objects: dict[str, str]) -> list[dict]:
-    """Per cell, every policy against each reference it is not: the per-seed difference policy − reference of each
-    PAIRED measure, and in how many seeds McNemar's test on the test objects (best.pt) gives p < 0.05."""
+    """Seed-by-seed differences of each PAIRED measure, with how many seeds McNemar's test on the test objects
+    (best.pt) finds a difference at p < 0.05: within each cell, every policy against each reference it is not;
+    across cells, each policy in every cell against itself in the first cell."""
     table = []
-    for cell in dict.fromkeys(r["cell"] for r in rows):
-        in_cell = [r for r in rows if r["cell"] == cell and r["policy"] not in BASELINES]
+    two_view = [r for r in rows if r["policy"] not in BASELINES]
+    cells_in_order = list(dict.fromkeys(r["cell"] for r in two_view))
+    for cell in cells_in_order:
+        in_cell = [r for r in two_view if r["cell"] == cell]
         present = list(dict.fromkeys(r["policy"] for r in in_cell))
         for ref in (p for p in REFERENCES if p in present):
             for policy in present:
                 if policy == ref or (ref == "balanced" and policy == "vanilla"):
                     continue
-
-                def by_seed(p: str, key: str, magnitude: bool) -> dict[int, float]:
-                    return {r["seed"]: abs(r[key]) if magnitude else r[key] for r in in_cell if r["policy"] == p}
-
-                mine = {r["seed"]: r["run"] for r in in_cell if r["policy"] == policy}
-                theirs = {r["seed"]: r["run"] for r in in_cell if r["policy"] == ref}
-                ps = [stats.mcnemar_p([int(c) for c in objects[(cell, mine[s])]],
-                                      [int(c) for c in objects[(cell, theirs[s])]])
-                      for s in sorted(set(mine) & set(theirs))]
-                table.append({"cell": cell, "comparison": f"{policy} − {ref}",
-                              **{label: stats.fmt_paired(stats.paired(by_seed(policy, key, mag),
-                                                                      by_seed(ref, key, mag)))
-                                 for label, key, mag in PAIRED},
-                              "McNemar p<0.05 (acc)": f"{sum(p < 0.05 for p in ps)}/{len(ps)}"})
+                table.append(_paired_row(rows, objects, [r for r in in_cell if r["policy"] == policy],
+                                         [r for r in in_cell if r["policy"] == ref], cell, f"{policy} − {ref}"))
+    first = cells_in_order[0] if cells_in_order else ""
+    for cell in cells_in_order[1:]:
+        for policy in dict.fromkeys(r["policy"] for r in two_view if r["cell"] == cell):
+            base = [r for r in two_view if r["cell"] == first and r["policy"] == policy]
+            if base:
+                table.append(_paired_row(rows, objects, [r for r in two_view if r["cell"] == cell
+                                                         and r["policy"] == policy], base, cell,
+                                         f"{policy}: {cell} − {first}"))
     return table
 
 
@@ -342,10 +355,11 @@ def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
             "accuracy.\n\n" + markdown_table(baselines, [*cols, "view alone", "seeds", "acc", "acc_last",
                                                            "epochs to 90% of acc"])) if baselines else "")
         + "\n## Imbalance\n\n" + markdown_table(imbalance, [*cols, "policy", "seeds", *IMBALANCE])
-        + (("\n## Paired differences (same seed)\n\nper seed, policy − reference: mean [95% t-interval] p (exact "
-            "sign-flip permutation test over all 2^n sign patterns) k/n (seeds sharing the sign of the mean). For "
-            "|·| a negative difference means more balanced than the reference. McNemar: seeds in which the two "
-            "runs' test predictions (best.pt) differ at p < 0.05.\n\n"
+        + (("\n## Paired differences (same seed)\n\nper seed, policy − reference (within a cell; across cells, a "
+            "policy against itself in the first cell): mean [95% t-interval] p (exact sign-flip permutation test "
+            "over all 2^n sign patterns) k/n (seeds sharing the sign of the mean). For |·| a negative difference "
+            "means more balanced than the reference. McNemar: seeds in which the two runs' test predictions "
+            "(best.pt) differ at p < 0.05.\n\n"
             + markdown_table(paired, [*cols, "comparison", *(label for label, _, _ in PAIRED),
                                       "McNemar p<0.05 (acc)"])) if paired else "")
         + "\n## Does d_speed predict d_util?\n\nSpearman's rank correlation across all two-view runs (policies × "

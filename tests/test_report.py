@@ -133,3 +133,17 @@ def test_collect_rebuilds_the_comparison_byte_for_byte_from_evidence(tiny_compar
     assert r.exit_code == 0, r.output
     for name in ("comparison.json", "comparison.md"):
         assert (tmp_path / "b" / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_paired_across_cells_sets_each_policy_against_itself_in_the_first_cell():
+    rows = []
+    for cell, shift in (("lr=0.05", 0.0), ("lr=0.001", -0.1)):
+        for policy in ("vanilla", "pmr"):
+            for seed in (0, 1):
+                r = row(policy, seed, 0.9 + shift + 0.01 * seed, -0.5)
+                rows.append({**r, "cell": cell})
+    objects = {(r["cell"], r["run"]): "10" for r in rows}
+    labels = [p["comparison"] for p in paired_table(rows, objects)]
+    assert labels == ["pmr − vanilla", "pmr − vanilla", "vanilla: lr=0.001 − lr=0.05", "pmr: lr=0.001 − lr=0.05"]
+    across = paired_table(rows, objects)[-1]
+    assert across["acc"].startswith("-0.100 [") and across["cell"] == "lr=0.001"
