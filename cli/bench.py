@@ -125,16 +125,15 @@ def _run_train(data: Path, batch_sizes: Optional[list[int]], threads: int, **kw)
     return bench_train(_check_folder(data), batch_sizes=batch_sizes, threads=threads, **kw)
 
 
-def _batch_sizes(text: Optional[str]) -> Optional[list[int]]:
-    if text is None:
-        return None
+def _ints(text: str, flag: str, least: int) -> list[int]:
+    """Comma-separated integers of at least `least`, like 8,64."""
     try:
-        sizes = [int(b) for b in text.split(",") if b.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--batch-size takes comma-separated integers like 8,64, got {text!r}") from None
-    if not sizes or min(sizes) < 2:
-        raise UserError(f"--batch-size needs batch sizes of at least 2, got {text!r}")
-    return sizes
+        raise UserError(f"{flag} takes comma-separated integers like 8,64, got {text!r}") from None
+    if not values or min(values) < least:
+        raise UserError(f"{flag} needs values of at least {least}, got {text!r}")
+    return values
 
 
 @app.callback(invoke_without_command=True)
@@ -211,7 +210,8 @@ def train(data: Path = DATA,
       mmtm bench train --data mn40 --device cuda --preset paper --batch-size 8,64
     """
     path = _save_path(save, "bench-train.json")
-    r = _run_train(data, _batch_sizes(batch_size), threads, device=device, preset=preset, loader=loader,
+    sizes = None if batch_size is None else _ints(batch_size, "--batch-size", 2)
+    r = _run_train(data, sizes, threads, device=device, preset=preset, loader=loader,
                    channels_last=channels_last, steps=steps)
     r["machine"] = _machine()
     _emit(r, path, as_json, _table("training throughput", _train_rows(r)))
@@ -235,23 +235,13 @@ def pack(data: Path = DATA,
     from mmtm.bench.pack import bench_pack
 
     path = _save_path(save, "bench-pack.json")
-    r = bench_pack(_check_folder(data), ks=_counts(k, "--k"), preset=preset, batch_size=batch_size,
+    r = bench_pack(_check_folder(data), ks=_ints(k, "--k", 1), preset=preset, batch_size=batch_size,
                    device=device, steps=steps)
     r["machine"] = _machine()
     _emit(r, path, as_json, _table("packing runs on one device", [
         (f"K = {e['k']} runs at once, aggregate samples/s ({e['threads_per_run']} CPU threads each)",
          f"{e['aggregate_samples_per_s']:.1f}", f"{e['aggregate_over_first']:.2f}× K = {r['results'][0]['k']}")
         for e in r["results"]]))
-
-
-def _counts(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{flag} takes counts of at least 1, got {text!r}")
-    return values
 
 
 def _machine() -> dict:

@@ -16,16 +16,11 @@ from mmtm import sweep
 from mmtm.compare import run_comparison
 
 TINY = {"width": 4, "batch_size": 4, "loader": "torch", "device": "cpu"}
-RESULT_FILES = ("steps.csv", "cur.json", "cur-last.json")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep") / "data"
-    r = invoke("prep", "synthetic", "--out", out, "--classes", "3", "--per-class", "10", "--image-size", "32",
-               "--workers", "1")
-    assert r.exit_code == 0, r.output
-    return out
+@pytest.fixture
+def data(synthetic_data):
+    return synthetic_data
 
 
 def compare_args(data, out, cfg, *extra, seeds="0", policies="vanilla,balanced"):
