@@ -105,7 +105,8 @@ class TrainConfig:
                 raise UserError(f"view index {v} is out of range; views are 0..{NUM_VIEWS - 1}")
         for name, least in (("epochs", 1), ("batch_size", 1), ("width", 1), ("mmtm_ratio", 1), ("rebalance_steps", 1),
                             ("num_threads", 1), ("cpu_threads", 1), ("plateau_patience", 0), ("early_stop_epochs", 0),
-                            ("warmup_epochs", 0), ("seed", 0), ("precise_bn", 0), ("speed_window", 1), ("max_steps_per_epoch", 1),
+                            ("warmup_epochs", 0), ("seed", 0), ("precise_bn", 0), ("speed_window", 1),
+                            ("max_steps_per_epoch", 1),
                             ("momentum", 0), ("weight_decay", 0), ("min_lr", 0), ("alpha", 0),
                             ("plateau_threshold", 0), ("speed_from_epoch", 0), ("gb_interval", 1), ("ogm_alpha", 0),
                             ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0)):

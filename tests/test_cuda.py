@@ -45,7 +45,8 @@ def test_graph_steps_equal_eager_steps_after_every_step_in_fp32(jpeg_data, round
     if backend == "dali":
         dali_or_skip()
     cfg = resolve("demo", width=8, batch_size=4, policy=policy, lr=0.05, schedule="plateau", plateau_patience=0,
-                  amp="off", device="cuda", loader=backend, rebalance_params=rebalance_params, alpha=0.0, warmup_epochs=0)
+                  amp="off", device="cuda", loader=backend, rebalance_params=rebalance_params, alpha=0.0,
+                  warmup_epochs=0)
     train, val = loaders(jpeg_data, backend)
     modes = run_lockstep(cfg, 3, train, val, graphs=GraphedSteps, rel=REL, roundtrip=roundtrip)
     assert "regular" in modes and modes & {"rebalance_m0", "rebalance_m1"}
