@@ -40,8 +40,8 @@ REFERENCES = ("vanilla", "balanced")  # every other policy is paired against the
 BASELINES = ("single-view0", "single-view1")
 NOT_AXES = {"data", "out", "policy", "seed", "single_view"}  # set by compare itself
 ACCURACY = ("acc", "acc_last", "acc_m0", "acc_m1")
-IMBALANCE = ("d_util", "d_util_last", "u_m1_given_m0", "u_m0_given_m1", "d_util_floor", "d_speed_equal",
-             "d_speed_stage", "d_speed_final")
+IMBALANCE = ("d_util", "d_util_last", "u_m1_given_m0", "u_m0_given_m1", "d_util_floor", "d_util_above_floor",
+             "d_speed_equal", "d_speed_stage", "d_speed_final", "rebalance_m0_steps", "rebalance_m1_steps")
 # Paired measures: accuracy as is; the imbalance measures by magnitude (negative = more balanced).
 PAIRED = (("acc", "acc", False), ("acc_last", "acc_last", False), ("|d_util|", "d_util", True),
           ("|d_util_last|", "d_util_last", True), ("|d_speed_equal|", "d_speed_equal", True),
@@ -344,7 +344,8 @@ def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
            f"{limits[0]}, view {first['config']['views'][1]}: {limits[1]}. " if limits and None not in limits else "")
         + "`acc`, A(f0) = `acc_m0`, A(f1) = `acc_m1`, u(·|·), `d_util`: best-validation checkpoint (best.pt); "
         "`acc_last`, `d_util_last`: last checkpoint (last.pt). `d_util_floor`: how close to 0 |d_util| can get given "
-        "the views' attainable accuracy (0: no floor). d_speed (d_CLS), cumulative: `d_speed_equal` after "
+        "the views' attainable accuracy (0: no floor); `d_util_above_floor`: |d_util| − that floor, what a policy "
+        "could still close. d_speed (d_CLS), cumulative: `d_speed_equal` after "
         f"{n_equal} regular steps in every run (the fewest any run made), `d_speed_stage` at the end of epoch "
         f"{stage + 1} (half of training), `d_speed_final` after the last step.\n\n"
         "Cells: mean ± sample std [95% t-interval, df = n − 1] over seeds; `[—]` for one seed.\n\n"
