@@ -55,6 +55,7 @@ def run_of(regular_d, rebalanced, epochs_d):
     return {"name": "r", "config": {"policy": "x", "seed": 0, "single_view": None}, "cur": None, "cur_last": None,
             "epochs": [{"d_speed": str(d), "val_acc": "0.5", "seconds": "1"} for d in epochs_d],
             "summary": {"regular_steps": len(regular_d), "steps": len(regular_d) + rebalanced,
+                        "rebalance_m0_steps": 0, "rebalance_m1_steps": rebalanced,
                         "d_speed_by_regular_step": regular_d, "trace": {"d_speed": [regular_d[-1]]}}}
 
 
@@ -66,7 +67,7 @@ def test_d_speed_at_equal_regular_steps_and_at_an_equal_stage():
     assert [r["d_speed_equal"] for r in rows] == [0.2, 0.7]
     assert [r["d_speed_stage"] for r in rows] == [0.4, 0.6]
     assert [r["d_speed_final"] for r in rows] == [0.2, 0.1]
-    assert [(r["regular_steps"], r["rebalance_steps"]) for r in rows] == [(2, 2), (4, 0)]
+    assert [(r["regular_steps"], r["rebalance_steps"], r["rebalance_m1_steps"]) for r in rows] == [(2, 2, 2), (4, 0, 0)]
 
 
 def test_grid_axes_are_typed_and_bad_ones_refused():
