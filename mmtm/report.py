@@ -103,7 +103,8 @@ def markdown_table(rows: list[dict], columns: list[str], headers: dict[str, str]
             return f"[{v[0]:.3f}, {v[1]:.3f}]"
         return "—" if v is None else str(v)
     headers = headers or {}
-    lines = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(headers.get(c, c).replace("|", "\\|") for c in columns) + " |",
+             "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
