@@ -4,6 +4,7 @@ PY     := $(VENV)/bin/python
 MMTM   := $(VENV)/bin/mmtm
 DEMO   ?= demo
 SEEDS  ?= 0
+JOBS   ?= 2
 # Debian packages the renderer needs (moderngl on a standalone EGL context, Mesa llvmpipe on CPU).
 SYSTEM_PACKAGES := libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -24,12 +25,13 @@ system-packages:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
+# One pytest worker per core (pytest-xdist); each test process uses one torch thread (tests/conftest.py).
 test: $(VENV)/.installed
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto
 
 demo: $(VENV)/.installed
 	$(MMTM) prep synthetic --out $(DEMO)/data
-	$(MMTM) compare --data $(DEMO)/data --out $(DEMO)/compare --preset demo --seeds $(SEEDS)
+	$(MMTM) compare --data $(DEMO)/data --out $(DEMO)/compare --preset demo --seeds $(SEEDS) --baselines --jobs $(JOBS)
 
 # The whole GPU acceptance (benchmarks/gpu_check.py): CUDA tests, graphs vs eager, loader and training benchmarks.
 GPU_DATA ?= .gpudata

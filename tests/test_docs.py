@@ -24,3 +24,38 @@ def test_nothing_refers_outside_the_repository():
                and ("../shared" in (ROOT / f).read_text(errors="replace") or
                     re.search(r"\bSPEC\b", (ROOT / f).read_text(errors="replace")))]
     assert outside == []
+
+
+STAT = re.compile(r"[+\-]?\d+\.\d+(?: ± \d+\.\d+)? \[[+\-]?\d+\.\d+, [+\-]?\d+\.\d+\]")
+
+
+def results_section() -> str:
+    text = (ROOT / "README.md").read_text().replace("−", "-")
+    return text[text.index("## Results"):text.index("## Real ModelNet40")]
+
+
+def test_the_readme_results_are_the_committed_comparisons():
+    """Every table row and every interval the README's results quote is in a committed comparison.md (which the
+    next test rebuilds from the committed evidence): no number is typed by hand."""
+    comparisons = "\n".join(p.read_text() for p in (ROOT / "docs").rglob("comparison.md"))
+    rows = [line for line in results_section().splitlines()
+            if line.startswith("| ") and not line.startswith(("| policy |", "| comparison |", "| view alone |",
+                                                              "| d_speed |", "| cell |"))]
+    assert rows, "the README quotes no result rows"
+    assert [r for r in rows if r not in comparisons.splitlines()] == []
+    quoted = STAT.findall(results_section())
+    assert len(quoted) >= 20
+    assert [q for q in quoted if q not in comparisons] == []
+
+
+def test_every_committed_comparison_is_rebuilt_byte_for_byte_from_its_evidence(tmp_path):
+    from helpers import invoke
+
+    folders = sorted(p.parent for p in (ROOT / "docs").rglob("comparison.json") if (p.parent / "runs").is_dir())
+    assert folders
+    for folder in folders:
+        out = tmp_path / folder.name
+        r = invoke("compare", "--collect", folder / "runs", "--out", out)
+        assert r.exit_code == 0, r.output
+        for name in ("comparison.json", "comparison.md"):
+            assert (out / name).read_bytes() == (folder / name).read_bytes(), (folder, name)
