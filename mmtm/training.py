@@ -115,7 +115,10 @@ def _load_optimizer_in_place(optimizer: torch.optim.Optimizer, saved: dict) -> N
         for key, tensor in before.items():
             if isinstance(tensor, Tensor):
                 loaded = state.get(key)
-                tensor.copy_(loaded) if isinstance(loaded, Tensor) else tensor.zero_()
+                if isinstance(loaded, Tensor):
+                    tensor.copy_(loaded)
+                else:
+                    tensor.zero_()
                 state[key] = tensor
     for group, lr in zip(optimizer.param_groups, lrs):
         if isinstance(lr, Tensor):
