@@ -148,6 +148,8 @@ def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tu
     if failed:
         raise UserError(f"{len(failed)} of {len(specs)} runs failed ({', '.join(failed[:4])}"
                         f"{', ...' if len(failed) > 4 else ''}); see RUN/job.log; the same command resumes them")
+    for s in specs:
+        evidence.place(s.dir, s.cell, s.preset)
     runs = [evidence.load(s.dir) for s in specs]
     run_minutes = sum(r["summary"]["job"].get("seconds", 0.0) for s, r in zip(specs, runs) if s.name not in kept) / 60
     sweep = {"launcher": launcher, "concurrent": concurrency, "runs": len(specs),

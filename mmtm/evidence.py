@@ -87,6 +87,16 @@ def digest(run_dir: str | os.PathLike, *, job: dict | None = None, cell: dict | 
     }
 
 
+def place(run_dir: str | os.PathLike, cell: dict, preset: str | None) -> None:
+    """Record the grid cell and preset a sweep files the run under, if its summary says otherwise (a run copied in
+    from another comparison keeps its results and takes the cell of this one)."""
+    path = Path(run_dir) / SUMMARY_JSON
+    summary = read_json(path)
+    if summary.get("cell") != cell or summary.get("preset") != preset:
+        summary |= {"cell": cell, "preset": preset}
+        atomic_write_text(path, json.dumps(summary, separators=(",", ":")) + "\n")
+
+
 def is_summarised(run_dir: str | os.PathLike) -> bool:
     """The run's evidence is complete and newer than its last checkpoint (a resumed run must be summarised anew)."""
     run = RunFolder(run_dir)

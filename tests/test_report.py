@@ -148,3 +148,17 @@ def test_paired_across_cells_sets_each_policy_against_itself_in_the_first_cell()
     assert labels == ["pmr − vanilla", "pmr − vanilla", "vanilla: lr=0.001 − lr=0.05", "pmr: lr=0.001 − lr=0.05"]
     across = paired_table(rows, objects)[-1]
     assert across["acc"].startswith("-0.100 [") and across["cell"] == "lr=0.001"
+
+
+def test_a_run_copied_into_a_grid_cell_takes_that_cell(tiny_compare, tmp_path):
+    """Reusing a finished run in another comparison: compare keeps its results and files it under its new cell."""
+    import shutil
+
+    from mmtm import evidence
+
+    out, _ = tiny_compare
+    run = shutil.copytree(out / "vanilla-s0", tmp_path / "lr=0.05" / "vanilla-s0")
+    before = (run / "steps.csv").read_bytes()
+    evidence.place(run, {"lr": "0.05"}, "demo")
+    assert json.loads((run / "summary.json").read_text())["cell"] == {"lr": "0.05"}
+    assert evidence.is_summarised(run) and (run / "steps.csv").read_bytes() == before
