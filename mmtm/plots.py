@@ -150,23 +150,24 @@ def plot_view_pairs(table: list[dict], path: Path) -> Path:
     per policy; each cell says mean ± the t-interval's half-width over seeds. `table` rows: {policy, views: [a, b],
     d_util: (mean, half), d_speed_final: (mean, half)}."""
     policies = list(dict.fromkeys(r["policy"] for r in table))
-    views = sorted({v for r in table for v in r["views"]})
-    index = {v: i for i, v in enumerate(views)}
-    fig, axes = plt.subplots(len(policies), 2, figsize=(4.2 * 2 + 1, 3.6 * len(policies)), squeeze=False)
+    firsts, seconds = sorted({r["views"][0] for r in table}), sorted({r["views"][1] for r in table})
+    row, col = {v: i for i, v in enumerate(firsts)}, {v: i for i, v in enumerate(seconds)}
+    fig, axes = plt.subplots(len(policies), 2, figsize=(2 * (1.1 * len(seconds) + 2), (0.9 * len(firsts) + 1.4)
+                                                          * len(policies)), squeeze=False)
     for row_axes, policy in zip(axes, policies):
         for ax, key, title in zip(row_axes, ("d_util", "d_speed_final"), ("d_util", "final d_speed")):
-            grid = np.full((len(views), len(views)), np.nan)
+            grid = np.full((len(firsts), len(seconds)), np.nan)
             for r in table:
                 if r["policy"] == policy:
                     a, b = r["views"]
-                    grid[index[a], index[b]] = r[key][0]
+                    grid[row[a], col[b]] = r[key][0]
                     half = r[key][1]
-                    ax.text(index[b], index[a], f"{r[key][0]:+.2f}\n±{half:.2f}" if half == half else
+                    ax.text(col[b], row[a], f"{r[key][0]:+.2f}\n±{half:.2f}" if half == half else
                             f"{r[key][0]:+.2f}", ha="center", va="center", fontsize=7)
             bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
             im = ax.imshow(grid, cmap="coolwarm", vmin=-bound, vmax=bound)
-            ax.set_xticks(range(len(views)), [f"v{v}" for v in views])
-            ax.set_yticks(range(len(views)), [f"v{v}" for v in views])
+            ax.set_xticks(range(len(seconds)), [f"v{v}" for v in seconds])
+            ax.set_yticks(range(len(firsts)), [f"v{v}" for v in firsts])
             ax.set_xlabel("second view (m1)")
             ax.set_ylabel("first view (m0)")
             ax.set_title(f"{policy}: {title}", fontsize=10)
