@@ -37,7 +37,7 @@ def results_section() -> str:
 def test_the_readme_results_are_the_committed_comparisons():
     """Every table row and every interval the README's results quote is in a committed comparison.md (which the
     next test rebuilds from the committed evidence): no number is typed by hand."""
-    comparisons = "\n".join(p.read_text() for p in (ROOT / "docs").rglob("comparison.md"))
+    comparisons = "\n".join(p.read_text() for p in (ROOT / "docs").rglob("comparison.md")).replace("−", "-")
     rows = [line for line in results_section().splitlines()
             if line.startswith("| ") and not line.startswith(("| policy |", "| comparison |", "| view alone |",
                                                               "| d_speed |", "| cell |"))]
