@@ -49,7 +49,7 @@ class TrainConfig:
     plateau_on: str = "all"                 # the loss the plateau schedule watches: all steps (official) | regular
     min_lr: float = 1e-6
     early_stop_epochs: int = 5              # stop once this many epochs reached 100% train accuracy; 0 = never
-    precise_bn: int = 0                     # batches that recompute BatchNorm statistics before each validation; 0 = off
+    precise_bn: int = 0                     # batches recomputing BatchNorm statistics before each validation; 0 = off
     # balanced training (docs/science.md §3-4)
     alpha: float = ALPHA
     rebalance_steps: int = REBALANCE_STEPS

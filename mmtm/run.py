@@ -213,6 +213,7 @@ def check_dataset_matches(data: str, classes: list[str], views) -> None:
     """The dataset a run or checkpoint is used with has the classes it was trained on, and the views exist."""
     ds = open_dataset(data)
     if ds.classes != list(classes):
-        raise DatasetError(f"{data}: classes differ from the checkpoint's ({len(ds.classes)} vs {len(classes)} classes)")
+        raise DatasetError(f"{data}: classes differ from the checkpoint's "
+                           f"({len(ds.classes)} vs {len(classes)} classes)")
     for v in views:
         check_view(v)

@@ -16,13 +16,19 @@ import statistics
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats as sp
 
 from mmtm import formulas
 
 LEVEL = 0.95
 OBJECT_RESAMPLES = 2000
 MAX_EXACT_SIGNS = 20  # 2^20 sign patterns at most
+
+
+def _scipy_stats():
+    # Imported on first use: scipy.stats takes ~0.6 s to import, and every training process imports this module
+    # (through eval-cur) without needing it.
+    from scipy import stats
+    return stats
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -37,7 +43,7 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     if n < 2:
         return None
     mean, std = mean_std(values)
-    half = sp.t.ppf((1 + level) / 2, n - 1) * std / math.sqrt(n)
+    half = _scipy_stats().t.ppf((1 + level) / 2, n - 1) * std / math.sqrt(n)
     return mean - half, mean + half
 
 
@@ -97,10 +103,10 @@ def spearman(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> di
     out = {"n": n, "rho": math.nan, "ci": None, "p": math.nan}
     if n < 4 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
         return out
-    result = sp.spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+    result = _scipy_stats().spearmanr([a for a, _ in pairs], [b for _, b in pairs])
     rho = float(result.statistic)
     z, se = math.atanh(max(min(rho, 0.999999), -0.999999)), math.sqrt((1 + rho ** 2 / 2) / (n - 3))
-    q = sp.norm.ppf((1 + level) / 2)
+    q = _scipy_stats().norm.ppf((1 + level) / 2)
     return {"n": n, "rho": rho, "ci": (math.tanh(z - q * se), math.tanh(z + q * se)), "p": float(result.pvalue)}
 
 
@@ -111,7 +117,7 @@ def mcnemar_p(right_a: Sequence[int], right_b: Sequence[int]) -> float:
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     if only_a + only_b == 0:
         return 1.0
-    return float(sp.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return float(_scipy_stats().binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
 def object_intervals(objects: dict[str, Sequence[int]], level: float = LEVEL, resamples: int = OBJECT_RESAMPLES,

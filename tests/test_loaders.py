@@ -121,7 +121,7 @@ def test_seed_and_epoch_determine_everything(data, backend):
 def test_sharding_train_drops_tail_equally_and_eval_covers_split(data, backend, identify):
     rows = open_dataset(data).rows("test")  # 9 objects
     train = [load(data, "test", backend, train=True, batch_size=2, rank=r, world_size=2) for r in range(2)]
-    assert [(len(l), l.num_samples) for l in train] == [(2, 4), (2, 4)]
+    assert [(len(ld), ld.num_samples) for ld in train] == [(2, 4), (2, 4)]
     for epoch in range(2):
         seen = []
         for loader in train:
@@ -130,8 +130,8 @@ def test_sharding_train_drops_tail_equally_and_eval_covers_split(data, backend, 
                 seen += batch.index.tolist()
         assert len(seen) == len(set(seen)) == 8
     evals = [load(data, "test", backend, batch_size=2, rank=r, world_size=2) for r in range(2)]
-    assert [(len(l), l.num_samples) for l in evals] == [(3, 5), (2, 4)]
-    shards = [sum(epoch_indices(l), []) for l in evals]
+    assert [(len(ld), ld.num_samples) for ld in evals] == [(3, 5), (2, 4)]
+    shards = [sum(epoch_indices(ld), []) for ld in evals]
     assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
 
 

@@ -2,7 +2,7 @@ import torch
 import torchvision
 
 from mmtm.fusion import MMTM
-from mmtm.network import ResNet18, TwoViewMMTMNet, fused_logits, two_head_loss
+from mmtm.network import ResNet18, SingleViewNet, TwoViewMMTMNet, fused_logits, two_head_loss
 
 
 def numel(module):
@@ -48,7 +48,9 @@ def test_param_groups_cover_every_parameter_in_the_right_groups():
     net = TwoViewMMTMNet(num_classes=5, width=4)
     groups = {name: {id(p) for p in params} for name, params in net.param_groups().items()}
     assert all(len(groups[name]) == len(net.param_groups()[name]) for name in groups)  # no duplicates
-    ids = lambda module: {id(p) for p in module.parameters()}
+    def ids(module):
+        return {id(p) for p in module.parameters()}
+
     theta0, theta1 = ids(net.branch0), ids(net.branch1)
     excite_a = set().union(*(ids(m.excite_a) for m in net.mmtms))
     excite_b = set().union(*(ids(m.excite_b) for m in net.mmtms))
@@ -65,7 +67,9 @@ def test_param_groups_cover_every_parameter_in_the_right_groups():
 def test_loss_is_sum_of_two_cross_entropies_and_prediction_is_mean():
     l0, l1 = torch.randn(4, 6), torch.randn(4, 6)
     y = torch.tensor([0, 5, 2, 2])
-    ce = lambda logits: -logits.log_softmax(1)[torch.arange(4), y].mean()
+    def ce(logits):
+        return -logits.log_softmax(1)[torch.arange(4), y].mean()
+
     torch.testing.assert_close(two_head_loss(l0, l1, y), ce(l0) + ce(l1))
     torch.testing.assert_close(fused_logits(l0, l1), (l0 + l1) / 2)
 
@@ -87,3 +91,14 @@ def test_mmtms_are_the_three_fusion_modules():
     net = TwoViewMMTMNet(num_classes=5, width=4, ratio=2, gate="2sigmoid")
     assert len(net.mmtms) == 3 and all(isinstance(m, MMTM) and m.gate == "2sigmoid" for m in net.mmtms)
     assert net.mmtms[0].squeeze.out_features == int(2 * 16 / 2)
+
+
+def test_the_single_view_baseline_is_one_branch_that_sees_only_its_view():
+    torch.manual_seed(0)
+    net = SingleViewNet(num_classes=5, width=4, slot=1).eval()
+    assert numel(net) == numel(ResNet18(5, width=4)) and not list(net.mmtms.parameters())
+    x0, x1 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    y0, y1 = net(x0, x1)
+    assert y0 is y1                                              # its one head stands in for both
+    torch.testing.assert_close(net(torch.randn(2, 3, 32, 32), x1)[0], y0)   # the other view is never read
+    assert not torch.allclose(net(x0, torch.randn(2, 3, 32, 32))[0], y0)

@@ -28,7 +28,8 @@ def test_run_folder_has_config_logs_and_checkpoints(trained_runs):
 
 
 def test_balanced_rebalances_and_vanilla_never_does(trained_runs):
-    modes = {name: [s["mode"] for s in read_csv(trained_runs / name / "steps.csv")] for name in ("vanilla", "balanced", "random")}
+    modes = {name: [s["mode"] for s in read_csv(trained_runs / name / "steps.csv")]
+             for name in ("vanilla", "balanced", "random")}
     assert set(modes["vanilla"]) == {"regular"}
     steps_per_epoch = len(modes["balanced"]) // 2
     assert set(modes["balanced"][:steps_per_epoch]) == {"regular"}          # warm-up epoch
@@ -234,3 +235,13 @@ def test_precise_bn_recomputes_the_statistics_as_plain_averages_and_leaves_the_g
     torch.testing.assert_close(bn.running_mean, (seen[0] + seen[1]) / 2)  # the plain average, not an EMA
     assert bn.momentum == 0.1 and t.net.training                          # settings restored
     assert all(torch.equal(g, m.running_gate_a) for g, m in zip(gates, t.net.mmtms))  # MMTM gates untouched
+
+
+def test_a_single_view_run_trains_one_branch_and_writes_its_test_accuracy(synthetic_data, tmp_path):
+    r = invoke("train", "--data", synthetic_data, "--out", tmp_path / "sv", "--epochs", 1, *TINY, "--single-view", 1)
+    assert r.exit_code == 0, r.output
+    assert all(k.startswith("branch.") for k in load_checkpoint(tmp_path / "sv" / "best.pt")["model"])
+    for name in ("cur.json", "cur-last.json"):
+        cur = json.loads((tmp_path / "sv" / name).read_text())
+        assert cur["single_view"] == 1 and cur["n"] > 0 and 0 <= cur["acc"] <= 1
+        assert cur["acc_m0"] == cur["acc_m1"] == cur["acc"] and cur["d_util"] != cur["d_util"]  # no CUR: nan

@@ -116,7 +116,8 @@ def bench_render(*, workers: int = 2, meshes: int = 96, repeats: int = 10, synth
     if workers < 1 or meshes < 5 or repeats < 1:
         raise UserError("--workers and --repeats must be at least 1, --meshes at least 5")
     vertices, faces = bench_mesh()
-    result: dict = {"render": _spawned(_render, vertices, faces, repeats), "prep": _prep(vertices, faces, meshes, workers)}
+    result: dict = {"render": _spawned(_render, vertices, faces, repeats),
+                    "prep": _prep(vertices, faces, meshes, workers)}
     projected = MODELNET40_MESHES * 12 / result["prep"]["views_per_s"]
     result["projection"] = {"meshes": MODELNET40_MESHES, "views": MODELNET40_MESHES * 12, "workers": workers,
                             "faces_per_mesh": int(len(faces)), "seconds": round(projected, 1), "target_s": TARGET_S,
