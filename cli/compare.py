@@ -112,22 +112,23 @@ def compare(
 
 
 class _Progress:
-    """The sweep as a whole (runs done / total, time left) and each running job (epoch it is at)."""
+    """The sweep as a whole (runs done / total, time left) and each running job (epoch it is at). The bar starts at
+    the first update, so input refused before any run starts leaves the error line alone on the terminal."""
 
     def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            transient=True)
-        self.bar.__enter__()
-        self.sweep = None
+        self.bar = None
         self.jobs: dict[str, int] = {}
         return self
 
     def update(self, running, done: int, total: int) -> None:
         import csv
 
-        if self.sweep is None:
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), transient=True)
+            self.bar.__enter__()
             self.sweep = self.bar.add_task("sweep (runs)", total=total, completed=done)
         self.bar.update(self.sweep, completed=done)
         names = {s.name: s for s in running}
@@ -146,4 +147,5 @@ class _Progress:
             self.bar.update(self.jobs[name], completed=epochs_done)
 
     def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
+        if self.bar is not None:
+            self.bar.__exit__(*exc)

@@ -85,6 +85,13 @@ def test_bad_axes_are_one_error_line(setting, message, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("flag, value", [("--seeds", "a,b"), ("--policies", "greedy"), ("--jobs", "0")])
+def test_bad_lists_are_one_error_line(flag, value, tmp_path):
+    r = invoke("compare", "--data", tmp_path, "--out", tmp_path / "o", flag, value)
+    assert r.exit_code == 2 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_compare(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmp")
