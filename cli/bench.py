@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cli.errors import user_errors
 from cli.help import App
+from cli.values import int_list
 from loaders.errors import UserError
 from loaders.output import check_output_file
 
@@ -125,17 +126,6 @@ def _run_train(data: Path, batch_sizes: Optional[list[int]], threads: int, **kw)
     return bench_train(_check_folder(data), batch_sizes=batch_sizes, threads=threads, **kw)
 
 
-def _ints(text: str, flag: str, least: int) -> list[int]:
-    """Comma-separated integers of at least `least`, like 8,64."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated integers like 8,64, got {text!r}") from None
-    if not values or min(values) < least:
-        raise UserError(f"{flag} needs values of at least {least}, got {text!r}")
-    return values
-
-
 @app.callback(invoke_without_command=True)
 @user_errors
 def bench(
@@ -210,7 +200,7 @@ def train(data: Path = DATA,
       mmtm bench train --data mn40 --device cuda --preset paper --batch-size 8,64
     """
     path = _save_path(save, "bench-train.json")
-    sizes = None if batch_size is None else _ints(batch_size, "--batch-size", 2)
+    sizes = None if batch_size is None else int_list(batch_size, "--batch-size", least=2)
     r = _run_train(data, sizes, threads, device=device, preset=preset, loader=loader,
                    channels_last=channels_last, steps=steps)
     r["machine"] = _machine()
@@ -235,7 +225,7 @@ def pack(data: Path = DATA,
     from mmtm.bench.pack import bench_pack
 
     path = _save_path(save, "bench-pack.json")
-    r = bench_pack(_check_folder(data), ks=_ints(k, "--k", 1), preset=preset, batch_size=batch_size,
+    r = bench_pack(_check_folder(data), ks=int_list(k, "--k", least=1), preset=preset, batch_size=batch_size,
                    device=device, steps=steps)
     r["machine"] = _machine()
     _emit(r, path, as_json, _table("packing runs on one device", [

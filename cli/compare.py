@@ -7,19 +7,10 @@ from typing import Optional
 import typer
 
 from cli.errors import user_errors
+from cli.values import int_list
 from loaders.errors import UserError
 
 LAUNCHERS = ("local", "slurm")
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
-    if not values or len(set(values)) != len(values):
-        raise UserError(f"{flag} must list at least one value and none twice, got {text!r}")
-    return values
 
 
 @user_errors
@@ -86,7 +77,7 @@ def compare(
         return
     if data is None:
         raise UserError("--data is required (a folder made by `mmtm prep`), unless --collect names runs")
-    seed_list = _ints(seeds, "--seeds")
+    seed_list = int_list(seeds, "--seeds")
     policy_list = DEFAULT_POLICIES if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
     if not policy_list or len(set(policy_list)) != len(policy_list):
         raise UserError("--policies must list at least one policy and none twice")
@@ -96,7 +87,7 @@ def compare(
                         ("--cpus-per-run", cpus_per_run), ("--array-parallelism", array_parallelism)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    device_list = _ints(devices, "--devices") if devices else None
+    device_list = int_list(devices, "--devices") if devices else None
     axes = parse_axes(set_ or [])
     with _Progress() as progress:
         path = run_comparison(

@@ -30,14 +30,13 @@ from mmtm import evidence, plots, stats
 from mmtm.config import TrainConfig, as_field_type, resolve, to_dict
 from mmtm.environment import facts
 from mmtm.registry import POLICIES
-from mmtm.report import cell_label, markdown_table, summary_rows, write_plots
+from mmtm.report import BASELINES, PROXY_COLUMNS, cell_label, markdown_table, proxy_table, summary_rows, write_plots
 from mmtm.sweep import RunSpec, is_done, launch_local, launch_slurm, mps_note, thread_share
 
 DEFAULT_POLICIES = ("vanilla", "balanced", "random", "flipped")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 SWEEP_JSON = "sweep.json"
 REFERENCES = ("vanilla", "balanced")  # every other policy is paired against these, where the comparison has them
-BASELINES = ("single-view0", "single-view1")
 NOT_AXES = {"data", "out", "policy", "seed", "single_view"}  # set by compare itself
 ACCURACY = ("acc", "acc_last", "acc_m0", "acc_m1")
 IMBALANCE = ("d_util", "d_util_last", "u_m1_given_m0", "u_m0_given_m1", "d_util_floor", "d_util_above_floor",
@@ -46,8 +45,6 @@ IMBALANCE = ("d_util", "d_util_last", "u_m1_given_m0", "u_m0_given_m1", "d_util_
 PAIRED = (("acc", "acc", False), ("acc_last", "acc_last", False), ("|d_util|", "d_util", True),
           ("|d_util_last|", "d_util_last", True), ("|d_speed_equal|", "d_speed_equal", True),
           ("|d_speed_stage|", "d_speed_stage", True))
-PROXY = (("d_speed_final", "d_util"), ("d_speed_stage", "d_util"), ("d_speed_final", "d_util_last"),
-         ("d_speed_stage", "d_util_last"))
 
 
 # ------------------------------------------------------------------------------------------------------ the grid
@@ -207,7 +204,7 @@ def aggregate(rows: list[dict], metrics: tuple[str, ...]) -> list[dict]:
     return table
 
 
-def _paired_row(rows: list[dict], objects: dict, mine: list[dict], theirs: list[dict], cell: str, label: str) -> dict:
+def _paired_row(objects: dict, mine: list[dict], theirs: list[dict], cell: str, label: str) -> dict:
     """One row of the paired table: runs `mine` against `theirs`, seed by seed."""
     def by_seed(sel: list[dict], key: str, magnitude: bool) -> dict[int, float]:
         return {r["seed"]: abs(r[key]) if magnitude else r[key] for r in sel}
@@ -235,30 +232,16 @@ def paired_table(rows: list[dict], objects: dict[str, str]) -> list[dict]:
             for policy in present:
                 if policy == ref or (ref == "balanced" and policy == "vanilla"):
                     continue
-                table.append(_paired_row(rows, objects, [r for r in in_cell if r["policy"] == policy],
+                table.append(_paired_row(objects, [r for r in in_cell if r["policy"] == policy],
                                          [r for r in in_cell if r["policy"] == ref], cell, f"{policy} − {ref}"))
     first = cells_in_order[0] if cells_in_order else ""
     for cell in cells_in_order[1:]:
         for policy in dict.fromkeys(r["policy"] for r in two_view if r["cell"] == cell):
             base = [r for r in two_view if r["cell"] == first and r["policy"] == policy]
             if base:
-                table.append(_paired_row(rows, objects, [r for r in two_view if r["cell"] == cell
+                table.append(_paired_row(objects, [r for r in two_view if r["cell"] == cell
                                                          and r["policy"] == policy], base, cell,
                                          f"{policy}: {cell} − {first}"))
-    return table
-
-
-def proxy_table(rows: list[dict]) -> list[dict]:
-    """Per cell: Spearman's ρ across all two-view runs (policies × seeds) of d_speed (final, and at half of
-    training) with d_util (best.pt and last.pt)."""
-    table = []
-    for cell in dict.fromkeys(r["cell"] for r in rows):
-        sel = [r for r in rows if r["cell"] == cell and r["policy"] not in BASELINES]
-        for x, y in PROXY:
-            s = stats.spearman([r[x] for r in sel], [r[y] for r in sel])
-            ci = "[—]" if s["ci"] is None else f"[{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}]"
-            table.append({"cell": cell, "d_speed": x, "d_util": y, "n": s["n"],
-                          "Spearman ρ [95% CI]": f"{s['rho']:+.2f} {ci}", "p": stats.fmt_p(s["p"])})
     return table
 
 
@@ -367,7 +350,7 @@ def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
                                       "McNemar p<0.05 (acc)"])) if paired else "")
         + "\n## Does d_speed predict d_util?\n\nSpearman's rank correlation across all two-view runs (policies × "
         "seeds), 95% Fisher-z interval (Bonett-Wright standard error).\n\n"
-        + markdown_table(proxy, [*cols, "d_speed", "d_util", "n", "Spearman ρ [95% CI]", "p"])
+        + markdown_table(proxy, [*cols, *PROXY_COLUMNS])
         + "\n## Cost\n\n" + markdown_table(cost, [*cols, "policy", "minutes per run", "× vanilla"])
         + (f"\nSweep: {sweep['runs_launched']} of {sweep['runs']} runs launched by the last command "
            f"({sweep['launcher']} launcher, {sweep['concurrent']} at a time): {sweep['wall_minutes']} min of wall time "

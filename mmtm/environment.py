@@ -19,6 +19,7 @@ from mmtm.config import resolve
 from mmtm.hardware import Compute, graph_steps
 from mmtm.policy import runs_in_cuda_graphs
 from mmtm.registry import make_policy
+from mmtm.sweep import usable_cores
 
 PROJECT = Path(__file__).resolve().parents[1]  # the folder holding loaders/, mmtm/ and cli/
 # In a child process: a GL driver that crashes or hangs takes only the child with it.
@@ -53,7 +54,7 @@ def facts() -> dict:
         "cuda_graphs": graph_steps(cfg.cuda_graphs, device, 1, runs_in_cuda_graphs(make_policy(cfg))),
         "egl": _egl(),
         "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_cores_usable": usable_cores(),
     }
 
 

@@ -13,9 +13,13 @@ from pathlib import Path
 
 from loaders.atomic import atomic_write_text
 from loaders.output import check_output_folder
-from mmtm import evidence, plots
+from mmtm import evidence, plots, stats
 
 STAGE = 0.5  # d_speed_stage: at the end of the epoch that completes this fraction of training
+BASELINES = ("single-view0", "single-view1")  # what `kind` calls the single-view runs
+PROXY = (("d_speed_final", "d_util"), ("d_speed_stage", "d_util"), ("d_speed_final", "d_util_last"),
+         ("d_speed_stage", "d_util_last"))
+PROXY_COLUMNS = ["d_speed", "d_util", "n", "Spearman ρ [95% CI]", "p"]
 SUMMARY_COLUMNS = ["run", "policy", "seed", "epochs", "acc", "acc_last", "acc_m0", "acc_m1", "u_m1_given_m0",
                    "u_m0_given_m1", "d_util", "d_util_last", "d_speed_equal", "d_speed_stage", "d_speed_final",
                    "regular_steps", "rebalance_steps"]
@@ -95,18 +99,31 @@ def summary_rows(runs: list[dict]) -> tuple[list[dict], int, int]:
     return rows, n_equal, stage
 
 
-def markdown_table(rows: list[dict], columns: list[str], headers: dict[str, str] | None = None) -> str:
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(v):
         if isinstance(v, float):
             return "nan" if math.isnan(v) else f"{v:.4f}"
         if isinstance(v, list) and len(v) == 2 and all(isinstance(x, float) for x in v):
             return f"[{v[0]:.3f}, {v[1]:.3f}]"
         return "—" if v is None else str(v)
-    headers = headers or {}
-    lines = ["| " + " | ".join(headers.get(c, c).replace("|", "\\|") for c in columns) + " |",
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def proxy_table(rows: list[dict]) -> list[dict]:
+    """Per cell: Spearman's ρ across all two-view runs (policies × seeds) of d_speed (final, and at half of
+    training) with d_util (best.pt and last.pt)."""
+    table = []
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        sel = [r for r in rows if r["cell"] == cell and r["policy"] not in BASELINES]
+        for x, y in PROXY:
+            s = stats.spearman([r[x] for r in sel], [r[y] for r in sel])
+            ci = "[—]" if s["ci"] is None else f"[{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}]"
+            table.append({"cell": cell, "d_speed": x, "d_util": y, "n": s["n"],
+                          "Spearman ρ [95% CI]": f"{s['rho']:+.2f} {ci}", "p": stats.fmt_p(s["p"])})
+    return table
 
 
 def write_plots(runs: list[dict], rows: list[dict], out: Path) -> list[Path]:
@@ -130,6 +147,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
             "where `mmtm eval-cur` was not run. d_speed (d_CLS): `d_speed_equal` is the cumulative d_speed after "
             f"{n_equal} regular steps in every run (the fewest any run made), `d_speed_stage` at the end of epoch "
             f"{stage + 1} (half of training), `d_speed_final` after the last step.\n\n"
-            + markdown_table(rows, SUMMARY_COLUMNS) + "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
+            + markdown_table(rows, SUMMARY_COLUMNS)
+            + "\nDoes d_speed predict d_util? Spearman's rank correlation across the two-view runs, 95% Fisher-z "
+            "interval:\n\n" + markdown_table(proxy_table(rows), PROXY_COLUMNS) + "\n"
+            + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
     atomic_write_text(out / "summary.md", text)
     return out / "summary.md"

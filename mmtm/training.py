@@ -2,7 +2,7 @@
 
 Read top to bottom: `fit` sets up a run (or resumes one), then per epoch calls `train_one_epoch`
 and `evaluate`, writes one CSV row per epoch and atomic `last.pt` / `best.pt` checkpoints.
-The algorithms differ only in the policy, whose hooks `train_step` calls (mmtm/policy.py).
+The algorithms differ only in the policy, whose hooks `step_on_device` calls (mmtm/policy.py).
 """
 from __future__ import annotations
 

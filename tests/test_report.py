@@ -19,6 +19,7 @@ def test_report_writes_plots_and_summary(trained_runs, tmp_path):
     assert {"d_speed.png", "speeds.png", "accuracy.png", "cur.png", "d_speed_vs_d_util.png", "summary.md"} <= names
     text = (tmp_path / "rep" / "summary.md").read_text()
     assert "| vanilla | vanilla |" in text and "| balanced | balanced |" in text
+    assert "| d_speed | d_util | n | Spearman ρ [95% CI] | p |" in text and "| d_speed_stage | d_util_last |" in text
     assert not (trained_runs / "vanilla" / "summary.json").exists()  # report only reads run folders
 
 
@@ -85,7 +86,8 @@ def test_bad_axes_are_one_error_line(setting, message, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("flag, value", [("--seeds", "a,b"), ("--policies", "greedy"), ("--jobs", "0")])
+@pytest.mark.parametrize("flag, value", [("--seeds", "a,b"), ("--seeds", "1,1"), ("--devices", "0,x"),
+                                        ("--policies", "greedy"), ("--jobs", "0")])
 def test_bad_lists_are_one_error_line(flag, value, tmp_path):
     r = invoke("compare", "--data", tmp_path, "--out", tmp_path / "o", flag, value)
     assert r.exit_code == 2 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1, r.output

@@ -22,7 +22,7 @@ carries no information of that view (as in ModDrop and the CUR's missing modalit
 (with the same zeroing) are measured at the warm start and at the end; its ΔG and ΔO give the weight of its head
 (view-0 copy → ŷ0, view-1 copy → ŷ1, both views → ŷ), and the weights apply at once to the coming super-epoch. The
 copies are discarded; the network being trained is not changed by the estimate. Cost: three extra trainings of the
-whole run, about 4× a vanilla run (compare reports the minutes per run).
+whole run, without validation or the CLS meter: 2.7× a vanilla run on the demo preset (compare's cost table).
 Estimator `retrospective` (this project's earlier one, kept to compare): the jointly trained network's three heads
 measured every `interval` epochs; the weights from the last two measurements, so they are one interval old and
 measured under the previous weights' loss; until the second measurement the loss is the run's task loss.
