@@ -1,16 +1,17 @@
 """Running a comparison's runs: on this machine N at a time, or on a Slurm cluster through submitit.
 
-Every run is one job, `python -m mmtm.sweep RUN/job.json`: train (or resume from last.pt) exactly as `mmtm train`
-does, eval-cur on best.pt and last.pt, then the run's summary.json (mmtm/evidence.py), which marks it done. So a
-sweep that was killed, or whose cluster jobs failed, is finished by running the same command again: runs with
-their evidence are kept, the others start or resume.
+Every run is one job, `python -m mmtm.sweep RUN/job.json` (`main`): train (or resume from last.pt) exactly as
+`mmtm train` does, eval-cur on best.pt and last.pt, then the run's summary.json (mmtm/evidence.py), which marks it
+done. So a sweep that was killed, or whose cluster jobs failed, is finished by running the same command again: runs
+with their evidence are kept, the others start or resume.
 
-Local (`--jobs N`, the default launcher): N job processes at once, each with its share of the cores — torch's
-threads and the loader's threads are both capped at cores // N, so the jobs never oversubscribe the machine (two
-trainings that each use every core run many times slower than one). With GPUs (`--devices 0,1 --runs-per-device
-K`) each job gets one GPU (CUDA_VISIBLE_DEVICES), K jobs per GPU at once, and the cores are shared among all jobs.
-On the CPU torch's results depend on its thread count, so a run is repeatable bit for bit with the same
-`cpu_threads` (the demo preset fixes it at 1, so --jobs changes no result).
+Local (`--jobs N`, the default launcher): N job processes at once, forked from a server that imported torch once
+(mmtm/jobs.py), each with its share of the cores — torch's threads and the loader's threads are both capped at
+cores // N, so the jobs never oversubscribe the machine (two trainings that each use every core run many times
+slower than one). With GPUs (`--devices 0,1 --runs-per-device K`) each job gets one GPU (CUDA_VISIBLE_DEVICES), K
+jobs per GPU at once, and the cores are shared among all jobs. On the CPU torch's results depend on its thread
+count, so a run is repeatable bit for bit with the same `cpu_threads` (the demo preset fixes it at 1, so --jobs
+changes no result).
 
 Slurm (`--launcher slurm`): the runs not yet done are submitted as one job array through submitit, with the
 partition, time limit, GPUs and CPUs per run asked for; the job ids are kept in OUT/slurm.json. `compare` waits for
@@ -22,14 +23,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from loaders.atomic import atomic_write_text
 from loaders.errors import UserError
+from mmtm.jobs import start as start_job
 
 JOB_JSON = "job.json"
 JOB_LOG = "job.log"
@@ -135,7 +138,7 @@ def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | No
     todo = [s for s in specs if not is_done(s)]
     slots = [str(d) for d in devices for _ in range(runs_per_device)] if devices else [None] * jobs
     threads = thread_share(len(slots))
-    running: dict[str, tuple[subprocess.Popen, RunSpec, object]] = {}
+    running: dict[str, tuple[BaseProcess, RunSpec, int]] = {}
     free, failed, done = list(range(len(slots))), [], len(specs) - len(todo)
     try:
         while todo or running:
@@ -147,27 +150,25 @@ def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | No
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
                 if device is not None:
                     env["CUDA_VISIBLE_DEVICES"] = device
-                log = (spec.dir / JOB_LOG).open("a")
-                proc = subprocess.Popen(_job_command(job), env=env, stdout=log, stderr=subprocess.STDOUT)
-                running[spec.name] = (proc, spec, (slot, log))
-            time.sleep(0.5)
-            for name, (proc, spec, (slot, log)) in list(running.items()):
-                if proc.poll() is None:
+                proc = start_job(main, [str(job)], env=env, log=spec.dir / JOB_LOG)
+                running[spec.name] = (proc, spec, slot)
+            wait([proc.sentinel for proc, _, _ in running.values()], timeout=0.5)  # a job's end, or time to show
+            for name, (proc, spec, slot) in list(running.items()):
+                if proc.exitcode is None:
                     continue
-                log.close()
+                proc.join()
                 del running[name]
                 free.append(slot)
                 done += 1
-                if proc.returncode != 0 or not is_done(spec):
+                if proc.exitcode != 0 or not is_done(spec):
                     failed.append(name)
             if progress is not None:
                 progress([s for _, s, _ in running.values()], done, len(specs))
     except BaseException:
-        for proc, _, (_, log) in running.values():
+        for proc, _, _ in running.values():
             proc.terminate()
-        for proc, _, (_, log) in running.values():
-            proc.wait()
-            log.close()
+        for proc, _, _ in running.values():
+            proc.join()
         raise
     return failed
 

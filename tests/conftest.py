@@ -145,3 +145,16 @@ def trained_runs(synthetic_data, tmp_path_factory):
         r = invoke("train", "--data", synthetic_data, "--out", root / name, "--epochs", 2, *TINY, *flags)
         assert r.exit_code == 0, r.output
     return root
+
+
+@pytest.fixture
+def figures_not_drawn(monkeypatch):
+    """For tests about a comparison's tables and runs: each figure is built and its file named, but not laid out and
+    drawn, which is most of a comparison's time (tests/test_report.py checks drawn figures)."""
+    from mmtm import plots
+
+    def named_only(fig, path):
+        plots.plt.close(fig)
+        Path(path).touch()
+        return path
+    monkeypatch.setattr(plots, "_save", named_only)

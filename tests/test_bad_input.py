@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import BIN, TINY, invoke
+from helpers import TINY, invoke, run_mmtm
 
 T = [*TINY, "--epochs", "2"]
 
@@ -316,16 +313,10 @@ def test_help_is_still_help(command):
     assert r.exit_code == 0 and "Usage: mmtm" in r.output and "error:" not in r.output
 
 
-def as_plain_user(command: list, cwd: Path) -> subprocess.CompletedProcess:
-    """`mmtm` as a process, as user nobody when the tests run as root (root ignores file modes)."""
-    prefix = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: file modes cannot be tested")
-        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    code = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([*prefix, str(BIN / "mmtm"), *map(str, command)], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": code, "OMP_NUM_THREADS": "1", "HOME": str(cwd)})
+def obeying_file_modes(command: list, cwd: Path, logs: Path) -> tuple[int, str]:
+    """`mmtm` as a process that meets file modes even when the tests run as root: its exit code and output."""
+    code = run_mmtm(*command, cwd=cwd, obey_file_modes=True, log=logs / "out", env={"HOME": str(cwd)})
+    return code, (logs / "out").read_text()
 
 
 def read_only(folder: Path) -> list[tuple[Path, int]]:
@@ -368,30 +359,26 @@ PERMISSION_CASES = [
     ("train, splits/train.csv unreadable", lambda w, data, runs: (
         train(data_copy(w, data), w), [(w / "d" / "splits" / "train.csv", 0o000)]), "train.csv"),
 ]
-NOBODY = 65534
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setup, names", [pytest.param(setup, names, id=f"1: {name}")
                                           for name, setup, names in PERMISSION_CASES])
 def test_unwritable_or_unreadable_path_is_one_error_line_and_changes_no_file(setup, names, synthetic_data,
-                                                                             trained_runs):
-    work = Path(tempfile.mkdtemp(prefix="mmtm-modes-"))  # outside pytest's private tmp folder, which nobody can enter
+                                                                             trained_runs, tmp_path):
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    work.mkdir()
+    logs.mkdir()
+    command, modes = setup(work, synthetic_data, trained_runs)
+    before = tree(work)
+    for path, mode in modes:
+        path.chmod(mode)
     try:
-        work.chmod(0o777)
-        command, modes = setup(work, synthetic_data, trained_runs)
-        if os.geteuid() == 0:
-            for path in [work, *work.rglob("*")]:
-                os.chown(path, NOBODY, NOBODY)
-        before = tree(work)
-        for path, mode in modes:
-            path.chmod(mode)
-        r = as_plain_user(command, work)
+        code, output = obeying_file_modes(command, work, logs)
+    finally:
         for path, mode in modes:
             path.chmod(0o755 if path.is_dir() else 0o644)
-        lines = (r.stdout + r.stderr).strip().splitlines()
-        assert r.returncode == 2, r.stderr
-        assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], lines
-        assert tree(work) == before
-    finally:
-        shutil.rmtree(work)
+    lines = output.strip().splitlines()
+    assert code == 2, output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], lines
+    assert tree(work) == before

@@ -1,35 +1,67 @@
-"""Two processes under torchrun (gloo on CPU): each reads its shard, the ranks agree, rank 0 writes the run.
+"""Two processes (gloo on CPU): each reads its shard, the ranks agree, rank 0 writes the run.
 
 The ranks' agreement on step, d_speed and the policy's state is checked by training itself after every epoch
 (it stops with an error otherwise), so these runs also cover what each policy shares across ranks: OGM-GE's
-summed scores and noise, PMR's summed prototypes, G-Blending's summed split losses."""
+summed scores and noise, PMR's summed prototypes, G-Blending's summed split losses; the balanced run, d_speed and
+the re-balancing steps. The balanced run goes through torchrun itself; the others' ranks are forked from the job
+server (tests/helpers.py) with the variables torchrun sets."""
 import json
 import os
+import socket
 import subprocess
 
 import pytest
 
-from helpers import BIN, read_csv, train_command
+from helpers import BIN, read_csv, start_mmtm, train_args
 from mmtm.checkpoint import load_checkpoint
+from mmtm.jobs import start
 
 POLICY_FLAGS = {"balanced": ["--alpha", "0"], "ogm-ge": [], "pmr": [], "g-blending": ["--gb-interval", "1"]}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("policy", POLICY_FLAGS)
-def test_two_process_ddp_on_gloo(synthetic_data, tmp_path, policy):
-    out = tmp_path / "ddp"
-    train = train_command(synthetic_data, out, "--policy", policy, *POLICY_FLAGS[policy])
-    train[train.index("--epochs") + 1] = "2"
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "--no-python", *train]
-    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_two_rank_run(data, out, policy) -> None:
     steps = read_csv(out / "steps.csv")
-    n_train = json.loads((synthetic_data / "dataset.json").read_text())["counts"]["train"]
+    n_train = json.loads((data / "dataset.json").read_text())["counts"]["train"]
     assert len(steps) == 2 * ((n_train // 2) // 4)      # each rank: half the split, batches of 4
     if policy == "balanced":
         assert {s["mode"] for s in steps} > {"regular"}
     assert load_checkpoint(out / "last.pt")["world_size"] == 2
+
+
+def two_epochs(data, out, policy) -> list[str]:
+    args = train_args(data, out, "--policy", policy, *POLICY_FLAGS[policy])
+    args[args.index("--epochs") + 1] = "2"
+    return args
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["ogm-ge", "pmr", "g-blending"])  # balanced: the torchrun test below
+def test_two_process_ddp_on_gloo(synthetic_data, tmp_path, policy):
+    out = tmp_path / "ddp"
+    port = str(free_port())
+    ranks = [start_mmtm(*two_epochs(synthetic_data, out, policy), log=tmp_path / f"rank{rank}.log",
+                        env={"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for rank in (0, 1)]
+    for rank in ranks:
+        rank.join(300)
+    assert [r.exitcode for r in ranks] == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
+    check_two_rank_run(synthetic_data, out, policy)
+
+
+@pytest.mark.slow
+def test_torchrun_starts_a_two_process_run(synthetic_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "--no-python", str(BIN / "mmtm"),
+           *two_epochs(synthetic_data, out, "balanced")]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_two_rank_run(synthetic_data, out, "balanced")
 
 
 def test_the_rank_agreement_digest_reads_values_not_reprs(monkeypatch):
@@ -52,7 +84,7 @@ def test_the_rank_agreement_digest_reads_values_not_reprs(monkeypatch):
     assert state_digest({**state, "k": 4}) != plain
 
 
-def _pmr_choice_on_rank(rank: int, port: int, queue) -> None:
+def _pmr_choice_on_rank(rank: int, port: int, out: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -63,31 +95,25 @@ def _pmr_choice_on_rank(rank: int, port: int, queue) -> None:
     y = torch.tensor([0, 1])
     sharp, flat = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.2, 0.0], [0.0, 0.2]])
     logits0, logits1 = (sharp * 0.2, flat) if rank == 0 else (flat, sharp * 2)
-    queue.put((rank, pmr.rebalance_coefficients(logits0, logits1, y, alpha=1.0).tolist()))
+    with open(out, "w") as f:
+        json.dump(pmr.rebalance_coefficients(logits0, logits1, y, alpha=1.0).tolist(), f)
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_pmr_chooses_the_same_slower_modality_on_every_rank():
-    import socket
-
-    import torch.multiprocessing as mp
+def test_pmr_chooses_the_same_slower_modality_on_every_rank(tmp_path):
+    import torch
 
     from mmtm.methods import pmr
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_pmr_choice_on_rank, args=(rank, port, queue)) for rank in (0, 1)]
+    port = free_port()
+    procs = [start(_pmr_choice_on_rank, rank, port, str(tmp_path / f"rank{rank}.json"), env=dict(os.environ))
+             for rank in (0, 1)]
     for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)}
     # alone, rank 0 would give α to m1 and rank 1 to m0; with the scores summed both give it to m0 (m1 dominates)
-    import torch
     y = torch.tensor([0, 1])
     sharp, flat = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.2, 0.0], [0.0, 0.2]])
     assert pmr.rebalance_coefficients(sharp * 0.2, flat, y).tolist() == [0.0, 1.0]

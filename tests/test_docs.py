@@ -48,7 +48,7 @@ def test_the_readme_results_are_the_committed_comparisons():
     assert [q for q in quoted if q not in comparisons] == []
 
 
-def test_every_committed_comparison_is_rebuilt_byte_for_byte_from_its_evidence(tmp_path):
+def test_every_committed_comparison_is_rebuilt_byte_for_byte_from_its_evidence(tmp_path, figures_not_drawn):
     from helpers import invoke
 
     folders = sorted(p.parent for p in (ROOT / "docs").rglob("comparison.json") if (p.parent / "runs").is_dir())

@@ -1,7 +1,6 @@
 """Resuming a run: after kill -9 it ends exactly like an uninterrupted one and leaves no temporary file; resuming on
 other data is refused."""
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -11,11 +10,11 @@ import time
 import pytest
 import torch
 
-from helpers import invoke, read_csv, train_command
+from helpers import invoke, read_csv, run_mmtm, start_mmtm, train_args
 from mmtm.checkpoint import load_checkpoint
 
 
-# Each policy with flags that make it act within 5 tiny epochs (α = 0 re-balances, estimates every 2 epochs).
+# Each policy with flags that make it act within 4 tiny epochs (α = 0 re-balances, estimates every 2 epochs).
 POLICY_FLAGS = {"vanilla": [], "balanced": ["--alpha", "0"], "random": [], "flipped": ["--alpha", "0"],
                 "ogm-ge": [], "g-blending": ["--gb-interval", "2"], "moddrop": [], "pmr": []}
 
@@ -38,7 +37,7 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(synthetic_data, tm
     from helpers import TINY
     from mmtm import training
 
-    flags = ["--policy", policy, *POLICY_FLAGS[policy], *TINY, "--epochs", 5]
+    flags = ["--policy", policy, *POLICY_FLAGS[policy], *TINY, "--epochs", 4]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert invoke("train", "--data", synthetic_data, "--out", full, *flags).exit_code == 0
     save = training.save_checkpoint
@@ -62,22 +61,21 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(synthetic_data, tmp_p
     """A run killed mid-epoch (a real process, kill -9) resumes from its last checkpoint to the same end; one
     policy stands for all (what a kill can break is the checkpoint on disk, the same for every policy; each
     policy's own state is covered by the in-process resume test above)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, cut = tmp_path / "full", tmp_path / "cut"
     flags = ["--policy", "balanced", "--alpha", "0"]
-    subprocess.run(train_command(synthetic_data, full, *flags), check=True, env=env, capture_output=True)
+    assert run_mmtm(*train_args(synthetic_data, full, *flags)) == 0
 
-    proc = subprocess.Popen(train_command(synthetic_data, cut, *flags), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = start_mmtm(*train_args(synthetic_data, cut, *flags))
     deadline = time.time() + 120
     while not (cut / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)  # into the next epoch
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    proc.kill()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL, "the run finished before it could be killed"
     done = load_checkpoint(cut / "last.pt")["epoch"]
     assert done < 5
-    subprocess.run(train_command(synthetic_data, cut, *flags, "--resume"), check=True, env=env, capture_output=True)
+    assert run_mmtm(*train_args(synthetic_data, cut, *flags, "--resume")) == 0
     assert [p.name for p in cut.iterdir() if p.name.startswith(".")] == []
     same_run(full, cut)
 

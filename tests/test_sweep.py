@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, invoke, read_csv
+from helpers import invoke, read_csv, start_mmtm
 from mmtm import sweep
 from mmtm.compare import run_comparison
 
@@ -37,7 +37,7 @@ def results(run: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_two_jobs_give_the_results_of_one_job_at_a_time(data, tmp_path):
+def test_two_jobs_give_the_results_of_one_job_at_a_time(data, tmp_path, figures_not_drawn):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY))
     for jobs in (1, 2):
@@ -57,21 +57,20 @@ def test_each_job_gets_its_share_of_the_cores():
     assert sweep.job_config({"cpu_threads": None, "num_threads": 1}, 3) == {"cpu_threads": 3, "num_threads": 1}
 
 
-def test_the_job_processes_run_with_their_thread_share(data, tmp_path, monkeypatch):
+def test_the_job_processes_run_with_their_thread_share(data, tmp_path, monkeypatch, figures_not_drawn):
     """What launch_local hands each job: OMP/MKL threads and the capped config, and the threads torch then ran with
     (summary.json's job record)."""
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({**TINY, "cpu_threads": None, "num_threads": 2}))
     monkeypatch.setattr(sweep, "usable_cores", lambda: 4)
     seen = []
-    real_popen = subprocess.Popen
+    real_start = sweep.start_job
 
-    def popen(cmd, *args, env=None, **kw):
-        if cmd[1:3] == ["-m", "mmtm.sweep"]:  # a job (subprocess serves other callers too)
-            seen.append((env["OMP_NUM_THREADS"], json.loads(Path(cmd[-1]).read_text())["config"]))
-        return real_popen(cmd, *args, env=env, **kw)
+    def start_job(target, argv, *, env, log):
+        seen.append((env["OMP_NUM_THREADS"], json.loads(Path(argv[0]).read_text())["config"]))
+        return real_start(target, argv, env=env, log=log)
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", popen)
+    monkeypatch.setattr(sweep, "start_job", start_job)
     r = invoke("compare", "--data", str(data), "--out", str(tmp_path / "o"), "--policies", "vanilla", "--seeds", "0",
                "--config", str(cfg), "--epochs", "1", "--jobs", "2")
     assert r.exit_code == 0, r.output
@@ -81,21 +80,21 @@ def test_the_job_processes_run_with_their_thread_share(data, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_rerun_finishes_only_what_was_unfinished(data, tmp_path):
+def test_a_killed_sweep_rerun_finishes_only_what_was_unfinished(data, tmp_path, figures_not_drawn):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY))
     out = tmp_path / "o"
-    args = [str(BIN / "mmtm"), *compare_args(data, out, cfg, "--jobs", "1", seeds="0,1", policies="vanilla")]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = compare_args(data, out, cfg, "--jobs", "1", seeds="0,1", policies="vanilla")
+    proc = start_mmtm(*args)
     deadline = time.time() + 300
     while not (out / "vanilla-s0" / "summary.json").exists() and time.time() < deadline:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its running job
-    proc.wait()
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep, its job server and its running job
+    proc.join()
     done_before = {p.parent.name: p.stat().st_mtime for p in out.glob("*/summary.json")}
     assert "vanilla-s0" in done_before and not (out / "comparison.md").exists()
-    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
     after = {p.parent.name: p.stat().st_mtime for p in out.glob("*/summary.json")}
     assert set(after) == {"vanilla-s0", "vanilla-s1"}
     assert all(after[name] == mtime for name, mtime in done_before.items())  # finished runs were not run again
@@ -114,7 +113,7 @@ def wait_for(state: Path, job_count: int, timeout: float = 300) -> dict:
 
 
 @pytest.mark.slow
-def test_slurm_through_submitit_no_wait_then_collect_and_resubmit(data, tmp_path, monkeypatch):
+def test_slurm_through_submitit_no_wait_then_collect_and_resubmit(data, tmp_path, monkeypatch, figures_not_drawn):
     standin = Path(__file__).with_name("slurm_standin.py")
     state = tmp_path / "slurm-state.json"
     subprocess.run([sys.executable, str(standin), "install", str(tmp_path / "bin"), str(state)], check=True)

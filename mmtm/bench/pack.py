@@ -1,24 +1,35 @@
 """Packing runs on one device: the aggregate training throughput of K concurrent runs, for each K asked for.
 
-Each of the K runs is a separate process running `mmtm bench train` (the step the training loop takes, with the
-default CUDA-graph setting) on the same device at the same time, with cores/K CPU threads; the aggregate is the sum
-of their end-to-end samples/s, which holds while their timed windows overlap (they start together and time the
-same number of steps). With the CUDA MPS control daemon running the K processes share the GPU through MPS; without
-it they time-share it (the result says which).
+Each of the K runs is a separate process (a job, mmtm/jobs.py) timing the step the training loop takes, as `mmtm
+bench train` does, with the default CUDA-graph setting, on the same device at the same time, with cores/K CPU
+threads; the aggregate is the sum of their end-to-end samples/s, which holds while their timed windows overlap
+(they start together and time the same number of steps). With the CUDA MPS control daemon running the K processes
+share the GPU through MPS; without it they time-share it (the result says which).
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from loaders.atomic import atomic_write_text
 from loaders.errors import UserError
+from mmtm.jobs import start as start_job
 from mmtm.sweep import MPS_PIPE, thread_share
 
-MMTM = [sys.executable, "-c", "from cli.app import main; main()"]
+
+def _packed_run(data: str, out: str, kw: dict) -> int:
+    """One of the K runs (in its own process): bench train's result into `out`; a user error as one line."""
+    from mmtm.bench.train import bench_train
+
+    try:
+        atomic_write_text(out, json.dumps(bench_train(data, **kw)))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _run_figure(result: dict) -> float:
@@ -38,15 +49,19 @@ def bench_pack(data: str, *, ks: list[int], preset: str = "paper", batch_size: i
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         with tempfile.TemporaryDirectory(prefix="mmtm-pack-") as tmp:
             outs = [Path(tmp) / f"run{i}.json" for i in range(k)]
-            procs = [subprocess.Popen([*MMTM, "bench", "train", "--data", data, "--preset", preset, "--batch-size",
-                                       str(batch_size), "--device", device, "--steps", str(steps), "--threads",
-                                       str(threads), "--save", str(out)], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True) for out in outs]
+            kw = {"preset": preset, "batch_sizes": [batch_size], "device": device, "steps": steps,
+                  "threads": threads}
+            procs = [start_job(_packed_run, data, str(out), kw, env=env, log=out.with_suffix(".log")) for out in outs]
             errors = []
-            for p in procs:
-                _, err = p.communicate(timeout=timeout)
-                if p.returncode != 0:
-                    errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
+            for p, out in zip(procs, outs):
+                p.join(timeout)
+                if p.exitcode is None:
+                    p.kill()
+                    p.join()
+                log = out.with_suffix(".log")
+                if p.exitcode != 0:
+                    lines = log.read_text().strip().splitlines() if log.is_file() else []
+                    errors.append(lines[-1] if lines else f"exit {p.exitcode}")
             if errors:
                 raise UserError(f"a packed run failed with K = {k}: {errors[0]}")
             per_run = [_run_figure(json.loads(out.read_text())) for out in outs]

@@ -1,0 +1,47 @@
+"""Job processes forked from the torch-preloaded server (mmtm/jobs.py) behave as fresh processes would: the given
+environment and nothing else, the platform's start method for their own workers, torch's threads from
+OMP_NUM_THREADS, output in their log, the target's return value as exit code."""
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mmtm.jobs import start
+
+
+def _report(path: str) -> int:
+    import torch
+
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    Path(path).write_text(json.dumps({"env": dict(os.environ), "start_method": multiprocessing.get_start_method(),
+                                      "threads": torch.get_num_threads(), "cuda": torch.cuda.is_initialized(),
+                                      "pid": os.getpid()}))
+    return 3
+
+
+def _fail() -> None:
+    raise ValueError("the job's own error")
+
+
+def test_a_job_has_its_environment_log_threads_and_exit_code(tmp_path):
+    env = {"ONLY": "this", "OMP_NUM_THREADS": "3", "PATH": os.environ["PATH"]}
+    proc = start(_report, str(tmp_path / "r.json"), env=env, log=tmp_path / "job.log")
+    proc.join(120)
+    assert proc.exitcode == 3
+    seen = json.loads((tmp_path / "r.json").read_text())
+    assert seen["env"] == env and seen["threads"] == 3 and seen["cuda"] is False
+    assert seen["pid"] == proc.pid != os.getpid()
+    fresh = subprocess.run([sys.executable, "-c", "import multiprocessing; print(multiprocessing.get_start_method())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert seen["start_method"] == fresh  # not the forkserver the job came from
+    assert sorted((tmp_path / "job.log").read_text().splitlines()) == ["to stderr", "to stdout"]
+
+
+def test_a_job_that_raises_exits_1_with_its_traceback_in_the_log(tmp_path):
+    proc = start(_fail, env=dict(os.environ), log=tmp_path / "job.log")
+    proc.join(120)
+    assert proc.exitcode == 1
+    assert "ValueError: the job's own error" in (tmp_path / "job.log").read_text()
