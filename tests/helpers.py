@@ -28,9 +28,9 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def train_args(data, out, *extra) -> list[str]:
-    """`mmtm train` arguments for 5 epochs of the tiny network; `extra` names the policy and more flags."""
-    return ["train", "--data", str(data), "--out", str(out), "--epochs", "5", *TINY, *extra]
+def train_args(data, out, *extra, epochs: int = 5) -> list[str]:
+    """`mmtm train` arguments for the tiny network; `extra` names the policy and more flags."""
+    return ["train", "--data", str(data), "--out", str(out), "--epochs", str(epochs), *TINY, *extra]
 
 
 # Linux capabilities through which root ignores file modes: DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER.

@@ -35,9 +35,7 @@ def check_two_rank_run(data, out, policy) -> None:
 
 
 def two_epochs(data, out, policy) -> list[str]:
-    args = train_args(data, out, "--policy", policy, *POLICY_FLAGS[policy])
-    args[args.index("--epochs") + 1] = "2"
-    return args
+    return train_args(data, out, "--policy", policy, *POLICY_FLAGS[policy], epochs=2)
 
 
 @pytest.mark.slow

@@ -65,9 +65,10 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(synthetic_data, tmp_p
     policy's own state is covered by the in-process resume test above)."""
     full, cut = tmp_path / "full", tmp_path / "cut"
     flags = ["--policy", "balanced", "--alpha", "0"]
-    assert run_mmtm(*train_args(synthetic_data, full, *flags)) == 0
+    epochs = 8  # long enough after the first checkpoint that the kill lands in a loaded machine too
+    assert run_mmtm(*train_args(synthetic_data, full, *flags, epochs=epochs)) == 0
 
-    proc = start_mmtm(*train_args(synthetic_data, cut, *flags))
+    proc = start_mmtm(*train_args(synthetic_data, cut, *flags, epochs=epochs))
     deadline = time.time() + 120
     while not (cut / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.01)
@@ -76,8 +77,8 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(synthetic_data, tmp_p
     proc.join()
     assert proc.exitcode == -signal.SIGKILL, "the run finished before it could be killed"
     done = load_checkpoint(cut / "last.pt")["epoch"]
-    assert done < 5
-    assert run_mmtm(*train_args(synthetic_data, cut, *flags, "--resume")) == 0
+    assert done < epochs
+    assert run_mmtm(*train_args(synthetic_data, cut, *flags, "--resume", epochs=epochs)) == 0
     assert [p.name for p in cut.iterdir() if p.name.startswith(".")] == []
     same_run(full, cut)
 
