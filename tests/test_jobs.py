@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmtm.jobs import start
+from mmtm.jobs import PRELOAD, start
 
 
 def _report(path: str) -> int:
@@ -45,3 +45,27 @@ def test_a_job_that_raises_exits_1_with_its_traceback_in_the_log(tmp_path):
     proc.join(120)
     assert proc.exitcode == 1
     assert "ValueError: the job's own error" in (tmp_path / "job.log").read_text()
+
+
+ASKS_CUDA = """
+import importlib, sys, torch
+asked = []
+def spy(name, real):
+    def call(*a, **k):
+        asked.append(name)
+        return real(*a, **k)
+    return call
+torch._C._cuda_getDeviceCount = spy("_cuda_getDeviceCount", torch._C._cuda_getDeviceCount)
+torch.cuda.is_available = spy("is_available", torch.cuda.is_available)
+torch.cuda.device_count = spy("device_count", torch.cuda.device_count)
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(asked, torch.cuda.is_initialized())
+"""
+
+
+def test_the_servers_imports_ask_nothing_of_cuda():
+    """What the server imports must leave CUDA alone (not even count the GPUs, which starts the driver), so that each
+    forked job can still choose its GPU with CUDA_VISIBLE_DEVICES and initialise CUDA itself."""
+    r = subprocess.run([sys.executable, "-c", ASKS_CUDA, *PRELOAD], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[] False"
