@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # One torch thread per test process (and per process a test starts): pytest runs one worker per core, and tiny
 # networks gain nothing from more threads, while two processes that each take every core slow each other many times.
@@ -25,16 +26,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
-import torch
-import torchvision  # noqa: F401  before any test makes a GL context here: the reverse order crashes torch 2.14
 from PIL import Image
 
 from loaders.dataset import NUM_VIEWS, SPLITS, Row, view_filename, write_meta, write_split
+
+if TYPE_CHECKING:
+    import torch
 
 _DEFAULT_PER_SPLIT = {"train": 4, "val": 2, "test": 2}
 
 
 def pytest_configure(config):
+    # In every process that runs tests, torchvision before any test makes a GL context: the reverse order crashes
+    # torch 2.14. Not in pytest-xdist's controller, which runs none, so its workers start without waiting on it.
+    if getattr(config.option, "dist", "no") == "no" or hasattr(config, "workerinput"):
+        import torchvision  # noqa: F401
     # torchvision 0.29 warns on every decode that TorchCodec will replace it; the loaders accept that.
     config.addinivalue_line(
         "filterwarnings", "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
@@ -85,6 +91,8 @@ def write_dataset(root: Path, *, classes: int = 3, per_split: dict[str, int] | N
 
 def _identify(image: torch.Tensor) -> tuple[int, int, bool]:
     """(object number, view, mirrored) of one ImageNet-normalised [3,H,W] image from `write_dataset`."""
+    import torch
+
     from loaders.two_view import MEAN, STD
 
     pixels = image.detach().cpu().float() * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
@@ -114,6 +122,8 @@ def make_dataset():
 @pytest.fixture
 def roundtrip():
     """Save with torch.save and load back with weights_only=True, as checkpoints are read."""
+    import torch
+
     def through_checkpoint(state):
         buf = io.BytesIO()
         torch.save(state, buf)
