@@ -66,3 +66,16 @@ def test_bench_pack_sums_concurrent_runs_and_every_bench_json_names_the_machine(
     assert two["aggregate_samples_per_s"] == pytest.approx(sum(two["per_run_samples_per_s"]))
     assert one["aggregate_over_first"] == 1.0 and result["config"]["mps"] in (True, False)
     assert result["machine"]["torch_gpus"] == "none" or result["machine"]["cuda_available"]
+
+
+def test_a_packed_run_that_fails_is_one_error_line_and_no_json(make_dataset, tmp_path):
+    """The K runs are job processes: a user error in one comes back as bench pack's one error line."""
+    data = make_dataset(tmp_path, size=16)
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "format": "something-else"}))
+    r = CliRunner().invoke(app, ["bench", "pack", "--data", str(data), "--k", "1", "--preset", "demo", "--device",
+                                 "cpu", "--steps", "2", "--save", str(tmp_path / "p.json")])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith("error: a packed run failed with K = 1: ") and "dataset.json" in lines[0]
+    assert lines[0].count("error:") == 1 and not (tmp_path / "p.json").exists()

@@ -21,13 +21,14 @@ from mmtm.sweep import MPS_PIPE, thread_share
 
 
 def _packed_run(data: str, out: str, kw: dict) -> int:
-    """One of the K runs (in its own process): bench train's result into `out`; a user error as one line."""
+    """One of the K runs (in its own process): bench train's result into `out`; a user error as the log's last line,
+    which bench_pack repeats in its own error."""
     from mmtm.bench.train import bench_train
 
     try:
         atomic_write_text(out, json.dumps(bench_train(data, **kw)))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(e, file=sys.stderr)
         return 2
     return 0
 
