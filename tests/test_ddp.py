@@ -9,6 +9,8 @@ import json
 import os
 import socket
 import subprocess
+import time
+from multiprocessing.connection import wait
 
 import pytest
 
@@ -23,6 +25,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def join_ranks(ranks, timeout: float = 300) -> list[int | None]:
+    """Wait for the ranks' exit codes; a rank that fails ends the others, as torchrun's agent would, so a failure
+    neither waits out gloo's timeout nor leaves a process behind."""
+    deadline = time.time() + timeout
+    while any(r.exitcode is None for r in ranks) and time.time() < deadline:
+        if any(r.exitcode not in (None, 0) for r in ranks):
+            break
+        wait([r.sentinel for r in ranks if r.exitcode is None], timeout=1)
+    for r in ranks:
+        if r.exitcode is None:
+            r.kill()
+        r.join()
+    return [r.exitcode for r in ranks]
 
 
 def check_two_rank_run(data, out, policy) -> None:
@@ -46,9 +63,7 @@ def test_two_process_ddp_on_gloo(synthetic_data, tmp_path, policy):
     ranks = [start_mmtm(*two_epochs(synthetic_data, out, policy), log=tmp_path / f"rank{rank}.log",
                         env={"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for rank in (0, 1)]
-    for rank in ranks:
-        rank.join(300)
-    assert [r.exitcode for r in ranks] == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
+    assert join_ranks(ranks) == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
     check_two_rank_run(synthetic_data, out, policy)
 
 
@@ -107,9 +122,7 @@ def test_pmr_chooses_the_same_slower_modality_on_every_rank(tmp_path):
     port = free_port()
     procs = [start(_pmr_choice_on_rank, rank, port, str(tmp_path / f"rank{rank}.json"), env=dict(os.environ))
              for rank in (0, 1)]
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert join_ranks(procs, timeout=120) == [0, 0]
     results = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)}
     # alone, rank 0 would give α to m1 and rank 1 to m0; with the scores summed both give it to m0 (m1 dominates)
     y = torch.tensor([0, 1])
