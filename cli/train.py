@@ -78,11 +78,16 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed of weights, shuffling and augmentation."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
-    threads: Optional[int] = typer.Option(None, help="Loader threads per process."),
+    threads: Optional[int] = typer.Option(None, help="Loader threads per process (DALI threads, torch DataLoader "
+                                                     "workers); 0: the torch loader reads in the training "
+                                                     "process."),
     cuda_graphs: Optional[str] = typer.Option(None, help="auto: on one GPU, each step mode runs as a captured "
                                                          "CUDA graph; off: eager steps."),
     amp: Optional[str] = typer.Option(None, help="auto: bf16 autocast on CUDA; off: float32 everywhere."),
     max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap the steps of each epoch (quick looks)."),
+    precise_bn: Optional[int] = typer.Option(None, help="Training batches that recompute the BatchNorm statistics "
+                                                        "before each validation; 0: keep the running averages "
+                                                        "(paper: 0, demo: 20)."),
     config: Optional[Path] = typer.Option(None, help="JSON config (e.g. a run's config.json); flags override it."),
     preset: str = typer.Option("paper", help="Defaults: paper (docs/science.md §5) or demo (2-core CPU)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
@@ -125,7 +130,8 @@ def train(
         ogm_end_epoch=ogm_end_epoch, gb_interval=gb_interval, gb_estimator=gb_estimator, moddrop_p=moddrop_p,
         pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
         pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, loss=loss, seed=seed, device=device,
-        loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, amp=amp, max_steps_per_epoch=max_steps_per_epoch)
+        loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, amp=amp, max_steps_per_epoch=max_steps_per_epoch,
+        precise_bn=precise_bn)
     if not cfg.data:
         raise UserError("--data is required (a folder made by `mmtm prep`)")
     row = fit(cfg, resume=resume)

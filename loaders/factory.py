@@ -30,14 +30,18 @@ def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[
     train transform), last partial batch dropped. train=False: index-file order, no augmentation,
     partial last batch kept. With world_size > 1 each rank gets its share (see `epoch_order`).
     backend: "dali", "torch" or "auto" (dali when it imports); device: "cpu", "cuda[:i]" or "auto".
+    num_threads: DALI threads or DataLoader worker processes; 0 (torch only) reads in the calling process.
     source_workers (DALI): processes that read the files, so the thread driving the GPU never does; None = 0 on
     the CPU (they would compete for its cores), a quarter of the cores (at most 4) with a GPU.
     """
-    if batch_size < 1 or num_threads < 1:
-        raise UserError(f"the batch size ({batch_size}) and the loader threads ({num_threads}) must be at least 1")
+    if batch_size < 1 or num_threads < 0:
+        raise UserError(f"the batch size ({batch_size}) must be at least 1 and the loader threads ({num_threads}) "
+                        f"at least 0")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
     name = resolve_backend(backend)
+    if num_threads == 0 and name != "torch":
+        raise UserError(f"loader threads 0 (read in the training process) needs the torch loader, not {name}")
     dev = resolve_device(device)
     dataset = open_dataset(data_dir)
     if len(views) != 2:

@@ -129,10 +129,12 @@ class TorchTwoViewLoader(TwoViewLoader):
         self._items = _EpochItems()
         reader = _BatchReader(self.paths, self.dataset.image_size, decode=not self._gpu_decode)
         # Persistent workers: forking two workers per epoch cost ~0.15 s of CPU here and cut
-        # throughput up to 3x on a 200-object set. Pinned memory only helps decoded batches for a GPU.
+        # throughput up to 3x on a 200-object set. No workers (0) reads in this process: no fork
+        # of a large process, which tiny sets and debuggers prefer. Pinned memory only helps
+        # decoded batches for a GPU.
         _WORKER_POOLS[id(self)] = DataLoader(
             reader, batch_size=None, sampler=self._items, collate_fn=_as_is, num_workers=self.num_threads,
-            persistent_workers=True, pin_memory=gpu and not self._gpu_decode)
+            persistent_workers=self.num_threads > 0, pin_memory=gpu and not self._gpu_decode)
         weakref.finalize(self, _WORKER_POOLS.pop, id(self), None)
 
     def _iterate(self, epoch: int, batches: list[np.ndarray], flips: np.ndarray) -> Generator[Batch, None, None]:

@@ -73,7 +73,7 @@ class TrainConfig:
     seed: int = 777
     device: str = "auto"                    # auto | cpu | cuda[:index]
     loader: str = "auto"                    # auto | dali | torch
-    num_threads: int = 2                    # loader threads per process
+    num_threads: int = 2                    # loader threads per process; 0: the torch loader reads in-process
     cpu_threads: int | None = None          # torch's CPU threads (None: torch's default); results depend on it
     amp: str = "auto"                       # auto (bf16 on cuda) | off
     channels_last: str = "auto"             # auto (on cuda) | on | off
@@ -104,7 +104,7 @@ class TrainConfig:
             if not 0 <= v < NUM_VIEWS:
                 raise UserError(f"view index {v} is out of range; views are 0..{NUM_VIEWS - 1}")
         for name, least in (("epochs", 1), ("batch_size", 1), ("width", 1), ("mmtm_ratio", 1), ("rebalance_steps", 1),
-                            ("num_threads", 1), ("cpu_threads", 1), ("plateau_patience", 0), ("early_stop_epochs", 0),
+                            ("num_threads", 0), ("cpu_threads", 1), ("plateau_patience", 0), ("early_stop_epochs", 0),
                             ("warmup_epochs", 0), ("seed", 0), ("precise_bn", 0), ("speed_window", 1),
                             ("max_steps_per_epoch", 1),
                             ("momentum", 0), ("weight_decay", 0), ("min_lr", 0), ("alpha", 0),

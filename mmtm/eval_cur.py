@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from loaders.device import resolve_device
-from loaders.factory import two_view_loader
+from loaders.factory import resolve_backend, two_view_loader
 from loaders.output import check_output_file
 from mmtm.checkpoint import load_weights
 from mmtm.evaluate import evaluate
@@ -45,11 +45,16 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
     load_weights(net, ckpt, ckpt_path)
     net = compute.place(net)
 
+    backend = resolve_backend(loader or cfg.loader)
+    threads = num_threads or cfg.num_threads
+    if threads == 0 and backend != "torch":
+        threads = 1  # the run read in its own process (torch only); another loader reads with one thread
+
     def make(split_name: str):
         return two_view_loader(data, split_name, views=tuple(cfg.views),
                                batch_size=max(cfg.batch_size, 32) if batch_size is None else batch_size,
-                               train=False, seed=cfg.seed, backend=loader or cfg.loader, device=compute.device,
-                               num_threads=num_threads or cfg.num_threads)
+                               train=False, seed=cfg.seed, backend=backend, device=compute.device,
+                               num_threads=threads)
 
     single = cfg.single_view is not None
     split_loader = make(split)

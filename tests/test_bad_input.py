@@ -204,7 +204,7 @@ def damaged_jpeg(damage):
         d = data_copy(tmp, data)
         view = d / "images" / "block" / "block_0001" / "v00.jpg"
         view.write_bytes(damage(view.read_bytes()))
-        return [*train(d, tmp), "--loader", "dali"]  # the later --loader wins
+        return [*train(d, tmp), "--loader", "dali", "--threads", "1"]  # the later flags win
     return setup
 
 
@@ -278,6 +278,7 @@ CASES = [
      "an object has one label"),
     ("train.csv object twice", 19, damaged(change_rows=with_object_of(same_label=True)), "repeats object"),
     ("object in train.csv and val.csv", 19, object_in_train_and_val, "val.csv also has"),
+    ("train --threads 0 with the DALI loader", 19, flags("--threads", "0", "--loader", "dali"), "torch loader"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
                                                        "99"], "99"),

@@ -102,7 +102,9 @@ def tiny_compare(tmp_path_factory):
                "--workers", "1")
     assert r.exit_code == 0, r.output
     cfg = root / "tiny.json"
-    cfg.write_text(json.dumps({"width": 4, "batch_size": 4, "loader": "torch", "device": "cpu"}))
+    cfg.write_text(json.dumps({"width": 4, "batch_size": 4, "loader": "torch", "num_threads": 0, "device": "cpu",
+                               "precise_bn": 2,
+                               "max_steps_per_epoch": 3}))
     args = ["compare", "--data", str(data), "--out", str(root / "cmp"), "--policies", "vanilla,balanced",
             "--seeds", "0,1", "--config", str(cfg), "--epochs", "2", "--baselines"]
     r = invoke(*args)

@@ -15,7 +15,8 @@ from helpers import invoke, read_csv, start_mmtm
 from mmtm import sweep
 from mmtm.compare import run_comparison
 
-TINY = {"width": 4, "batch_size": 4, "loader": "torch", "device": "cpu"}
+TINY = {"width": 4, "batch_size": 4, "loader": "torch", "num_threads": 0, "device": "cpu", "precise_bn": 2}
+SHORT = {**TINY, "max_steps_per_epoch": 3}  # epochs of 3 steps, where no kill has to land inside a run
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def results(run: Path) -> dict:
 @pytest.mark.slow
 def test_two_jobs_give_the_results_of_one_job_at_a_time(data, tmp_path, figures_not_drawn):
     cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
+    cfg.write_text(json.dumps(SHORT))
     for jobs in (1, 2):
         r = invoke(*compare_args(data, tmp_path / f"jobs{jobs}", cfg, "--jobs", str(jobs)))
         assert r.exit_code == 0, r.output
@@ -61,7 +62,7 @@ def test_the_job_processes_run_with_their_thread_share(data, tmp_path, monkeypat
     """What launch_local hands each job: OMP/MKL threads and the capped config, and the threads torch then ran with
     (summary.json's job record)."""
     cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps({**TINY, "cpu_threads": None, "num_threads": 2}))
+    cfg.write_text(json.dumps({**SHORT, "cpu_threads": None, "num_threads": 2}))
     monkeypatch.setattr(sweep, "usable_cores", lambda: 4)
     seen = []
     real_start = sweep.start_job
@@ -119,7 +120,7 @@ def test_slurm_through_submitit_no_wait_then_collect_and_resubmit(data, tmp_path
     subprocess.run([sys.executable, str(standin), "install", str(tmp_path / "bin"), str(state)], check=True)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
+    cfg.write_text(json.dumps(SHORT))
     out = tmp_path / "o"
     slurm = ["--launcher", "slurm", "--partition", "debug", "--time-min", "10", "--cpus-per-run", "1",
              "--array-parallelism", "2"]

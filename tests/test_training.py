@@ -245,3 +245,16 @@ def test_a_single_view_run_trains_one_branch_and_writes_its_test_accuracy(synthe
         cur = json.loads((tmp_path / "sv" / name).read_text())
         assert cur["single_view"] == 1 and cur["n"] > 0 and 0 <= cur["acc"] <= 1
         assert cur["acc_m0"] == cur["acc_m1"] == cur["acc"] and cur["d_util"] != cur["d_util"]  # no CUR: nan
+
+
+def test_reading_in_process_trains_exactly_like_a_worker(synthetic_data, tmp_path):
+    """--threads 0 (the torch loader reads in the training process) and --threads 1 (one DataLoader worker) give the
+    same batches, steps and weights: the order and the flips are drawn in the training process either way."""
+    for threads in (0, 1):
+        r = invoke("train", "--data", synthetic_data, "--out", tmp_path / f"t{threads}", "--epochs", 2, *TINY,
+                   "--threads", threads, "--max-steps-per-epoch", 4, "--balanced", "--alpha", 0)
+        assert r.exit_code == 0, r.output
+    assert read_csv(tmp_path / "t0" / "steps.csv") == read_csv(tmp_path / "t1" / "steps.csv")
+    assert json.loads((tmp_path / "t1" / "config.json").read_text())["num_threads"] == 1
+    w0, w1 = (load_checkpoint(tmp_path / f"t{t}" / "last.pt")["model"] for t in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)

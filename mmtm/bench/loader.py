@@ -41,8 +41,8 @@ def bench_loader(data_dir: str | os.PathLike, *, batch_size: int = 32, threads: 
                  warmup_batches: int = 2, max_batches: int | None = None, device: str = "auto",
                  source_workers: int | None = None) -> dict:
     """{"results": {backend: {"images_per_s", "cpu_ms_per_image", ...}}, "config": {...}}; medians over repeats."""
-    if repeats < 1 or warmup_batches < 0 or (max_batches is not None and max_batches < 1):
-        raise UserError("repeats and max_batches must be at least 1, warmup_batches at least 0")
+    if threads < 1 or repeats < 1 or warmup_batches < 0 or (max_batches is not None and max_batches < 1):
+        raise UserError("threads, repeats and max_batches must be at least 1, warmup_batches at least 0")
     results: dict[str, dict] = {}
     loader = None
     with _single_torch_thread():
