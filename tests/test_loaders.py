@@ -255,6 +255,13 @@ def test_backend_and_batch_choices(small, monkeypatch):
     assert two_view_loader(small, "val", batch_size=2, train=False, seed=0).backend == "torch"
 
 
+def test_the_torch_loader_does_not_import_dali(small, monkeypatch):
+    """Asking for the torch loader never imports DALI (~0.5 s in every run and sweep job)."""
+    def no(): raise AssertionError("DALI was imported")  # noqa: E704
+    monkeypatch.setattr("loaders.factory._dali_imports", no)
+    assert two_view_loader(small, "val", batch_size=2, train=False, seed=0, backend="torch").backend == "torch"
+
+
 def dali_threads_and_children() -> tuple[int, list[str]]:
     dali, children = 0, []
     for task in Path("/proc/self/task").iterdir():
