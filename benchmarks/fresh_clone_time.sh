@@ -8,6 +8,7 @@ set -euo pipefail
 repo=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
 target=${3:-test}
 work=$(mktemp -d)
+chmod 755 "$work"  # older commits test file modes as the user nobody, who must reach the clone
 trap 'rm -rf "$work"' EXIT
 declare -A seconds
 for rev in "$1" "$2"; do
