@@ -104,12 +104,21 @@ def _make_optimizer_state(optimizer: torch.optim.SGD) -> None:
                 optimizer.state[p].setdefault("momentum_buffer", buffer)
 
 
+# How this run's optimizer computes, not state: a checkpoint's groups keep the flags of the run that wrote it (a CPU
+# run's fused=None would turn a GPU run's fused SGD into the foreach path, a host sync per step and no CUDA graphs).
+RUN_OPTIMIZER_FLAGS = ("fused", "foreach", "differentiable")
+
+
 def _load_optimizer_in_place(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     """`optimizer.load_state_dict`, then the loaded values copied into the state tensors and learning-rate tensors
-    held before (a state entry the checkpoint lacks, a buffer never used there, becomes zeros)."""
+    held before (a state entry the checkpoint lacks, a buffer never used there, becomes zeros); each group keeps
+    this run's RUN_OPTIMIZER_FLAGS."""
     held = {p: dict(optimizer.state[p]) for group in optimizer.param_groups for p in group["params"]}
     lrs = [group["lr"] for group in optimizer.param_groups]
+    flags = [{k: group[k] for k in RUN_OPTIMIZER_FLAGS if k in group} for group in optimizer.param_groups]
     optimizer.load_state_dict(saved)
+    for group, kept in zip(optimizer.param_groups, flags):
+        group.update(kept)
     for p, before in held.items():
         state = optimizer.state[p]
         for key, tensor in before.items():
@@ -166,7 +175,7 @@ def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None
 def use_cuda_graphs(t: Trainer, graphed_steps: Callable[..., GraphedSteps] = GraphedSteps) -> None:
     """Run the trainer's steps as CUDA graphs (`graphed_steps`: the CPU twin in tests)."""
     lr_on_device(t.optimizer, t.compute.device)
-    t.graphs = graphed_steps(lambda view0, view1, y, mode: step_on_device(t, view0, view1, y, mode))
+    t.graphs = graphed_steps(lambda view0, view1, y, mode: step_on_device(t, view0, view1, y, mode), t.compute.device)
 
 
 @torch.no_grad()

@@ -29,8 +29,8 @@ class TwinSteps(GraphedSteps):
     """GraphedSteps with the CPU twin of a graph; `fail` names modes whose capture raises (as a broken capture
     would); `held_at_capture` records the batch GraphedSteps holds while it captures."""
 
-    def __init__(self, step, warmup=2, fail=()):
-        super().__init__(step, warmup)
+    def __init__(self, step, device=torch.device("cpu"), warmup=2, fail=()):
+        super().__init__(step, device, warmup)
         self.captured, self.fail, self.held_at_capture = [], set(fail), []
 
     def _side_stream(self):

@@ -1,13 +1,17 @@
 """The CUDA-graph step machinery on the CPU, through a twin of the CUDA graph (tests/lockstep.py): the warm-up count
 per mode, the static inputs and their checks, capture failures, loading after capture, the step loop's order,
-fused SGD, and which policies are graphed. tests/test_cuda.py runs the real thing."""
+fused SGD, and which policies are graphed; and through a stand-in for torch.cuda (tests/cuda_standin.py) the capture
+itself: the run's device, empty graphs, what a failed capture leaves behind. tests/test_cuda.py runs the real thing.
+Data are PIL-made (tests/conftest.py), so these run where the renderer's packages are missing."""
 import pytest
 import torch
 
+from cuda_standin import StandInCuda
 from lockstep import TwinSteps, assert_close, run_lockstep, state
 from loaders.factory import two_view_loader
 from mmtm import training
 from mmtm.config import resolve
+from mmtm.cuda_graphs import GraphedSteps
 from mmtm.hardware import Distributed
 from mmtm.methods.ogm_ge import OGMGEPolicy
 from mmtm.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, VanillaPolicy, runs_in_cuda_graphs
@@ -19,18 +23,26 @@ MODES = ["regular"] * 4 + ["rebalance_m0"] * 3 + ["regular", "rebalance_m1", "re
 
 
 @pytest.fixture(scope="module")
-def batches(synthetic_data):
-    loader = two_view_loader(synthetic_data, "train", batch_size=4, train=True, seed=0, backend="torch",
-                             device="cpu", num_threads=1)
-    epochs = [list(loader) for _ in range(2)]  # each iteration is the next epoch
-    return (epochs[0] + epochs[1])[:len(MODES)]
+def pil_data(tmp_path_factory):
+    """24 training objects at 32 px: 6 batches of 4 an epoch."""
+    from conftest import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("pil") / "data", size=32, per_split={"train": 8})
+
+
+@pytest.fixture(scope="module")
+def batches(pil_data):
+    loader = two_view_loader(pil_data, "train", batch_size=4, train=True, seed=0, backend="torch",
+                             device="cpu", num_threads=0)
+    epochs = [list(loader) for _ in range(3)]  # each iteration is the next epoch
+    return (epochs[0] + epochs[1] + epochs[2])[:len(MODES)]
 
 
 def run(batches, graphed: bool, fail=(), **overrides):
     t = build_trainer(resolve("demo", width=4, policy="balanced", lr=0.05, **overrides), 3, torch.device("cpu"),
                       Distributed())
     if graphed:
-        use_cuda_graphs(t, lambda step: TwinSteps(step, fail=fail))
+        use_cuda_graphs(t, lambda step, device: TwinSteps(step, device, fail=fail))
     rows = [train_step(t, b, mode) for b, mode in zip(batches, MODES)]
     return t, rows
 
@@ -47,15 +59,19 @@ def test_graph_steps_train_exactly_like_eager_steps(batches):
     assert graphed.graphs.eager_runs == {"regular": 2, "rebalance_m0": 2, "rebalance_m1": 2}
 
 
-def test_a_failed_capture_runs_that_mode_eager_with_one_note(batches, capsys):
-    eager, eager_rows = run(batches, graphed=False)
+def test_a_failed_capture_turns_graphs_off_for_the_run_with_one_note(batches, capsys):
     graphed, graph_rows = run(batches, graphed=True, fail={"rebalance_m0"})
+    _, eager_rows = run(batches, graphed=False)
     assert graph_rows == eager_rows
-    assert graphed.graphs.captured == ["regular", "rebalance_m1"] and graphed.graphs.eager_modes == {"rebalance_m0"}
+    steps = graphed.graphs
+    assert steps.captured == ["regular"] and steps.graphs == {}
+    assert steps.off == "capture of rebalance_m0 steps failed (operation not permitted when stream is capturing " \
+                        "(simulated))"
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert notes == ["note: CUDA graph capture of rebalance_m0 steps failed (operation not permitted when stream is "
-                     "capturing (simulated)); they run eager for the rest of the run"]
-    assert graphed.graphs.eager_runs["rebalance_m0"] == MODES.count("rebalance_m0")  # every one of them, eager
+    assert notes == [f"note: CUDA graphs off for the rest of the run: {steps.off}; every step runs eager"]
+    # regular replayed from its third step until the failure at the 7th step; every step after it ran eager
+    assert steps.replays == {"regular": 2}
+    assert sum(steps.eager_runs.values()) == len(MODES) - 2
 
 
 def test_the_previous_batch_is_held_while_a_mode_is_captured(batches):
@@ -169,7 +185,7 @@ def test_graphs_are_opt_in_and_a_step_hook_added_below_turns_them_off():
     assert not runs_in_cuda_graphs(WithLoss()) and runs_in_cuda_graphs(Vouched())
 
 
-def test_lockstep_harness_on_the_cpu_twin(synthetic_data, roundtrip):
+def test_lockstep_harness_on_the_cpu_twin(pil_data, roundtrip):
     """The harness tests/test_cuda.py runs on a GPU, here on the twin: exact equality after every step over three
     epochs, with an LR drop, validation passes, a load after capture and a resume, and re-balancing steps that
     update the slow branch only."""
@@ -177,8 +193,86 @@ def test_lockstep_harness_on_the_cpu_twin(synthetic_data, roundtrip):
                   loader="torch",
                   device="cpu", num_threads=1, rebalance_params="slow")
     common = dict(batch_size=4, seed=0, backend="torch", device="cpu", num_threads=1)
-    loader = two_view_loader(synthetic_data, "train", train=True, **common)
-    val = two_view_loader(synthetic_data, "val", train=False, **common)
-    modes = run_lockstep(cfg, 3, loader, val, graphs=lambda step: TwinSteps(step, warmup=1), rel=0,
+    loader = two_view_loader(pil_data, "train", train=True, **common)
+    val = two_view_loader(pil_data, "val", train=False, **common)
+    modes = run_lockstep(cfg, 3, loader, val, graphs=lambda step, device: TwinSteps(step, device, warmup=1), rel=0,
                          roundtrip=roundtrip)
     assert modes == {"regular", "rebalance_m0", "rebalance_m1"}
+
+
+def test_loading_a_checkpoint_keeps_the_running_optimizers_flags(batches, roundtrip):
+    """A checkpoint of a CPU run (fused None) loaded into a fused run (a GPU's): the loaded param groups would
+    replace fused=True by None, and SGD would take its foreach path (on CUDA a sync per step and a failed capture)."""
+    cpu_run, _ = run(batches[:2], graphed=False)
+    t = build_trainer(resolve("demo", width=4, policy="balanced", lr=0.05), 3, torch.device("cpu"), Distributed())
+    t.optimizer = torch.optim.SGD(t.net.parameters(), lr=0.05, momentum=t.cfg.momentum,
+                                  weight_decay=t.cfg.weight_decay, fused=True)  # as build_trainer makes it on CUDA
+    t.scheduler = training.make_scheduler(t.optimizer, t.cfg)
+    training._make_optimizer_state(t.optimizer)
+    flags = [{k: g[k] for k in ("fused", "foreach", "differentiable")} for g in t.optimizer.param_groups]
+    saved = roundtrip(cpu_run.state_dict(["a", "b", "c"]))
+    assert {g["fused"] for g in saved["optimizer"]["param_groups"]} == {None}
+    t.load_state_dict(saved)
+    assert [{k: g[k] for k in flags[0]} for g in t.optimizer.param_groups] == flags
+    assert flags[0]["fused"] is True
+    train_step(t, batches[2], "regular")  # the fused update on the loaded state
+
+
+def steps_on(cuda: StandInCuda, device_index: int, work_on: int, warmup: int = 1) -> GraphedSteps:
+    """GraphedSteps of a run on cuda:`device_index` whose step launches 5 kernels for cuda:`work_on`."""
+    def step(view0, view1, label, mode):
+        for _ in range(5):
+            cuda.launch(work_on)
+        return torch.zeros(4)
+
+    return GraphedSteps(step, torch.device("cuda", device_index), warmup=warmup)
+
+
+X, Y = torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64)
+
+
+def test_a_run_on_a_device_other_than_the_current_one_captures_its_step_there(monkeypatch):
+    """--device cuda:1 while cuda:0 is current: the side stream on cuda:1, the capture there, every replay runs the
+    step's kernels (a stream made on the current device captured nothing and replayed nothing)."""
+    cuda = StandInCuda().install(monkeypatch)
+    steps = steps_on(cuda, 1, work_on=1)
+    for _ in range(4):
+        steps(X, X, Y, "regular")
+    assert steps.stream.device == torch.device("cuda", 1)
+    assert steps.off is None and steps.replays == {"regular": 3} and steps.eager_runs == {"regular": 1}
+    assert cuda.ran == {1: 4 * 5}  # one eager step and three replays, five kernels each
+    assert cuda.device_index == 0 and cuda.current == cuda.default
+
+
+def test_a_graph_that_captured_nothing_is_a_failed_capture(monkeypatch, capsys):
+    cuda = StandInCuda().install(monkeypatch)
+    steps = steps_on(cuda, 1, work_on=0)  # the step's work goes to another device's stream
+    for _ in range(3):
+        steps(X, X, Y, "regular")
+    assert steps.off == ("capture of regular steps failed (the captured graph is empty: the step's work ran on "
+                         "another device or stream)")
+    assert capsys.readouterr().err.count("note: CUDA graphs off for the rest of the run") == 1
+    assert steps.graphs == {} and steps.replays == {} and steps.eager_runs == {"regular": 3}
+    assert cuda.ran == {0: 4 * 5}  # the two eager steps, the run that happened during the capture, the eager one
+    assert set(cuda.pools.values()) == {"released"}
+    assert cuda.device_index == 0 and cuda.current == cuda.default
+
+
+def test_a_capture_that_raises_leaves_the_stream_and_the_pools_as_they_were(monkeypatch, capsys):
+    """torch's capture_end raises without ending the pool's allocation, and torch.cuda.graph's exit then leaves the
+    side stream current: after the failure the current stream is the one before, every pool (of the failed capture
+    and of the graph captured before) is released, and every mode runs eager from then on."""
+    cuda = StandInCuda().install(monkeypatch)
+    steps = steps_on(cuda, 0, work_on=0)
+    for mode in ("regular", "regular", "rebalance_m0"):
+        steps(X, X, Y, mode)
+    assert steps.replays == {"regular": 1}
+    cuda.fail_capture = True
+    for mode in ("rebalance_m0", "regular", "rebalance_m0"):
+        steps(X, X, Y, mode)
+    assert steps.off.startswith("capture of rebalance_m0 steps failed (CUDA error: operation not permitted")
+    assert capsys.readouterr().err.count("note:") == 1
+    assert steps.graphs == {} and steps.replays == {"regular": 1}
+    assert steps.eager_runs == {"regular": 2, "rebalance_m0": 3}
+    assert list(cuda.pools.values()) == ["released", "released"]
+    assert cuda.current == cuda.default and cuda.device_index == 0
