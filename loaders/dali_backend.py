@@ -12,11 +12,13 @@ N spawned DALI worker processes, so that no file reading or per-sample Python wo
 drives the GPU. The source is a pure function of (epoch, iteration), so both give the same batches; a pipeline
 counts epochs from its build, and an epoch other than the next one (set_epoch, or an epoch left early while
 workers prefetch) rebuilds it.
-On a GPU the decode is "mixed" (nvJPEG) and flip+normalise run on the GPU, and the outputs reach torch through
-DLPack without a host copy; without a GPU the same graph runs on CPU operators.
+On a GPU the decode is "mixed" (nvJPEG) and flip+normalise run on the GPU, and the outputs are copied, device to
+device, into torch's memory on torch's stream; without a GPU the same graph runs on CPU operators and the outputs
+reach torch through DLPack without a copy.
 """
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Generator
 
 import numpy as np
@@ -74,11 +76,12 @@ class DaliTwoViewLoader(TwoViewLoader):
             return
         if self._pipe is None or epoch != self._next_epoch:
             self._build(epoch)
-        taken = 0
+        taken = 0  # batches handed out: a loop that stops asking after the last one has completed the epoch
         try:
             for k in range(len(batches)):
-                yield self._next_batch(batches, k)
+                batch = self._next_batch(batches, k)
                 taken += 1
+                yield batch
         finally:
             self._end_epoch(complete=taken == len(batches))
 
@@ -112,11 +115,17 @@ class DaliTwoViewLoader(TwoViewLoader):
                 raise size_error(self.paths[rows[k]][slot], shape[1], shape[2], size)
 
     def _to_torch(self, images) -> torch.Tensor:
-        # DLPack shares DALI's buffer; with exec_dynamic each output owns fresh memory, so no copy.
-        if self._gpu:
-            with torch.cuda.device(self.device):
-                return torch.from_dlpack(images.as_tensor())
-        return torch.from_dlpack(images.as_tensor())
+        """On a GPU, a copy into torch's memory on torch's current stream (as DALI's own torch iterator makes it):
+        the training step, and the CUDA-graph capture around it, then never hold a DLPack view of DALI's buffer,
+        whose release goes through a DALI thread that synchronises the device. On the CPU, DLPack shares DALI's
+        buffer (with exec_dynamic each output owns fresh memory) and nothing is copied."""
+        if not self._gpu:
+            return torch.from_dlpack(images.as_tensor())
+        out = torch.empty((len(images), *images.shape()[0]), dtype=torch.float32, device=self.device)
+        stream = torch.cuda.current_stream(self.device)
+        images.copy_to_external(ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(stream.cuda_stream),
+                                non_blocking=True)
+        return out
 
     def _end_epoch(self, complete: bool) -> None:
         """Let the pipeline reach the end of the epoch and reset it, so the next epoch starts clean. Left early,

@@ -188,6 +188,41 @@ def test_dali_source_in_worker_processes_keeps_the_contract(data, identify):
     same_epoch()
 
 
+@needs_dali
+@pytest.mark.slow
+def test_the_training_loop_builds_one_dali_pipeline_for_the_whole_run(data, monkeypatch):
+    """Three epochs of the real step loop (which never asks past an epoch's last batch) with the source in a worker
+    process: the pipeline built at construction serves all three, each epoch's batches in its own order."""
+    from loaders.dali_backend import DaliTwoViewLoader
+    from mmtm.config import resolve
+    from mmtm.hardware import Distributed
+    from mmtm.training import build_trainer, train_one_epoch
+
+    builds, served = [], []
+    real_build, real_next = DaliTwoViewLoader._build, DaliTwoViewLoader._next_batch
+    monkeypatch.setattr(DaliTwoViewLoader, "_build", lambda self, first: builds.append(first) or real_build(self, first))
+    monkeypatch.setattr(DaliTwoViewLoader, "_next_batch", lambda self, b, k: _record(served, real_next(self, b, k)))
+    loader = load(data, "train", "dali", train=True, batch_size=4, seed=3, num_threads=1, source_workers=1)
+    t = build_trainer(resolve("demo", width=4, lr=0.05), 3, torch.device("cpu"), Distributed())
+
+    class Quiet:
+        def start_epoch(self, *a): pass
+        def step(self, **k): pass
+
+    for epoch in range(3):
+        t.epoch = epoch
+        loader.set_epoch(epoch)
+        train_one_epoch(t, loader, [], Quiet())
+    assert builds == [0]
+    twin = load(data, "train", "torch", train=True, batch_size=4, seed=3)
+    assert served == [b.index.tolist() for _ in range(3) for b in twin]
+
+
+def _record(served: list, batch: Batch) -> Batch:
+    served.append(batch.index.tolist())
+    return batch
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_png_and_grey_images(make_dataset, tmp_path, backend, identify):
     png = make_dataset(tmp_path, name="png", classes=2, per_split={"val": 2}, encoding="png")
