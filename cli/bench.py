@@ -67,7 +67,9 @@ def _train_rows(r: dict) -> list[tuple[str, str, str]]:
     rows = []
     device = r["config"]["device"]
     for res in r["results"]:
-        how = f"batch {res['batch_size']}, {'CUDA graphs' if res['cuda_graphs'] else 'eager'}, {device}"
+        steps = ("eager" if not res["cuda_graphs"] else "CUDA graphs" if not res["capture_failed"]
+                 else "eager after a failed capture")
+        how = f"batch {res['batch_size']}, {steps}, {device}"
         eager = next(e for e in r["results"] if e["batch_size"] == res["batch_size"] and not e["cuda_graphs"])
         speedup = res["end_to_end_samples_per_s"] / eager["end_to_end_samples_per_s"]
         rows += [
@@ -77,12 +79,18 @@ def _train_rows(r: dict) -> list[tuple[str, str, str]]:
             (f"train compute only samples/s ({how})", f"{res['compute_only_samples_per_s']:.1f}",
              f"{res['compute_steps_per_s']:.1f} steps/s"),
             (f"train data wait share of step time ({how})", f"{res['data_wait_share']:.1%}", "target ≤ 5%"),
+            (f"train steps by mode ({how})", _modes(res["graph_replays"], "graph") + " · "
+             + _modes(res["eager_steps"], "eager"), ""),
         ]
         if res["gpu_busy_ms_per_step"] is not None:
             wall_ms = 1000 / res["compute_steps_per_s"]
             rows.append((f"GPU busy ms per step ({how})", f"{res['gpu_busy_ms_per_step']:.2f}",
                          f"{res['gpu_busy_ms_per_step'] / wall_ms:.0%} of {wall_ms:.2f} ms wall"))
     return rows
+
+
+def _modes(counts: dict[str, int], how: str) -> str:
+    return ", ".join(f"{mode} {n}" for mode, n in counts.items()) + f" {how}" if counts else f"none {how}"
 
 
 def _render_rows(r: dict) -> list[tuple[str, str, str]]:

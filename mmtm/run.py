@@ -36,9 +36,12 @@ CHECKPOINTS = ("best", "last")
 # (nan on re-balancing steps for the per-step one); d_speed_signal: what the step policy read (mmtm/speed.py).
 STEP_FIELDS = ("step", "epoch", "mode", "loss", "s_m1_m0", "s_m0_m1", "d_speed", "d_speed_step", "d_speed_window",
                "d_speed_signal")
+# *_graph_steps: the epoch's steps of each mode that ran as replays of a captured CUDA graph (mmtm/cuda_graphs.py);
+# runs written before these columns existed read them as nan (not recorded).
+GRAPH_STEP_FIELDS = ("regular_graph_steps", "rebalance_m0_graph_steps", "rebalance_m1_graph_steps")
 EPOCH_FIELDS = ("epoch", "lr", "train_loss", "train_loss_regular", "train_acc", "val_acc", "val_acc_m0",
                 "val_acc_m1", "val_loss", "d_speed", "s_m1_m0", "s_m0_m1", "d_speed_window", "regular_steps",
-                "rebalance_m0_steps", "rebalance_m1_steps", "seconds")
+                "rebalance_m0_steps", "rebalance_m1_steps", *GRAPH_STEP_FIELDS, "seconds")
 CUR_FIELDS = ("acc", "acc_m0", "acc_m1", "acc_m0_only", "acc_m1_only", "u_m1_given_m0", "u_m0_given_m1", "d_util")
 # Settings that make a checkpoint's state what it is: a run resumed, or a checkpoint evaluated for a run, with
 # other values would load weights of another shape or a policy or meter state of another kind, or measure
@@ -188,10 +191,14 @@ def read_csv(path: Path, fields: tuple[str, ...]) -> list[dict]:
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            missing = [k for k in fields if k not in (reader.fieldnames or ())]
+            missing = [k for k in fields if k not in (reader.fieldnames or ()) and k not in GRAPH_STEP_FIELDS]
             if missing:
                 raise UserError(f"{path}: no column {', '.join(missing)}; the header must be {','.join(fields)}")
             rows = list(reader)
+        for row in rows:
+            for k in GRAPH_STEP_FIELDS:
+                if k in fields:
+                    row.setdefault(k, "nan")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     for i, row in enumerate(rows):

@@ -27,7 +27,7 @@ from mmtm.config import TrainConfig, to_dict
 from mmtm.cuda_graphs import GraphedSteps
 from mmtm.eval_cur import evaluate_cur
 from mmtm.evaluate import evaluate
-from mmtm.fusion import REBALANCED_BRANCH, REGULAR
+from mmtm.fusion import REBALANCED_BRANCH, REGULAR, STEP_MODES
 from mmtm.hardware import Compute, Distributed, graph_steps, setup_distributed
 from mmtm.network import TwoViewMMTMNet, build_network, fused_logits
 from mmtm.policy import EpochContext, StepPolicy, runs_in_cuda_graphs
@@ -321,6 +321,7 @@ def train_one_epoch(t: Trainer, loader, steps_log: list[dict], progress: TrainPr
     counts = {"rebalance_m0": 0, "rebalance_m1": 0}
     n_batches = len(loader) if t.cfg.max_steps_per_epoch is None else min(len(loader), t.cfg.max_steps_per_epoch)
     progress.start_epoch(t.epoch, n_batches)
+    replays = dict(t.graphs.replays) if t.graphs is not None else {}
     batches = iter(loader)
     batch = next(batches, None) if n_batches else None
     taken = 0
@@ -349,7 +350,15 @@ def train_one_epoch(t: Trainer, loader, steps_log: list[dict], progress: TrainPr
     return {"train_loss": total_loss / max(n, 1),
             "train_loss_regular": regular_loss / n_regular if n_regular else math.nan,
             "train_acc": correct / max(n, 1),
-            "rebalance_m0_steps": counts["rebalance_m0"], "rebalance_m1_steps": counts["rebalance_m1"]}
+            "rebalance_m0_steps": counts["rebalance_m0"], "rebalance_m1_steps": counts["rebalance_m1"],
+            **_graph_replays(t, replays)}
+
+
+def _graph_replays(t: Trainer, before: dict[str, int]) -> dict[str, int]:
+    """Steps of each mode that ran as CUDA-graph replays since the replay counts were `before` (epochs.csv's
+    *_graph_steps); 0 without graphs."""
+    now = t.graphs.replays if t.graphs is not None else {}
+    return {f"{mode}_graph_steps": now.get(mode, 0) - before.get(mode, 0) for mode in STEP_MODES}
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | None = None) -> dict:

@@ -23,6 +23,32 @@ def test_bench_json_has_loader_and_train_results(make_dataset, tmp_path, monkeyp
     assert train["end_to_end_samples_per_s"] > 0 and train["compute_only_samples_per_s"] > 0
     assert 0 <= train["data_wait_share"] < 1 and train["compute_steps_per_s"] > 0
     assert train["end_to_end_over_compute"] == train["end_to_end_samples_per_s"] / train["compute_only_samples_per_s"]
+    # every step eager, and counted: 3 warm-up steps and 3 repeats of 2 steps, end to end and compute only
+    assert (train["graph_replays"], train["eager_steps"], train["capture_failed"]) == ({}, {"regular": 18}, None)
+
+
+def test_bench_train_times_the_steps_as_the_training_loop_takes_them(monkeypatch):
+    """Launch a step, fetch the next batch while it runs, then read the step (mmtm.training.train_one_epoch)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mmtm.bench import train as bench
+
+    events = []
+    monkeypatch.setattr(bench, "launch_step", lambda t, batch, mode: events.append(f"launch {batch.k}") or batch.k)
+    monkeypatch.setattr(bench, "read_step", lambda t, readout, mode: events.append(f"read {readout}"))
+
+    def batches():
+        for k in range(4):
+            events.append(f"fetch {k}")
+            yield SimpleNamespace(k=k, label=torch.zeros(2))
+
+    trainer = SimpleNamespace(compute=SimpleNamespace(device=torch.device("cpu")), graphs=None)
+    steps = bench._Steps(trainer, batches())
+    assert steps.run(3)[2] == 6
+    assert events == ["fetch 0", "launch 0", "fetch 1", "read 0", "launch 1", "fetch 2", "read 1", "launch 2",
+                      "fetch 3", "read 2"]
 
 
 def test_bench_train_takes_several_batch_sizes_and_the_scripts_flags(make_dataset, tmp_path):
@@ -65,6 +91,7 @@ def test_bench_pack_sums_concurrent_runs_and_every_bench_json_names_the_machine(
     assert (one["k"], two["k"]) == (1, 2) and len(two["per_run_samples_per_s"]) == 2
     assert two["aggregate_samples_per_s"] == pytest.approx(sum(two["per_run_samples_per_s"]))
     assert one["aggregate_over_first"] == 1.0 and result["config"]["mps"] in (True, False)
+    assert [(s["graph_replays"], s["capture_failed"]) for s in two["per_run_steps"]] == [({}, None)] * 2
     assert result["machine"]["torch_gpus"] == "none" or result["machine"]["cuda_available"]
 
 

@@ -276,3 +276,30 @@ def test_a_capture_that_raises_leaves_the_stream_and_the_pools_as_they_were(monk
     assert steps.eager_runs == {"regular": 2, "rebalance_m0": 3}
     assert list(cuda.pools.values()) == ["released", "released"]
     assert cuda.current == cuda.default and cuda.device_index == 0
+
+
+class Quiet:
+    def start_epoch(self, *a): pass
+    def step(self, **k): pass
+
+
+def test_each_epoch_records_the_steps_that_ran_as_graph_replays(batches, capsys):
+    """epochs.csv's *_graph_steps: replays per mode in each epoch; 0 once a failed capture turned graphs off."""
+    t = build_trainer(resolve("demo", width=4, policy="random", warmup_epochs=0, lr=0.05), 3, torch.device("cpu"),
+                      Distributed())
+    use_cuda_graphs(t, lambda step, device: TwinSteps(step, device))
+    rows = []
+    for epoch in range(3):
+        t.epoch = epoch
+        if epoch == 2:  # every mode captured anew in this epoch, and its first capture fails
+            t.graphs.fail.update({"regular", "rebalance_m0", "rebalance_m1"})
+            t.graphs.graphs.clear()
+        steps: list[dict] = []
+        row = training.train_one_epoch(t, batches[:6], steps, Quiet())
+        ran = {m: sum(s["mode"] == m for s in steps) for m in ("regular", "rebalance_m0", "rebalance_m1")}
+        rows.append((ran, {m: row[f"{m}_graph_steps"] for m in ran}))
+    (ran0, graphs0), (ran1, graphs1), (ran2, graphs2) = rows
+    assert graphs0 == {m: max(0, n - 2) for m, n in ran0.items()}  # after each mode's two eager warm-up steps
+    assert graphs1 == {m: n - min(n, max(0, 2 - ran0[m])) for m, n in ran1.items()}
+    assert sum(graphs1.values()) > 0 and sum(ran2.values()) == 6
+    assert graphs2 == {"regular": 0, "rebalance_m0": 0, "rebalance_m1": 0} and t.graphs.off is not None

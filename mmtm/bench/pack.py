@@ -33,11 +33,10 @@ def _packed_run(data: str, out: str, kw: dict) -> int:
     return 0
 
 
-def _run_figure(result: dict) -> float:
-    """A bench train result's end-to-end samples/s: the CUDA-graph entry where there is one."""
+def _run_entry(result: dict) -> dict:
+    """The bench train entry a run's figure comes from: the CUDA-graph entry where there is one."""
     entries = result["results"]
-    best = next((e for e in entries if e["cuda_graphs"]), entries[0])
-    return best["end_to_end_samples_per_s"]
+    return next((e for e in entries if e["cuda_graphs"]), entries[0])
 
 
 def bench_pack(data: str, *, ks: list[int], preset: str = "paper", batch_size: int = 8, device: str = "auto",
@@ -65,9 +64,12 @@ def bench_pack(data: str, *, ks: list[int], preset: str = "paper", batch_size: i
                     errors.append(lines[-1] if lines else f"exit {p.exitcode}")
             if errors:
                 raise UserError(f"a packed run failed with K = {k}: {errors[0]}")
-            per_run = [_run_figure(json.loads(out.read_text())) for out in outs]
+            entries = [_run_entry(json.loads(out.read_text())) for out in outs]
+        per_run = [e["end_to_end_samples_per_s"] for e in entries]
         results.append({"k": k, "threads_per_run": threads, "per_run_samples_per_s": per_run,
-                        "aggregate_samples_per_s": sum(per_run)})
+                        "aggregate_samples_per_s": sum(per_run),
+                        "per_run_steps": [{key: e[key] for key in ("cuda_graphs", "graph_replays", "eager_steps",
+                                                                   "capture_failed")} for e in entries]})
     base = results[0]["aggregate_samples_per_s"]
     for r in results:
         r["aggregate_over_first"] = r["aggregate_samples_per_s"] / base

@@ -1,13 +1,17 @@
 """Training throughput: end to end through the loader vs. compute only on a batch already on the device, for each
 batch size asked for, with eager steps and (on CUDA) CUDA-graph steps side by side.
 
-The data-wait share is the time the loop spends inside `next(loader)` over the whole step time. On CUDA the GPU
-busy time per step is the sum of the kernels' device time over a few profiled compute-only steps: far below the
-step's wall time, the step is bound by the host."""
+Steps are timed as the training loop takes them (`mmtm.training.train_one_epoch`): launch a step, ask the loader
+for the next batch while the device runs it, then read the step's values (its one host sync). The data-wait share
+is the time spent inside `next(loader)` over the whole step time. Each entry says which step modes ran as graph
+replays and which eager (`graph_replays`, `eager_steps`, and `capture_failed` when a failed capture turned graphs
+off). On CUDA the GPU busy time per step is the sum of the kernels' device time over a few profiled compute-only
+steps: far below the step's wall time, the step is bound by the host."""
 from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import torch
@@ -19,7 +23,7 @@ from loaders.factory import two_view_loader
 from mmtm.config import resolve
 from mmtm.fusion import REGULAR
 from mmtm.hardware import Distributed
-from mmtm.training import build_trainer, train_step
+from mmtm.training import build_trainer, launch_step, read_step
 
 PROFILED_STEPS = 5
 
@@ -29,30 +33,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_steps(trainer, batches, steps: int) -> tuple[float, float, int]:
-    """Run `steps` regular steps pulling batches from the iterator; return (seconds, wait seconds, samples)."""
-    wait = 0.0
-    samples = 0
-    _sync(trainer.compute.device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        batch = next(batches)
-        wait += time.perf_counter() - t0
-        train_step(trainer, batch, REGULAR)
-        samples += batch.label.numel()
-    _sync(trainer.compute.device)
-    return time.perf_counter() - start, wait, samples
+class _Steps:
+    """Regular training steps from a batch iterator, as the training loop takes them; `batch` is the one in hand."""
+
+    def __init__(self, trainer, batches):
+        self.trainer, self.batches = trainer, batches
+        self.batch = next(batches)
+        self.eager = Counter()  # steps of a trainer without graphs
+
+    def run(self, steps: int) -> tuple[float, float, int]:
+        """`steps` steps; (seconds, seconds waiting for the loader, samples)."""
+        t = self.trainer
+        wait = 0.0
+        samples = 0
+        _sync(t.compute.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            readout = launch_step(t, self.batch, REGULAR)
+            samples += self.batch.label.numel()
+            t0 = time.perf_counter()
+            self.batch = next(self.batches)
+            wait += time.perf_counter() - t0
+            read_step(t, readout, REGULAR)
+            if t.graphs is None:
+                self.eager[REGULAR] += 1
+        _sync(t.compute.device)
+        return time.perf_counter() - start, wait, samples
 
 
-def _gpu_busy_ms(trainer, batch) -> float:
+def _gpu_busy_ms(steps: _Steps) -> float:
     """Device time of every kernel of a compute-only step, averaged over PROFILED_STEPS steps."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(PROFILED_STEPS):
-            train_step(trainer, batch, REGULAR)
-        _sync(trainer.compute.device)
+        steps.run(PROFILED_STEPS)
     busy_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
     return busy_us / 1000 / PROFILED_STEPS
 
@@ -70,34 +84,39 @@ def _measure(cfg, classes: int, dev: torch.device, threads: int, steps: int, war
     trainer.net.train()
     data_loader = two_view_loader(cfg.data, "train", views=cfg.views, batch_size=cfg.batch_size, train=True,
                                   seed=cfg.seed, backend=cfg.loader, device=dev, num_threads=threads)
-    real = _cycle(data_loader)
-    first = next(real)
+    real = _Steps(trainer, _cycle(data_loader))
     # Compute-only ceiling: one batch already on the device, reused every step.
+    first = real.batch
     cached = SimpleNamespace(view0=first.view0.clone(), view1=first.view1.clone(), label=first.label.clone())
-    fake = iter(lambda: cached, None)
+    fake = _Steps(trainer, iter(lambda: cached, None))
     e2e, compute, waits, step_s = [], [], [], []
-    _timed_steps(trainer, real, warmup)  # graph mode captures here (after its eager warm-up runs)
-    _timed_steps(trainer, fake, warmup)
+    real.run(warmup)  # graph mode captures here (after its eager warm-up runs)
+    fake.run(warmup)
     for _ in range(repeats):
-        sec, wait, n = _timed_steps(trainer, real, steps)
+        sec, wait, n = real.run(steps)
         e2e.append(n / sec)
         waits.append(wait / sec)
-        sec, _, n = _timed_steps(trainer, fake, steps)
+        sec, _, n = fake.run(steps)
         compute.append(n / sec)
         step_s.append(steps / sec)
     e2e_med, compute_med = statistics.median(e2e), statistics.median(compute)
-    return {"batch_size": cfg.batch_size, "cuda_graphs": trainer.graphs is not None, "loader": data_loader.backend,
+    busy = _gpu_busy_ms(fake) if dev.type == "cuda" else None
+    graphs = trainer.graphs
+    return {"batch_size": cfg.batch_size, "cuda_graphs": graphs is not None, "loader": data_loader.backend,
             "end_to_end_samples_per_s": e2e_med, "compute_only_samples_per_s": compute_med,
             "end_to_end_over_compute": e2e_med / compute_med, "data_wait_share": statistics.median(waits),
-            "compute_steps_per_s": statistics.median(step_s),
-            "gpu_busy_ms_per_step": _gpu_busy_ms(trainer, cached) if dev.type == "cuda" else None,
+            "compute_steps_per_s": statistics.median(step_s), "gpu_busy_ms_per_step": busy,
+            "graph_replays": dict(graphs.replays) if graphs else {},
+            "eager_steps": dict(graphs.eager_runs) if graphs else dict(real.eager + fake.eager),
+            "capture_failed": graphs.off if graphs else None,
             "amp": trainer.compute.amp, "channels_last": trainer.compute.channels_last}
 
 
 def bench_train(data: str, *, preset: str = "demo", batch_sizes: list[int] | None = None, width: int | None = None,
                 steps: int = 20, warmup: int = 3, repeats: int = 3, device: str = "auto", loader: str = "auto",
                 threads: int = 2, channels_last: str = "auto") -> dict:
-    """{"results": [one entry per (batch size, eager|graph)], "config": {...}}; graph entries on CUDA only."""
+    """{"results": [one entry per (batch size, eager|graph)], "config": {...}}; graph entries on CUDA only. An entry
+    with `cuda_graphs` true whose `capture_failed` is set timed eager steps after the failure, and says so."""
     if steps < 1 or warmup < 0 or repeats < 1:
         raise UserError("--steps and repeats must be at least 1, warm-up steps at least 0")
     dev = resolve_device(device)
