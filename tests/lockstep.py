@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 
 import torch
 
@@ -49,11 +50,14 @@ class TwinSteps(GraphedSteps):
 
 
 def trainer(cfg, classes: int, graphs):
-    """A trainer for `cfg`; on the CPU with the twin of CUDA graphs (`graphs`), or eager with the learning rate a
-    tensor as eager steps have it on CUDA."""
+    """A trainer for `cfg` whose steps run through `graphs` (GraphedSteps with a test's warm-up count, or on the
+    CPU its twin) where given; else as `cfg` says, with the learning rate a tensor on the CPU as eager steps have it
+    on CUDA."""
     t = build_trainer(cfg, classes, torch.device(cfg.device), Distributed())
-    if t.compute.device.type == "cpu":
-        use_cuda_graphs(t, graphs) if graphs is not None else lr_on_device(t.optimizer, t.compute.device)
+    if graphs is not None:
+        use_cuda_graphs(t, graphs)
+    elif t.compute.device.type == "cpu":
+        lr_on_device(t.optimizer, t.compute.device)
     return t
 
 
@@ -67,8 +71,9 @@ def state(t) -> dict[str, torch.Tensor]:
             out[f"momentum.{names[id(p)]}"] = s["momentum_buffer"]
     # in float32: what fused SGD computes with, from a float (eager) or a float32 device tensor (graphs)
     out["lr"] = torch.tensor(float(t.optimizer.param_groups[0]["lr"]), dtype=torch.float32)
-    for key in ("M", "M_from", "recent", "last", "steps"):
-        out[f"meter.{key}"] = t.meter.state_dict()[key]
+    for key, value in t.meter.state_dict().items():
+        if isinstance(value, torch.Tensor):  # the sums, counts and whether it counts yet
+            out[f"meter.{key}"] = value
     return out
 
 
@@ -84,16 +89,18 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rel: fl
 
 
 def run_lockstep(cfg, classes: int, loader, val_loader, *, graphs, rel: float,
-                 epochs: int = 3, roundtrip=lambda s: s, step_hook=None) -> set[str]:
+                 epochs: int = 3, roundtrip=lambda s: s, step_hook=None) -> list[set[str]]:
     """Train an eager and a graphed trainer on the same batches for `epochs` epochs; after every step compare
     their readouts and `state`. Between replays: a validation pass after each epoch, the learning rate dropped
     by the schedule after epoch 0, the checkpoint loaded back into the graphed trainer after its graphs were
-    captured (epoch 1), and the graphed run resumed in a new trainer from its checkpoint (epoch 2).
-    Returns the step modes that ran."""
+    captured (epoch 1), and the graphed run resumed in a new trainer from its checkpoint (epoch 2). After every
+    epoch: no capture failed, and every step of every mode past its warm-up was a replay.
+    Returns, per epoch, the step modes that ran as replays."""
     eager = trainer(dataclasses.replace(cfg, cuda_graphs="off"), classes, None)
     graphed = trainer(cfg, classes, graphs)
     assert eager.graphs is None and graphed.graphs is not None
-    modes = set()
+    ran: Counter[str] = Counter()  # steps per mode since the graphed trainer's GraphedSteps was made
+    replayed = []
     for epoch in range(epochs):
         if epoch == 1:    # load after capture: the graphs must go on updating the tensors they hold
             graphed.load_state_dict(roundtrip(graphed.state_dict(["c"] * classes)))
@@ -101,6 +108,8 @@ def run_lockstep(cfg, classes: int, loader, val_loader, *, graphs, rel: float,
             saved = roundtrip(graphed.state_dict(["c"] * classes))
             graphed = trainer(cfg, classes, graphs)
             graphed.load_state_dict(saved)
+            ran = Counter()
+        before = dict(graphed.graphs.replays)
         loader.set_epoch(epoch)
         for t in (eager, graphed):
             t.net.train()
@@ -113,17 +122,22 @@ def run_lockstep(cfg, classes: int, loader, val_loader, *, graphs, rel: float,
             for t in (eager, graphed):
                 outs.append(train_step(t, batch, mode))
                 t.policy.observe(mode, outs[-1]["d_speed_signal"], epoch)
+            ran[mode] += 1
             where = f"epoch {epoch} step {i} ({mode})"
             assert_close({k: torch.tensor(v) for k, v in outs[0].items() if not math.isnan(v)},
                          {k: torch.tensor(v) for k, v in outs[1].items() if not math.isnan(v)}, rel, where)
             assert_close(state(eager), state(graphed), rel, where)
             if step_hook is not None:
                 step_hook(eager, graphed)
-            modes.add(mode)
+        steps = graphed.graphs
+        assert steps.off is None, f"epoch {epoch}: {steps.off}"
+        assert dict(steps.replays) == {m: n - steps.warmup for m, n in ran.items() if n > steps.warmup}, \
+            f"epoch {epoch}: replays {dict(steps.replays)} of steps {dict(ran)}"
+        replayed.append({m for m, n in steps.replays.items() if n > before.get(m, 0)})
         vals = [evaluate(t.net, val_loader, t.compute.fp32()) for t in (eager, graphed)]
         assert vals[0]["acc"] == vals[1]["acc"], f"validation after epoch {epoch}"
         if epoch == 0:  # the schedule lowers the learning rate in place (patience 0, a loss that did not improve)
             for t in (eager, graphed):
                 t.scheduler.step(math.inf)
             assert float(graphed.optimizer.param_groups[0]["lr"]) < cfg.lr
-    return modes
+    return replayed
