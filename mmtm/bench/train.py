@@ -6,11 +6,13 @@ for the next batch while the device runs it, then read the step's values (its on
 is the time spent inside `next(loader)` over the whole step time. Each entry says which step modes ran as graph
 replays and which eager (`graph_replays`, `eager_steps`, and `capture_failed` when a failed capture turned graphs
 off). On CUDA the GPU busy time per step is the sum of the kernels' device time over a few profiled compute-only
-steps: far below the step's wall time, the step is bound by the host."""
+steps: far below the step's wall time, the step is bound by the host; and the host syncs per step are counted
+over a few end-to-end steps (the target is one: the read of the step's values)."""
 from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections import Counter
 from types import SimpleNamespace
 
@@ -41,12 +43,14 @@ class _Steps:
         self.batch = next(batches)
         self.eager = Counter()  # steps of a trainer without graphs
 
-    def run(self, steps: int) -> tuple[float, float, int]:
-        """`steps` steps; (seconds, seconds waiting for the loader, samples)."""
+    def run(self, steps: int, sync: bool = True) -> tuple[float, float, int]:
+        """`steps` steps; (seconds, seconds waiting for the loader, samples). `sync`: wait for the device before
+        and after, so the seconds are the steps'."""
         t = self.trainer
         wait = 0.0
         samples = 0
-        _sync(t.compute.device)
+        if sync:
+            _sync(t.compute.device)
         start = time.perf_counter()
         for _ in range(steps):
             readout = launch_step(t, self.batch, REGULAR)
@@ -57,8 +61,22 @@ class _Steps:
             read_step(t, readout, REGULAR)
             if t.graphs is None:
                 self.eager[REGULAR] += 1
-        _sync(t.compute.device)
+        if sync:
+            _sync(t.compute.device)
         return time.perf_counter() - start, wait, samples
+
+
+def _host_syncs_per_step(steps: _Steps, n: int = 5) -> float:
+    """How often a step of the loop, the loader's next batch included, makes the host wait for the GPU (torch's sync
+    debug mode warns once per sync)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            steps.run(n, sync=False)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught) / n
 
 
 def _gpu_busy_ms(steps: _Steps) -> float:
@@ -101,11 +119,13 @@ def _measure(cfg, classes: int, dev: torch.device, threads: int, steps: int, war
         step_s.append(steps / sec)
     e2e_med, compute_med = statistics.median(e2e), statistics.median(compute)
     busy = _gpu_busy_ms(fake) if dev.type == "cuda" else None
+    syncs = _host_syncs_per_step(real) if dev.type == "cuda" else None
     graphs = trainer.graphs
     return {"batch_size": cfg.batch_size, "cuda_graphs": graphs is not None, "loader": data_loader.backend,
             "end_to_end_samples_per_s": e2e_med, "compute_only_samples_per_s": compute_med,
             "end_to_end_over_compute": e2e_med / compute_med, "data_wait_share": statistics.median(waits),
             "compute_steps_per_s": statistics.median(step_s), "gpu_busy_ms_per_step": busy,
+            "host_syncs_per_step": syncs,
             "graph_replays": dict(graphs.replays) if graphs else {},
             "eager_steps": dict(graphs.eager_runs) if graphs else dict(real.eager + fake.eager),
             "capture_failed": graphs.off if graphs else None,
