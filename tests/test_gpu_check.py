@@ -42,7 +42,8 @@ def test_verdicts_judge_every_target_and_leave_skipped_parts_unjudged(tmp_path):
     finally:
         sys.path.remove(str(SCRIPT.parent))
     entry = dict(cuda_graphs=True, capture_failed=None, host_syncs_per_step=1.0)
-    train = {"results": [{**entry, "batch_size": 8, "end_to_end_samples_per_s": 1700.0, "end_to_end_over_compute": 0.97},
+    train = {"results": [{**entry, "batch_size": 8, "end_to_end_samples_per_s": 1700.0,
+                          "end_to_end_over_compute": 0.97},
                          {**entry, "batch_size": 64, "end_to_end_samples_per_s": 4000.0,
                           "end_to_end_over_compute": 0.96},
                          {**entry, "cuda_graphs": False, "batch_size": 8, "end_to_end_samples_per_s": 1.0,

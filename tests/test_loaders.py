@@ -200,7 +200,8 @@ def test_the_training_loop_builds_one_dali_pipeline_for_the_whole_run(data, monk
 
     builds, served = [], []
     real_build, real_next = DaliTwoViewLoader._build, DaliTwoViewLoader._next_batch
-    monkeypatch.setattr(DaliTwoViewLoader, "_build", lambda self, first: builds.append(first) or real_build(self, first))
+    monkeypatch.setattr(DaliTwoViewLoader, "_build",
+                        lambda self, first: builds.append(first) or real_build(self, first))
     monkeypatch.setattr(DaliTwoViewLoader, "_next_batch", lambda self, b, k: _record(served, real_next(self, b, k)))
     loader = load(data, "train", "dali", train=True, batch_size=4, seed=3, num_threads=1, source_workers=1)
     t = build_trainer(resolve("demo", width=4, lr=0.05), 3, torch.device("cpu"), Distributed())
