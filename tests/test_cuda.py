@@ -113,7 +113,7 @@ def host_syncs(fn) -> int:
 
 @pytest.mark.parametrize("graphs", ["off", "auto"])
 @pytest.mark.parametrize("backend", ["dali", "torch"])
-def test_a_training_step_with_its_next_batch_syncs_once(jpeg_data, graphs, backend):
+def test_a_training_step_with_its_next_batch_syncs_once(jpeg_data, no_capture_note, graphs, backend):
     """One iteration of the training loop — launch the step, ask the loader for the next batch, read the step —
     waits for the GPU once; an evaluation pass once."""
     if backend == "dali":
@@ -134,22 +134,25 @@ def test_a_training_step_with_its_next_batch_syncs_once(jpeg_data, graphs, backe
     for _ in range(4):  # eager warm-up, then capture
         iteration()
     assert host_syncs(iteration) == 1
+    if t.graphs is not None:  # the measured step was a replay
+        assert t.graphs.off is None and t.graphs.replays == {"regular": 2}
     assert host_syncs(lambda: evaluate(t.net, val, t.compute.fp32())) == 1
 
 
-def test_bf16_channels_last_steps_learn_on_the_gpu(jpeg_data):
+def test_bf16_channels_last_steps_learn_on_the_gpu(jpeg_data, no_capture_note):
     cfg = resolve("demo", width=8, batch_size=4, policy="balanced", loader="torch", device="cuda")
     t = trainer(cfg, 3, None)
     assert t.compute.amp and t.compute.channels_last and t.graphs is not None
     train, _ = loaders(jpeg_data, "torch")
     losses = []
-    for epoch in range(40):
+    for epoch in range(20):  # 240 steps
         train.set_epoch(epoch)
         for batch in train:
             losses.append(train_step(t, batch, "regular")["loss"])
     for mode in ("rebalance_m0", "rebalance_m1"):
         losses.append(train_step(t, batch, mode)["loss"])
     assert all(torch.isfinite(torch.tensor(losses)))
+    assert t.graphs.off is None and t.graphs.replays["regular"] == len(losses) - 2 - 3
     fit = evaluate(t.net, two_view_loader(jpeg_data, "train", batch_size=4, train=False, seed=0, backend="torch",
                                           device="cuda"), t.compute)
     assert fit["acc"] >= 0.9  # the class colour block is easy to fit
