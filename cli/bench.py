@@ -79,8 +79,8 @@ def _train_rows(r: dict) -> list[tuple[str, str, str]]:
             (f"train compute only samples/s ({how})", f"{res['compute_only_samples_per_s']:.1f}",
              f"{res['compute_steps_per_s']:.1f} steps/s"),
             (f"train data wait share of step time ({how})", f"{res['data_wait_share']:.1%}", "target ≤ 5%"),
-            (f"train steps by mode ({how})", _modes(res["graph_replays"], "graph") + " · "
-             + _modes(res["eager_steps"], "eager"), ""),
+            (f"train steps by mode ({how})", _modes(res["graph_replays"], res["eager_steps"]),
+             f"graphs off: {res['capture_failed']}" if res["capture_failed"] else ""),
         ]
         if res["gpu_busy_ms_per_step"] is not None:
             wall_ms = 1000 / res["compute_steps_per_s"]
@@ -89,8 +89,10 @@ def _train_rows(r: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _modes(counts: dict[str, int], how: str) -> str:
-    return ", ".join(f"{mode} {n}" for mode, n in counts.items()) + f" {how}" if counts else f"none {how}"
+def _modes(graph: dict[str, int], eager: dict[str, int]) -> str:
+    """Per step mode, the steps that ran as graph replays and eager."""
+    return ", ".join(f"{mode} {graph.get(mode, 0)} graph + {eager.get(mode, 0)} eager"
+                     for mode in sorted(graph.keys() | eager.keys()))
 
 
 def _render_rows(r: dict) -> list[tuple[str, str, str]]:
