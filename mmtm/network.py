@@ -47,12 +47,17 @@ class ResNet18(ResNet):
                 nn.init.constant_(m.bias, 0)
 
 
+def mmtm_channels(width: int) -> tuple[int, int, int]:
+    """The channels of each view at the three MMTMs (after layer2, layer3, layer4)."""
+    return 2 * width, 4 * width, 8 * width
+
+
 class TwoViewMMTMNet(nn.Module):
     def __init__(self, num_classes: int, width: int = 64, ratio: int = 4, gate: str = "sigmoid"):
         super().__init__()
         self.branch0 = ResNet18(num_classes, width)
         self.branch1 = ResNet18(num_classes, width)
-        self.mmtms = nn.ModuleList(MMTM(c, c, ratio, gate) for c in (2 * width, 4 * width, 8 * width))
+        self.mmtms = nn.ModuleList(MMTM(c, c, ratio, gate) for c in mmtm_channels(width))
 
     def forward(self, x0: Tensor, x1: Tensor, mode: str = REGULAR) -> tuple[Tensor, Tensor]:
         h0, h1 = _stem(self.branch0, x0), _stem(self.branch1, x1)

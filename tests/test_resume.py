@@ -97,10 +97,10 @@ atomic_write_bytes(sys.argv[1], half_written)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert [p.name for p in run.iterdir() if p.name.startswith(".last.pt.tmp-")]  # what the kill left
-    r = invoke("train", "--data", synthetic_data, "--out", run, "--resume", "--epochs", 3)
+    r = invoke("train", "--data", synthetic_data, "--out", run, "--resume")
     assert r.exit_code == 0, r.output
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
-    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2  # the checkpoint the kill did not replace
 
 
 def test_resume_on_other_classes_is_refused(synthetic_data, trained_runs, tmp_path):
@@ -111,5 +111,5 @@ def test_resume_on_other_classes_is_refused(synthetic_data, trained_runs, tmp_pa
     (other / "dataset.json").write_text(json.dumps(meta))
     run = tmp_path / "run"
     shutil.copytree(trained_runs / "vanilla", run)
-    r = invoke("train", "--data", other, "--out", run, "--resume", "--epochs", 3)
+    r = invoke("train", "--data", other, "--out", run, "--resume")
     assert r.exit_code == 2 and "classes differ" in r.output
