@@ -47,11 +47,6 @@ class ResNet18(ResNet):
                 nn.init.constant_(m.bias, 0)
 
 
-def mmtm_channels(width: int) -> tuple[int, int, int]:
-    """The channels of each view at the three MMTMs (after layer2, layer3, layer4)."""
-    return 2 * width, 4 * width, 8 * width
-
-
 class TwoViewMMTMNet(nn.Module):
     def __init__(self, num_classes: int, width: int = 64, ratio: int = 4, gate: str = "sigmoid"):
         super().__init__()
@@ -141,3 +136,8 @@ LOSSES = ("heads", "fused")
 def task_loss(name: str, logits0: Tensor, logits1: Tensor, y: Tensor) -> Tensor:
     """The task loss a run's config names (`loss`): "heads" or "fused"."""
     return two_head_loss(logits0, logits1, y) if name == "heads" else fused_loss(logits0, logits1, y)
+
+
+def mmtm_channels(width: int) -> tuple[int, int, int]:
+    """The channels of each view at the three MMTMs (after layer2, layer3, layer4)."""
+    return 2 * width, 4 * width, 8 * width
