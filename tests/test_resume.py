@@ -113,3 +113,16 @@ def test_resume_on_other_classes_is_refused(synthetic_data, trained_runs, tmp_pa
     shutil.copytree(trained_runs / "vanilla", run)
     r = invoke("train", "--data", other, "--out", run, "--resume")
     assert r.exit_code == 2 and "classes differ" in r.output
+
+
+def test_resume_may_change_where_and_how_a_run_executes_but_not_what_it_trains(synthetic_data, trained_runs,
+                                                                                tmp_path):
+    """A moved run resumed on another device, loader thread count or copy of the data goes on (a sweep resumes its runs with
+    the thread share of the moment); config.json then still describes what was trained."""
+    run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
+    data = shutil.copytree(synthetic_data, tmp_path / "moved")
+    before = json.loads((run / "config.json").read_text())
+    r = invoke("train", "--out", run, "--resume", "--data", data, "--threads", 1, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    after = json.loads((run / "config.json").read_text())
+    assert {k for k in before if before[k] != after[k]} == {"data", "out", "num_threads"}  # a moved run
