@@ -126,3 +126,35 @@ def test_resume_may_change_where_and_how_a_run_executes_but_not_what_it_trains(s
     assert r.exit_code == 0, r.output
     after = json.loads((run / "config.json").read_text())
     assert {k for k in before if before[k] != after[k]} == {"data", "out", "num_threads"}  # a moved run
+
+
+def test_a_disk_that_fills_up_mid_run_is_one_error_line_and_the_resume_ends_like_an_uninterrupted_run(
+        synthetic_data, tmp_path, monkeypatch):
+    """Every write after the first checkpoint fails as on a full disk (ENOSPC at fsync, after the bytes went to the
+    page cache): one error line, no row or temporary half-written, and the run resumes to the same end."""
+    import errno
+    import os
+
+    from helpers import TINY
+
+    flags = [*TINY, "--epochs", 2, "--max-steps-per-epoch", 3]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert invoke("train", "--data", synthetic_data, "--out", full, *flags).exit_code == 0
+    fsync = os.fsync
+
+    def full_disk_after_a_checkpoint(fd):
+        if (cut / "last.pt").exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_after_a_checkpoint)
+    r = invoke("train", "--data", synthetic_data, "--out", cut, *flags)
+    monkeypatch.undo()
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 2 and lines[0].startswith("epoch   0"), r.output
+    assert lines[1].startswith("error: ") and "no space left" in lines[1] and "steps.csv" in lines[1]
+    assert [p.name for p in cut.iterdir() if p.name.startswith(".")] == []
+    assert {r["epoch"] for r in read_csv(cut / "steps.csv")} == {"0"} and len(read_csv(cut / "epochs.csv")) == 1
+    r = invoke("train", "--data", synthetic_data, "--out", cut, *flags, "--resume")
+    assert r.exit_code == 0, r.output
+    same_run(full, cut)
