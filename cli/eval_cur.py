@@ -25,13 +25,16 @@ def eval_cur(
 ) -> None:
     """Measure u(m1|m0), u(m0|m1) and d_util (docs/science.md §2) and write RUN/cur.json (cur-last.json for last).
 
+    Only the test split of best.pt and last.pt goes to cur.json and cur-last.json (what report and compare read);
+    another split or checkpoint goes to a file that names both, e.g. cur-val-last.json.
+
     Pass 1 averages every MMTM's squeeze vectors over the training subset; pass 2 evaluates the split
     with regular fusion and with cross-modal flow off, both in float32. The checkpoint is only read.
 
     \b
     Examples:
       mmtm eval-cur runs/balanced
-      mmtm eval-cur runs/balanced --checkpoint last --split val --json
+      mmtm eval-cur runs/balanced --checkpoint last --split val --json   # cur-val-last.json
     """
     from mmtm.eval_cur import evaluate_cur
     from mmtm.run import RunFolder
@@ -47,6 +50,9 @@ def eval_cur(
     for key, label in (("acc", "accuracy of ŷ"), ("acc_m0", "A(f0)"), ("acc_m0_only", "A(f0')  flow off"),
                        ("acc_m1", "A(f1)"), ("acc_m1_only", "A(f1')  flow off"), ("u_m1_given_m0", "u(m1|m0)"),
                        ("u_m0_given_m1", "u(m0|m1)"), ("d_util", "d_util")):
-        table.add_row(label, f"{r[key]:+.4f}" if key.startswith(("u_", "d_")) else f"{r[key]:.4f}")
+        if r["single_view"] is not None and key not in ("acc", f"acc_m{r['single_view']}"):
+            table.add_row(label, "—")  # one branch, one head, no cross-modal flow: the measure does not apply
+        else:
+            table.add_row(label, f"{r[key]:+.4f}" if key.startswith(("u_", "d_")) else f"{r[key]:.4f}")
     Console().print(table)
-    typer.echo(f"wrote {RunFolder(run).cur_for(checkpoint)}")
+    typer.echo(f"wrote {RunFolder(run).cur_for(checkpoint, split)}")

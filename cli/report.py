@@ -23,6 +23,9 @@ def report(
       mmtm report runs/vanilla runs/balanced --out report
       mmtm report demo/compare/*-s0 --out demo/report
     """
-    from mmtm.report import write_report
+    from mmtm.report import stale_results, write_report
 
+    stale = stale_results(runs)
     typer.echo(f"wrote {write_report(runs, out)}")
+    for line in stale:
+        typer.echo(f"warning: {line}", err=True)

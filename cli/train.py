@@ -34,10 +34,10 @@ def train(
                                                     "branch, a control); other papers' ogm-ge, g-blending, "
                                                     "moddrop, pmr."),
     views: Optional[str] = typer.Option(None, help="Two view indices 0..11 (paper: 0,6)."),
-    single_view: Optional[int] = typer.Option(None, help="Train the single-view baseline instead: one ResNet-18 "
-                                                         "branch on view 0 or 1 of --views, one head, the same "
-                                                         "protocol; its test accuracy goes to cur.json and "
-                                                         "cur-last.json."),
+    single_view: Optional[int] = typer.Option(None, metavar="VIEW", help="Train the single-view baseline instead: "
+                                              "one ResNet-18 branch on VIEW (the view number, one of --views: 6 "
+                                              "for the second of 0,6), one head, the same protocol; its test "
+                                              "accuracy goes to cur.json and cur-last.json."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per process."),
     lr: Optional[float] = typer.Option(None, help="SGD learning rate."),
@@ -99,7 +99,7 @@ def train(
       mmtm train --data data/syn --out runs/vanilla --preset demo
       mmtm train --data data/syn --out runs/bal --preset demo --balanced
       mmtm train --data data/syn --out runs/flip --preset demo --policy flipped
-      mmtm train --data data/syn --out runs/rear --preset demo --single-view 1
+      mmtm train --data data/syn --out runs/rear --preset demo --single-view 6
       mmtm train --data data/syn --out runs/ogm --preset demo --policy ogm-ge \\
         --ogm-alpha 0.3                             # OGM-GE, stronger
       mmtm train --data data/syn --out runs/w --preset demo --balanced \\
@@ -122,7 +122,7 @@ def train(
         config = run_config  # a resumed run keeps its own settings unless flags override them
     cfg = cfgmod.resolve(
         preset, config, data=str(data.resolve()) if data else None, out=str(out), policy=policy,
-        views=_views(views), single_view=single_view,
+        views=_views(views), single_view_on=single_view,
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, width=width, alpha=alpha,
         rebalance_steps=rebalance_steps, warmup_epochs=warmup_epochs, rebalance_params=rebalance_params,
         speed_window=speed_window, speed_signal=speed_signal, speed_from_epoch=speed_from_epoch,
@@ -136,4 +136,5 @@ def train(
         raise UserError("--data is required (a folder made by `mmtm prep`)")
     row = fit(cfg, resume=resume)
     if row:
-        typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_speed {row['d_speed']:+.4f}")
+        d_speed = "—" if cfg.single_view is not None else f"{row['d_speed']:+.4f}"  # one branch: no d_speed
+        typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_speed {d_speed}")

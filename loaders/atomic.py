@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from loaders.errors import UserError, write_error
+
 # A temporary whose owner cannot be asked (written on another host, or named by an older mmtm without a pid)
 # counts as stale only after this long: no write of a dataset or checkpoint takes a day.
 STALE_AGE_S = 24 * 3600
@@ -31,21 +33,28 @@ _UNOWNED = (re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp"),       # older atom
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     """Call write(file) on a temporary file beside `path`, fsync, then rename over `path`. Stale temporaries of
-    earlier writes of `path` go first."""
+    earlier writes of `path` go first. A full disk or a name too long is a UserError (`write_error`), raised
+    after the temporary is gone and with `path` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
     tmp = _temporary(path, "tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        error = write_error(e, path)
+        if error is e:
+            raise
+        raise error from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -67,13 +76,21 @@ class AtomicDir:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.final)
         self.tmp = _temporary(self.final, "tmp")
-        self.tmp.mkdir(0o777)
+        try:
+            self.tmp.mkdir(0o777)
+        except OSError as e:
+            error = write_error(e, self.final)
+            if error is e:
+                raise
+            raise error from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and write_error(exc, self.final) is not exc:
+                raise write_error(exc, self.final) from None
             return
         old = None
         with locked(self.final):
@@ -129,6 +146,34 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
         elif path == _lock_path(target) and _remove_unheld_lock(path):
             removed.append(path)
     return removed
+
+
+def check_names_fit(path: str | os.PathLike, what: str, *, atomic: bool = True) -> None:
+    """Every name in `path` fits the file system, and so does (`atomic`) the temporary that an atomic write of
+    `path` makes beside it (about 30 bytes longer): a UserError otherwise, raised before anything is written."""
+    path = Path(path)
+    existing = path.parent
+    while not _is_dir(existing):
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise UserError(f"{path}: {what} holds a name of {len(os.fsencode(part))} bytes, more than the {limit} "
+                            "the file system allows; choose a shorter one")
+    temporary = len(os.fsencode(_temporary(path, "tmp").name))
+    if atomic and temporary > limit:
+        raise UserError(f"{path}: {what} is written under a temporary name of {temporary} bytes first (.NAME.tmp-…), "
+                        f"more than the {limit} the file system allows; choose a name shorter by {temporary - limit}")
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return os.path.isdir(path) or path == path.parent
+    except OSError:
+        return False
 
 
 def _temporary(target: Path, kind: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from loaders.atomic import check_names_fit
 from loaders.errors import UserError
 
 
@@ -12,6 +13,7 @@ def check_output_folder(path: str | os.PathLike, what: str = "--out", *, replace
     """`path` is, or can be made as, a folder to write into. replaced: the folder is built beside `path` and
     renamed into place (`loaders.atomic.AtomicDir`), so its parent must be writable as well."""
     path = Path(path)
+    check_names_fit(path, what, atomic=replaced)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: {what} exists and is not a folder")
     _check_writable(path.parent if replaced or not path.exists() else path, path, what)
@@ -23,6 +25,7 @@ def check_output_folder(path: str | os.PathLike, what: str = "--out", *, replace
 def check_output_file(path: str | os.PathLike, what: str) -> Path:
     """`path` can be written atomically: it is not a folder, and its folder is (or can be made) writable."""
     path = Path(path)
+    check_names_fit(path, what)
     if path.is_dir():
         raise UserError(f"{path}: {what} is a folder, not a file")
     _check_writable(path.parent, path, what)

@@ -14,14 +14,17 @@ from loaders.dataset import NUM_VIEWS
 from loaders.device import check_device_name
 from loaders.errors import UserError
 from loaders.factory import BACKENDS
-from mmtm.fusion import GATES
+from mmtm.fusion import GATES, bottleneck_units
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
 from mmtm.methods import g_blending, moddrop, ogm_ge, pmr
-from mmtm.network import LOSSES
+from mmtm.network import LOSSES, mmtm_channels
 from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
 from mmtm.registry import POLICIES
 from mmtm.speed import SIGNALS
 from mmtm.schedule import PLATEAU_ON, SCHEDULES
+
+FLOAT32_MAX = 3.4028234663852886e38  # a learning rate lives in a float32 tensor on the GPU
+SEED_MAX = 2**64 - 1                 # torch seeds its generators with an unsigned 64-bit integer
 
 
 @dataclass
@@ -36,6 +39,7 @@ class TrainConfig:
     gate: str = "sigmoid"                   # "sigmoid" (official code) or "2sigmoid" (paper)
     loss: str = "auto"                      # heads: CE(ŷ0)+CE(ŷ1) | fused: CE(ŷ) | auto: the policy's authors' choice
     single_view: int | None = None          # 0 or 1: the single-view baseline, one branch on views[0] or views[1]
+    #                                         (`--single-view VIEW` takes the view itself and records its slot here)
     # optimisation (docs/science.md §5)
     epochs: int = 300
     batch_size: int = 8
@@ -83,7 +87,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.single_view is not None:
             if self.single_view not in (0, 1) or self.policy != "vanilla" or self.loss == "heads":
-                raise UserError(f"--single-view takes 0 or 1 (which of the two views) and trains one branch with "
+                raise UserError(f"single_view is 0 or 1 (the first or second of views) and trains one branch with "
                                 f"policy vanilla and loss fused (CE of its one head), got single_view "
                                 f"{self.single_view!r}, policy {self.policy!r}, loss {self.loss!r}")
             self.loss = "fused"
@@ -116,8 +120,17 @@ class TrainConfig:
                                 f"got {value}")
         if self.batch_size < 2:
             raise UserError("batch_size must be at least 2 (BatchNorm needs two samples)")
-        if not 0 < self.lr < math.inf:
-            raise UserError(f"lr must be positive and finite, got {self.lr}")
+        if not 0 < self.lr <= FLOAT32_MAX:
+            raise UserError(f"lr must be positive and finite in float32 (at most {FLOAT32_MAX:.4g}), got {self.lr}")
+        if self.min_lr > self.lr:
+            raise UserError(f"min_lr ({self.min_lr}) is above lr ({self.lr}): the schedule would raise the learning "
+                            "rate; give a min_lr of at most lr")
+        if self.seed > SEED_MAX:
+            raise UserError(f"seed must be at most {SEED_MAX} (64 bits), got {self.seed}")
+        if self.single_view is None and (least := min(bottleneck_units(c, c, self.mmtm_ratio)
+                                                      for c in mmtm_channels(self.width))) < 1:
+            raise UserError(f"mmtm_ratio {self.mmtm_ratio} leaves the first MMTM a bottleneck of {least} units at "
+                            f"width {self.width}; use an mmtm_ratio of at most {4 * min(mmtm_channels(self.width))}")
         if not 0 < self.plateau_factor < 1:
             raise UserError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor}")
         for first, last in (("ogm_start_epoch", "ogm_end_epoch"), ("pmr_start_epoch", "pmr_end_epoch")):
@@ -191,14 +204,25 @@ def load_config_file(path: str | Path) -> dict:
         raise UserError(f"{path}: {e}") from None
 
 
-def resolve(preset: str = "paper", config_file: str | Path | None = None, **overrides) -> TrainConfig:
-    """Preset defaults < config file < explicit overrides (None means "not given")."""
+def resolve(preset: str = "paper", config_file: str | Path | None = None, *, single_view_on: int | None = None,
+            **overrides) -> TrainConfig:
+    """Preset defaults < config file < explicit overrides (None means "not given"). `single_view_on`: the view
+    number of `--single-view`, one of the resolved views, recorded as its slot in `single_view`."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
     if config_file is not None:
         values.update(load_config_file(config_file))
     values.update(_coerce({k: v for k, v in overrides.items() if v is not None}))
+    if single_view_on is not None:
+        views = tuple(values.get("views", TrainConfig.views))
+        if single_view_on not in views:
+            # --single-view used to take the slot (0 or 1): `--single-view 1` meant the second of --views.
+            was = (f" (0 and 1 no longer mean the first and second of them: for view {views[single_view_on]} "
+                   f"write --single-view {views[single_view_on]})" if single_view_on in (0, 1) else "")
+            raise UserError(f"--single-view takes the view number itself, one of --views "
+                            f"{','.join(map(str, views))}, got {single_view_on}{was}")
+        values["single_view"] = views.index(single_view_on)
     return TrainConfig(**values).validate()
 
 

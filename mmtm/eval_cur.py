@@ -1,11 +1,14 @@
-"""`evaluate_cur`: the whole CUR protocol of docs/science.md §2 on a run's checkpoint, written to RUN/cur.json, with
-each test object's outcomes and the object-level intervals they give."""
+"""`evaluate_cur`: the whole CUR protocol of docs/science.md §2 on a run's checkpoint, written to RUN/cur.json (or the
+file `RunFolder.cur_for` names for another split or checkpoint), with each object's outcomes and the object-level
+intervals they give."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+from loaders.dataset import SPLITS
 from loaders.device import resolve_device
+from loaders.errors import UserError
 from loaders.factory import resolve_backend, two_view_loader
 from loaders.output import check_output_file
 from mmtm.checkpoint import load_weights
@@ -14,7 +17,7 @@ from mmtm.fusion import FLOW_OFF, REGULAR
 from mmtm.hardware import Compute
 from mmtm.network import build_network
 from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
-from mmtm.stats import object_intervals
+from mmtm.stats import OBJECT_RESAMPLES, object_intervals
 from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
 
 
@@ -26,11 +29,14 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
     Pass 1: mean squeeze vectors of every MMTM over the training subset (val excluded), eval mode,
     deterministic transform. Pass 2: the split with regular fusion and with cross-modal flow off.
     Both passes run in float32, whatever the run trained in (cur.json says so). The checkpoint file is only
-    read; nothing in it changes. best.pt (or a path) → RUN/cur.json, last.pt → RUN/cur-last.json.
+    read; nothing in it changes. On the test split best.pt → RUN/cur.json, last.pt → RUN/cur-last.json; any other
+    split or checkpoint → RUN/cur-SPLIT-CHECKPOINT.json (`RunFolder.cur_for`).
     cur.json also keeps, per object of the split, whether ŷ, ŷ0 (f0), ŷ0 with flow off (f0'), ŷ1 and ŷ1 with flow
     off were right ("objects", strings of 0/1 in row order), and a bootstrap interval over those objects of each
     measure ("intervals"). A single-view run has no flow to turn off: its result is its accuracy (A(f0) = A(f1) =
     acc), and the CUR fields are nan."""
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     run = RunFolder(run_dir)
     ckpt_path = run.checkpoint(checkpoint)
     ckpt, cfg, classes = load_run_checkpoint(ckpt_path)
@@ -39,7 +45,7 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
         check_same_run(ckpt_path, cfg, run_cfg, f"it is not a checkpoint of the run {run.root}")
     data = data or (run_cfg or cfg).data
     check_dataset_matches(data, classes, cfg.views)
-    check_output_file(run.cur_for(checkpoint), f"the run's {run.cur_for(checkpoint).name}")
+    check_output_file(run.cur_for(checkpoint, split), f"the result of eval-cur on {split} of this checkpoint")
     compute = Compute.of(resolve_device(device), amp=cfg.amp, channels_last=cfg.channels_last).fp32()
     net = build_network(cfg, len(classes))
     load_weights(net, ckpt, ckpt_path)
@@ -73,8 +79,17 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
         "acc": regular["acc"], "acc_m0": regular["acc_m0"], "acc_m1": regular["acc_m1"], **cur,
         "checkpoint": str(ckpt_path), "epochs_trained": ckpt.get("epoch"), "policy": cfg.policy,
         "views": list(cfg.views), "single_view": cfg.single_view, "split": split, "n": regular["n"],
-        "data": str(data), "precision": "float32", "intervals": object_intervals(objects),
+        "data": str(data), "precision": "float32", "intervals": intervals(objects, split),
         "objects": {"index": objects.pop("index"), **{k: "".join(map(str, v)) for k, v in objects.items()}},
     }
     run.write_cur(checkpoint, result)
     return result
+
+
+def intervals(objects: dict, split: str) -> dict:
+    """`object_intervals`, whose method names the objects of the split they were drawn from."""
+    found = object_intervals(objects)
+    if split != "test":  # object_intervals speaks of test objects, the split report and compare read
+        n = len(objects["fused"])
+        found["method"] = f"percentile bootstrap over the {n} objects of the {split} split, {OBJECT_RESAMPLES} resamples"
+    return found

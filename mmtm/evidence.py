@@ -1,8 +1,8 @@
 """A run's evidence: the few small files from which every table and plot of a comparison is made, so that a
 comparison can be committed and re-derived without its checkpoints (`mmtm compare --collect DIR`).
 
-Per run: config.json, epochs.csv, cur.json, cur-last.json (as training and eval-cur wrote them) and summary.json,
-a digest of steps.csv written here:
+Per run: config.json, epochs.csv, cur.json, cur-last.json (as training and eval-cur wrote them: the test split of
+best.pt and last.pt, which `load` checks) and summary.json, a digest of steps.csv written here:
 
     steps, regular_steps, rebalance_m0_steps, rebalance_m1_steps
     d_speed_by_regular_step   the cumulative d_speed after the 1st, 2nd, ... regular step (what "after an equal

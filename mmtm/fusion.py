@@ -37,13 +37,18 @@ REBALANCED_BRANCH = {REBALANCE_M0: 0, REBALANCE_M1: 1}
 GATES = ("sigmoid", "2sigmoid")
 
 
+def bottleneck_units(dim_a: int, dim_b: int, ratio: int) -> int:
+    """The units of an MMTM's joint representation Z, the bottleneck `mmtm_ratio` sets."""
+    return int(2 * (dim_a + dim_b) / ratio)
+
+
 class MMTM(nn.Module):
     def __init__(self, dim_a: int, dim_b: int, ratio: int = 4, gate: str = "sigmoid"):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"unknown gate {gate!r}; expected one of {', '.join(GATES)}")
         self.gate = gate
-        dim_z = int(2 * (dim_a + dim_b) / ratio)
+        dim_z = bottleneck_units(dim_a, dim_b, ratio)
         self.squeeze = nn.Linear(dim_a + dim_b, dim_z)
         self.excite_a = nn.Linear(dim_z, dim_a)
         self.excite_b = nn.Linear(dim_z, dim_b)

@@ -52,7 +52,7 @@ class TwoViewMMTMNet(nn.Module):
         super().__init__()
         self.branch0 = ResNet18(num_classes, width)
         self.branch1 = ResNet18(num_classes, width)
-        self.mmtms = nn.ModuleList(MMTM(c, c, ratio, gate) for c in (2 * width, 4 * width, 8 * width))
+        self.mmtms = nn.ModuleList(MMTM(c, c, ratio, gate) for c in mmtm_channels(width))
 
     def forward(self, x0: Tensor, x1: Tensor, mode: str = REGULAR) -> tuple[Tensor, Tensor]:
         h0, h1 = _stem(self.branch0, x0), _stem(self.branch1, x1)
@@ -136,3 +136,8 @@ LOSSES = ("heads", "fused")
 def task_loss(name: str, logits0: Tensor, logits1: Tensor, y: Tensor) -> Tensor:
     """The task loss a run's config names (`loss`): "heads" or "fused"."""
     return two_head_loss(logits0, logits1, y) if name == "heads" else fused_loss(logits0, logits1, y)
+
+
+def mmtm_channels(width: int) -> tuple[int, int, int]:
+    """The channels of each view at the three MMTMs (after layer2, layer3, layer4)."""
+    return 2 * width, 4 * width, 8 * width

@@ -8,7 +8,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def _fmt(x: float) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.3f}"
+    """A d_speed, or `—` where there is none (a single-view run has one branch)."""
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.3f}"
 
 
 class TrainProgress:

@@ -14,12 +14,17 @@ from pathlib import Path
 from loaders.atomic import atomic_write_text
 from loaders.output import check_output_folder
 from mmtm import evidence, plots, stats
+from mmtm.run import RunFolder
 
 STAGE = 0.5  # d_speed_stage: at the end of the epoch that completes this fraction of training
 BASELINES = ("single-view0", "single-view1")  # what `kind` calls the single-view runs
 PROXY = (("d_speed_final", "d_util"), ("d_speed_stage", "d_util"), ("d_speed_final", "d_util_last"),
          ("d_speed_stage", "d_util_last"))
 PROXY_COLUMNS = ["d_speed", "d_util", "n", "Spearman ρ [95% CI]", "p"]
+# What a single-view run does not have (one branch: no cross-modal flow to turn off, no second branch to compare
+# speeds with): None in its row, `—` in a table.
+TWO_VIEW_ONLY = ("u_m1_given_m0", "u_m0_given_m1", "d_util", "d_util_last", "d_util_ci", "d_util_floor",
+                 "d_util_above_floor", "d_speed_equal", "d_speed_stage", "d_speed_final")
 SUMMARY_COLUMNS = ["run", "policy", "seed", "epochs", "acc", "acc_last", "acc_m0", "acc_m1", "u_m1_given_m0",
                    "u_m0_given_m1", "d_util", "d_util_last", "d_speed_equal", "d_speed_stage", "d_speed_final",
                    "regular_steps", "rebalance_steps"]
@@ -67,7 +72,8 @@ def epochs_to_reach(run: dict, share: float = 0.9) -> float:
 
 def summary_rows(runs: list[dict]) -> tuple[list[dict], int, int]:
     """One row per run, the equal number of regular steps at which `d_speed_equal` is read, and the epoch at whose
-    end `d_speed_stage` is read. Single-view baselines have no d_speed (nan) and do not set the equal count."""
+    end `d_speed_stage` is read. Single-view baselines have none of TWO_VIEW_ONLY (None) and do not set the equal
+    count."""
     two_view = [r for r in runs if r["config"].get("single_view") is None]
     n_equal = min((r["summary"]["regular_steps"] for r in two_view), default=0)
     stage = stage_epoch(min((len(r["epochs"]) for r in runs), default=1))
@@ -96,6 +102,8 @@ def summary_rows(runs: list[dict]) -> tuple[list[dict], int, int]:
             "minutes": round(sum(float(e["seconds"]) for e in r["epochs"]) / 60, 3),
             "launcher": job.get("launcher"), "host": job.get("host"), "device": job.get("device"),
         })
+        if r["config"].get("single_view") is not None:
+            rows[-1] |= dict.fromkeys(TWO_VIEW_ONLY)
     return rows, n_equal, stage
 
 
@@ -131,11 +139,26 @@ def write_plots(runs: list[dict], rows: list[dict], out: Path) -> list[Path]:
     two_view = [r for r in runs if r["config"].get("single_view") is None]
     paths = [plots.plot_d_speed(two_view, out / "d_speed.png"),
              plots.plot_d_speed_by_regular_steps(two_view, out / "d_speed_by_regular_steps.png"),
-             plots.plot_speeds(two_view, out / "speeds.png"), plots.plot_accuracy(runs, out / "accuracy.png")]
+             plots.plot_speeds(two_view, out / "speeds.png")] if two_view else []  # single-view runs have no d_speed
+    paths.append(plots.plot_accuracy(runs, out / "accuracy.png"))
     if any(r["cur"] for r in two_view):
         paths.append(plots.plot_cur(two_view, out / "cur.png"))
         paths.append(plots.plot_speed_vs_util(rows, out / "d_speed_vs_d_util.png"))
     return paths
+
+
+def stale_results(run_dirs: list[str | Path]) -> list[str]:
+    """One warning per cur.json or cur-last.json older than the checkpoint it measures: the run was resumed or
+    trained again after eval-cur, so the file holds the numbers of a checkpoint that is gone."""
+    found = []
+    for d in run_dirs:
+        run = RunFolder(d)
+        for which, cur in (("best", run.cur), ("last", run.cur_last)):
+            ckpt = run.checkpoint(which)
+            if cur.is_file() and ckpt.is_file() and cur.stat().st_mtime < ckpt.stat().st_mtime:
+                found.append(f"{cur} is older than {ckpt}, the checkpoint it measures: its numbers are of an earlier "
+                             f"one; run `mmtm eval-cur {run.root} --checkpoint {which}` again")
+    return found
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:

@@ -8,13 +8,16 @@ Layout of a run folder::
     epochs.csv    one row per epoch (EPOCH_FIELDS)
     last.pt       the checkpoint after the last finished epoch (what --resume continues)
     best.pt       the checkpoint of the best validation accuracy of ŷ
-    cur.json      written by `mmtm eval-cur` for best.pt (or a checkpoint named by path); cur-last.json for last.pt
+    cur.json      written by `mmtm eval-cur` for best.pt on the test split; cur-last.json for last.pt on the test split
+    cur-SPLIT-CHECKPOINT.json   eval-cur on any other split or checkpoint (`cur-val-last.json`, and for a checkpoint
+                  named by path its file name: `cur-test-epoch5.pt.json`): report and compare read only the two above
     tb/           TensorBoard scalars, when the tensorboard package is installed (mmtm/tensorboard_log.py)
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from loaders.atomic import atomic_write_text, remove_stale_temporaries
 from loaders.dataset import DatasetError, check_view, open_dataset
-from loaders.errors import UserError
+from loaders.errors import UserError, write_error
 from mmtm.checkpoint import load_checkpoint
 from mmtm.config import TrainConfig, from_dict, to_dict
 
@@ -43,11 +46,16 @@ EPOCH_FIELDS = ("epoch", "lr", "train_loss", "train_loss_regular", "train_acc", 
                 "val_acc_m1", "val_loss", "d_speed", "s_m1_m0", "s_m0_m1", "d_speed_window", "regular_steps",
                 "rebalance_m0_steps", "rebalance_m1_steps", *GRAPH_STEP_FIELDS, "seconds")
 CUR_FIELDS = ("acc", "acc_m0", "acc_m1", "acc_m0_only", "acc_m1_only", "u_m1_given_m0", "u_m0_given_m1", "d_util")
-# Settings that make a checkpoint's state what it is: a run resumed, or a checkpoint evaluated for a run, with
-# other values would load weights of another shape or a policy or meter state of another kind, or measure
-# another run.
+# Settings that make a checkpoint's state what it is: a checkpoint evaluated for a run with other values would load
+# weights of another shape or measure another run.
 RUN_IDENTITY = ("policy", "loss", "single_view", "width", "mmtm_ratio", "gate", "speed_window", "speed_signal",
                 "speed_from_epoch")
+# Where and how a run executes, not what it trains: a resumed run may change these (a moved run or dataset, another
+# machine, device or thread share); every other setting, --epochs included (the cosine schedule and G-Blending's
+# plan are laid over the run's epochs), must be what the checkpoint was trained with, so that config.json, which a
+# resume rewrites, still describes the run that happened.
+MAY_CHANGE_ON_RESUME = ("data", "out", "device", "loader", "num_threads", "cpu_threads", "amp", "channels_last",
+                        "cuda_graphs")
 
 
 class RunFolder:
@@ -67,7 +75,7 @@ class RunFolder:
     def undone_on_bad_input(self) -> Iterator[None]:
         """Bad input (a UserError) that stops a run this process started before its first checkpoint takes back
         what `start` wrote: without last.pt there is nothing to resume, so the files would only mislead."""
-        existed = self.root.exists()
+        existed = os.path.exists(self.root)  # False for a path the system cannot hold, which training refuses
         try:
             yield
         except UserError:
@@ -99,7 +107,7 @@ class RunFolder:
         (rows written after the last checkpoint, by a run that crashed mid-epoch, belong to an epoch re-run now).
         Temporaries that a killed run left beside its files go first."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for path in (self.config, self.last, self.best, self.cur):
+        for path in (self.config, self.steps, self.epochs, self.last, self.best, self.cur):
             remove_stale_temporaries(path)
         atomic_write_text(self.config, json.dumps(to_dict(cfg), indent=2) + "\n")
         self.started = True
@@ -107,10 +115,11 @@ class RunFolder:
             rows = []
             if resume_epoch is not None and path.exists():
                 rows = [r for r in read_csv(path, fields) if int(r["epoch"]) < resume_epoch]
-            with path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields)
-                w.writeheader()
-                w.writerows(rows)
+            text = io.StringIO(newline="")
+            w = csv.DictWriter(text, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+            atomic_write_text(path, text.getvalue())  # a full disk here leaves the rows as they were
 
     def append_steps(self, rows: list[dict]) -> None:
         _append(self.steps, STEP_FIELDS, rows)
@@ -118,19 +127,34 @@ class RunFolder:
     def append_epoch(self, row: dict) -> None:
         _append(self.epochs, EPOCH_FIELDS, [row])
 
-    def cur_for(self, which: str) -> Path:
-        """Where eval-cur writes the result for checkpoint `which` (best, last or a path)."""
-        return self.cur_last if which == "last" else self.cur
+    def cur_for(self, which: str, split: str = "test") -> Path:
+        """Where eval-cur writes the result for checkpoint `which` (best, last or a path) on `split`: cur.json and
+        cur-last.json only for best.pt and last.pt on the test split (what report and compare read); any other
+        pair carries both in its name, so that no file passes another split or checkpoint off as those."""
+        if which not in CHECKPOINTS and Path(which).resolve() in (self.best.resolve(), self.last.resolve()):
+            which = Path(which).stem  # the run's own best.pt or last.pt, named by path
+        if split == "test" and which in CHECKPOINTS:
+            return self.cur if which == "best" else self.cur_last
+        return self.root / f"cur-{split}-{which if which in CHECKPOINTS else Path(which).name}.json"
 
     def write_cur(self, which: str, result: dict) -> None:
-        atomic_write_text(self.cur_for(which), json.dumps(result, indent=2) + "\n")
+        atomic_write_text(self.cur_for(which, result["split"]), json.dumps(result, indent=2) + "\n")
 
 
 def _append(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
-    with path.open("a", newline="") as f:
-        csv.DictWriter(f, fieldnames=fields).writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
+    """Rows appended whole or not at all: a write that fails (a full disk) is cut back to the rows before it."""
+    size = path.stat().st_size
+    try:
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        os.truncate(path, size)
+        error = write_error(e, path)
+        if error is e:
+            raise
+        raise error from None
 
 
 def load_run(root: str | os.PathLike) -> dict:
@@ -149,11 +173,23 @@ def load_run(root: str | os.PathLike) -> dict:
 
 
 def read_cur(path: Path) -> dict | None:
-    """An eval-cur result with its numbers, or None when eval-cur has not written it."""
+    """A run's cur.json or cur-last.json with its numbers, or None when eval-cur has not written it. It must be what
+    its name says: the test split of best.pt (cur.json) or last.pt (cur-last.json); an older eval-cur wrote other
+    splits and checkpoints under these names too."""
     cur = read_json(path) if path.is_file() else None
-    if cur is not None and not (isinstance(cur, dict) and all(
+    if cur is None:
+        return None
+    if not (isinstance(cur, dict) and all(
             isinstance(cur.get(k), (int, float)) and not isinstance(cur.get(k), bool) for k in CUR_FIELDS)):
         raise UserError(f"{path}: must hold the numbers {', '.join(CUR_FIELDS)}; re-run `mmtm eval-cur`")
+    which = "best" if path.name == CUR_JSON else "last"
+    if cur.get("split") != "test":
+        raise UserError(f"{path}: holds the {cur.get('split')!r} split, not the test split its name says; rename "
+                        f"it cur-{cur.get('split')}-{which}.json and run `mmtm eval-cur {path.parent} --checkpoint "
+                        f"{which}` for the test split")
+    if Path(str(cur.get("checkpoint"))).name != f"{which}.pt":
+        raise UserError(f"{path}: measures the checkpoint {cur.get('checkpoint')}, not the run's {which}.pt its name "
+                        f"says; run `mmtm eval-cur {path.parent} --checkpoint {which}`")
     return cur
 
 
@@ -175,6 +211,17 @@ def check_same_run(checkpoint: str | os.PathLike, saved: TrainConfig, cfg: Train
         if getattr(saved, name) != getattr(cfg, name):
             raise UserError(f"{checkpoint}: was trained with {name} {getattr(saved, name)!r}, not "
                             f"{getattr(cfg, name)!r}; {advice}")
+
+
+def check_resumable(checkpoint: str | os.PathLike, saved: TrainConfig, cfg: TrainConfig) -> None:
+    """A resume with settings `cfg` continues the checkpoint's run `saved` as it was: they differ only in
+    MAY_CHANGE_ON_RESUME."""
+    old, new = to_dict(saved), to_dict(cfg)
+    changed = [f"{k} {old[k]!r} → {new[k]!r}" for k in old if k not in MAY_CHANGE_ON_RESUME and old[k] != new[k]]
+    if changed:
+        raise UserError(f"{checkpoint}: --resume continues the run as it was trained, but the settings asked for "
+                        f"(config.json and flags) differ from it: {', '.join(changed)}; resume without changing "
+                        "them, or train them as a new run in another --out")
 
 
 def read_json(path: Path):

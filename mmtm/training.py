@@ -33,7 +33,7 @@ from mmtm.network import TwoViewMMTMNet, build_network, fused_logits
 from mmtm.policy import EpochContext, StepPolicy, runs_in_cuda_graphs
 from mmtm.progress import TrainProgress
 from mmtm.registry import make_policy
-from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
+from mmtm.run import RunFolder, check_dataset_matches, check_resumable, load_run_checkpoint
 from mmtm.schedule import make_scheduler, step_schedule
 from mmtm.speed import READOUT, SpeedMeter
 from mmtm.tensorboard_log import TensorBoardLog
@@ -382,7 +382,7 @@ def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgr
         if not run.last.is_file():
             raise UserError(f"{run.last}: nothing to resume (no last.pt); start the run without --resume")
         ckpt, saved, classes = load_run_checkpoint(run.last)
-        check_same_run(run.last, saved, cfg, "resume with the settings it was trained with, or start a new run")
+        check_resumable(run.last, saved, cfg)
         if ckpt.get("world_size", 1) != ddp.world_size:
             raise UserError(f"{run.last} was written by {ckpt.get('world_size', 1)} processes; "
                             f"resume with the same number (now {ddp.world_size})")

@@ -104,3 +104,24 @@ def test_a_write_removes_the_stale_temporaries_of_its_target(tmp_path):
     (tmp_path / owned_name("cur.json", dead_pid())).write_text("{")
     atomic_write_text(tmp_path / "cur.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cur.json"]
+
+
+def test_a_full_disk_is_a_user_error_that_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from loaders.errors import UserError
+
+    target = tmp_path / "result.json"
+    atomic_write_text(target, "old")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(UserError, match="result.json: no space left on the device"):
+        atomic_write_text(target, "new")
+    with pytest.raises(UserError, match="no space left"):
+        with AtomicDir(tmp_path / "folder") as building:
+            (building / "x").write_text("x")
+            os.fsync(0)
+    assert sorted(os.listdir(tmp_path)) == ["result.json"] and target.read_text() == "old"

@@ -163,10 +163,40 @@ def drop_column(name, file):
     return damage
 
 
-def resume_with(*extra):
+def resume_with(*extra, edit_config=None):
+    """Resume a copy of the finished 2-epoch run with flags, or after its config.json was edited."""
     def setup(tmp, data, runs):
-        return ["train", "--data", data, "--out", run_copy(tmp, runs), "--resume", "--epochs", "3", *extra]
+        run = run_copy(tmp, runs)
+        if edit_config:
+            edit_json(run / "config.json", edit_config)
+        return ["train", "--data", data, "--out", run, "--resume", *extra]
     return setup
+
+
+def with_cur_of_split(split, collect=False):
+    """report (or compare --collect) on a run whose cur-last.json an older eval-cur wrote for another split."""
+    def setup(tmp, data, runs):
+        run = run_copy(tmp, runs)
+        assert invoke("eval-cur", run, "--checkpoint", "last", "--device", "cpu").exit_code == 0
+        edit_json(run / "cur-last.json", with_value("split", split))
+        if collect:
+            from mmtm.evidence import summarise
+            assert invoke("eval-cur", run, "--device", "cpu").exit_code == 0
+            summarise(run)
+            return ["compare", "--collect", run, "--out", tmp / "cmp"]
+        return ["report", run, "--out", tmp / "rep"]
+    return setup
+
+
+def long_name(length: int) -> str:
+    return "n" * length
+
+
+def eval_cur_of_a_long_name(tmp, data, runs):
+    """A checkpoint file named with 243 bytes: its result, cur-test-NAME.json, would need 257."""
+    run = run_copy(tmp, runs)
+    ckpt = shutil.copy(run / "best.pt", tmp / f"{long_name(240)}.pt")
+    return ["eval-cur", run, "--checkpoint", ckpt, "--device", "cpu"]
 
 
 def other_dataset_paths(command):
@@ -279,6 +309,34 @@ CASES = [
     ("train.csv object twice", 19, damaged(change_rows=with_object_of(same_label=True)), "repeats object"),
     ("object in train.csv and val.csv", 19, object_in_train_and_val, "val.csv also has"),
     ("train --threads 0 with the DALI loader", 19, flags("--threads", "0", "--loader", "dali"), "torch loader"),
+    # 26: results that say what they hold, resumed runs that mean what config.json says, numbers the code can hold,
+    # names the file system can hold
+    ("report, cur-last.json of the val split", 26, with_cur_of_split("val"), "not the test split"),
+    ("compare --collect, cur-last.json of the val split", 26, with_cur_of_split("val", collect=True),
+     "not the test split"),
+    ("--resume with another --epochs", 26, resume_with("--epochs", "3"), "epochs 2 → 3"),
+    ("--resume with another --lr", 26, resume_with("--lr", "0.01"), "lr 0.05 → 0.01"),
+    ("--resume after config.json's seed was edited", 26, resume_with(edit_config=with_value("seed", 5)),
+     "seed 0 → 5"),
+    ("--resume after config.json's views were edited", 26, resume_with(edit_config=with_value("views", [1, 7])),
+     "views [0, 6] → [1, 7]"),
+    ("--resume after config.json's batch size was edited", 26,
+     resume_with(edit_config=with_value("batch_size", 8)), "batch_size 4 → 8"),
+    ("--single-view 1 (the old slot of view 6)", 26, flags("--single-view", "1"), "--single-view 6"),
+    ("--single-view 7, not one of --views", 26, flags("--single-view", "7"), "one of --views 0,6"),
+    ("--seed 2^64", 26, flags("--seed", str(2**64)), "seed"),
+    ("--lr 1e39, past float32", 26, flags("--lr", "1e39"), "float32"),
+    ("config min_lr above lr", 26, config_file({"lr": 0.01, "min_lr": 0.1}), "min_lr"),
+    ("config mmtm_ratio leaving a bottleneck of 0 units", 26, config_file({"width": 4, "mmtm_ratio": 33}),
+     "bottleneck of 0 units"),
+    ("prep --image-size 0", 26, prep_synthetic("--image-size", "0"), "--image-size"),
+    ("prep --seed -1", 26, prep_synthetic("--seed", "-1"), "--seed"),
+    ("train --out with a 256-byte name", 26, lambda tmp, data, runs: train(data, tmp / long_name(256)), "256 bytes"),
+    ("prep --out whose temporary name passes 255 bytes", 26,
+     lambda tmp, data, runs: prep_synthetic("--out", tmp / long_name(240))(tmp, data, runs), "temporary name"),
+    ("report --out with a 256-byte name", 26, lambda tmp, data, runs: ["report", runs / "vanilla", "--out",
+                                                                       tmp / long_name(256)], "256 bytes"),
+    ("eval-cur of a checkpoint whose result's name passes 255 bytes", 26, eval_cur_of_a_long_name, "bytes"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
                                                        "99"], "99"),

@@ -65,3 +65,25 @@ def test_eval_cur_is_float32_and_equals_a_direct_evaluation(trained_runs):
     assert cur["d_util"] == cur_from_accuracies(regular["acc_m0"], regular["acc_m1"], flow_off["acc_m0"],
                                                 flow_off["acc_m1"])["d_util"]
     assert Compute(torch.device("cpu"), amp=True).fp32().amp is False
+
+
+def test_only_the_test_split_of_best_and_last_goes_to_cur_json_and_cur_last_json(trained_runs, tmp_path):
+    """Another split or checkpoint writes a file that names both, and says which objects it was drawn from."""
+    import shutil
+
+    run = shutil.copytree(trained_runs / "random", tmp_path / "run", ignore=shutil.ignore_patterns("cur*.json"))
+    other = shutil.copy(run / "best.pt", tmp_path / "epoch1.pt")
+    for extra, name in ((["--checkpoint", "last", "--split", "val"], "cur-val-last.json"),
+                        (["--split", "train"], "cur-train-best.json"),
+                        (["--checkpoint", other], "cur-test-epoch1.pt.json"),
+                        (["--checkpoint", run / "last.pt"], "cur-last.json")):
+        r = invoke("eval-cur", run, *extra)
+        assert r.exit_code == 0, r.output
+        assert f"wrote {run / name}" in r.output
+    assert sorted(p.name for p in run.glob("cur*.json")) == ["cur-last.json", "cur-test-epoch1.pt.json",
+                                                             "cur-train-best.json", "cur-val-last.json"]
+    val = json.loads((run / "cur-val-last.json").read_text())
+    assert val["split"] == "val" and "objects of the val split" in val["intervals"]["method"]
+    assert "test" not in val["intervals"]["method"]
+    test = json.loads((run / "cur-last.json").read_text())
+    assert test["split"] == "test" and f"over the {test['n']} test objects" in test["intervals"]["method"]

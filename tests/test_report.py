@@ -173,3 +173,36 @@ def test_a_run_copied_into_a_grid_cell_takes_that_cell(tiny_compare, tmp_path):
     evidence.place(run, {"lr": "0.05"}, "demo")
     assert json.loads((run / "summary.json").read_text())["cell"] == {"lr": "0.05"}
     assert evidence.is_summarised(run) and (run / "steps.csv").read_bytes() == before
+
+
+def test_report_warns_of_a_cur_json_older_than_its_checkpoint(trained_runs, tmp_path):
+    import shutil
+
+    run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run", ignore=shutil.ignore_patterns("cur*.json"))
+    assert invoke("eval-cur", run, "--device", "cpu").exit_code == 0
+    r = invoke("report", run, "--out", tmp_path / "a")
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    later = (run / "cur.json").stat().st_mtime + 60
+    os.utime(run / "best.pt", (later, later))  # as a resumed run that found a better epoch after eval-cur
+    r = invoke("report", run, "--out", tmp_path / "b")
+    warnings = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert r.exit_code == 0 and len(warnings) == 1, r.output
+    assert str(run / "cur.json") in warnings[0] and "older than" in warnings[0] and "eval-cur" in warnings[0]
+
+
+def test_a_single_view_run_reports_a_dash_where_a_measure_does_not_apply(synthetic_data, tmp_path):
+    """A single-view run has no d_speed and no u(·|·): `—`, not nan, in summary.md and in eval-cur's table; a
+    report of single-view runs alone draws what applies to them."""
+    from helpers import TINY
+
+    r = invoke("train", "--data", synthetic_data, "--out", tmp_path / "sv", "--epochs", 1, *TINY,
+               "--single-view", 6)
+    assert r.exit_code == 0, r.output
+    r = invoke("report", tmp_path / "sv", "--out", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    row = next(line for line in (tmp_path / "rep" / "summary.md").read_text().splitlines()
+               if line.startswith("| sv |"))
+    assert "nan" not in row and row.count("| — ") == 7  # u(m1|m0), u(m0|m1), d_util, d_util_last, 3 × d_speed
+    assert os.listdir(tmp_path / "rep") and (tmp_path / "rep" / "accuracy.png").is_file()
+    r = invoke("eval-cur", tmp_path / "sv")
+    assert r.exit_code == 0 and "nan" not in r.output and "—" in r.output, r.output

@@ -97,10 +97,10 @@ atomic_write_bytes(sys.argv[1], half_written)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert [p.name for p in run.iterdir() if p.name.startswith(".last.pt.tmp-")]  # what the kill left
-    r = invoke("train", "--data", synthetic_data, "--out", run, "--resume", "--epochs", 3)
+    r = invoke("train", "--data", synthetic_data, "--out", run, "--resume")
     assert r.exit_code == 0, r.output
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
-    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2  # the checkpoint the kill did not replace
 
 
 def test_resume_on_other_classes_is_refused(synthetic_data, trained_runs, tmp_path):
@@ -111,5 +111,50 @@ def test_resume_on_other_classes_is_refused(synthetic_data, trained_runs, tmp_pa
     (other / "dataset.json").write_text(json.dumps(meta))
     run = tmp_path / "run"
     shutil.copytree(trained_runs / "vanilla", run)
-    r = invoke("train", "--data", other, "--out", run, "--resume", "--epochs", 3)
+    r = invoke("train", "--data", other, "--out", run, "--resume")
     assert r.exit_code == 2 and "classes differ" in r.output
+
+
+def test_resume_may_change_where_and_how_a_run_executes_but_not_what_it_trains(synthetic_data, trained_runs,
+                                                                                tmp_path):
+    """A moved run resumed on another device, loader thread count or copy of the data goes on (a sweep resumes its runs with
+    the thread share of the moment); config.json then still describes what was trained."""
+    run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
+    data = shutil.copytree(synthetic_data, tmp_path / "moved")
+    before = json.loads((run / "config.json").read_text())
+    r = invoke("train", "--out", run, "--resume", "--data", data, "--threads", 1, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    after = json.loads((run / "config.json").read_text())
+    assert {k for k in before if before[k] != after[k]} == {"data", "out", "num_threads"}  # a moved run
+
+
+def test_a_disk_that_fills_up_mid_run_is_one_error_line_and_the_resume_ends_like_an_uninterrupted_run(
+        synthetic_data, tmp_path, monkeypatch):
+    """Every write after the first checkpoint fails as on a full disk (ENOSPC at fsync, after the bytes went to the
+    page cache): one error line, no row or temporary half-written, and the run resumes to the same end."""
+    import errno
+    import os
+
+    from helpers import TINY
+
+    flags = [*TINY, "--epochs", 2, "--max-steps-per-epoch", 3]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert invoke("train", "--data", synthetic_data, "--out", full, *flags).exit_code == 0
+    fsync = os.fsync
+
+    def full_disk_after_a_checkpoint(fd):
+        if (cut / "last.pt").exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_after_a_checkpoint)
+    r = invoke("train", "--data", synthetic_data, "--out", cut, *flags)
+    monkeypatch.undo()
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 2 and lines[0].startswith("epoch   0"), r.output
+    assert lines[1].startswith("error: ") and "no space left" in lines[1] and "steps.csv" in lines[1]
+    assert [p.name for p in cut.iterdir() if p.name.startswith(".")] == []
+    assert {r["epoch"] for r in read_csv(cut / "steps.csv")} == {"0"} and len(read_csv(cut / "epochs.csv")) == 1
+    r = invoke("train", "--data", synthetic_data, "--out", cut, *flags, "--resume")
+    assert r.exit_code == 0, r.output
+    same_run(full, cut)
