@@ -11,6 +11,9 @@ a digest of steps.csv written here:
                               windowed and per-step views, s(m1|m0), s(m0|m1), the policy's signal, the mean loss of
                               the interval, and how many re-balancing steps of each kind it held
     first_rebalance           the first re-balancing step and its mode (null without one)
+    data_digest               the digest of the run's dataset.json and split files that `mmtm train` recorded in
+                              RUN/data.json (null for a run that recorded none), so that runs of two datasets are
+                              not mixed
     view_limits               the attainable accuracy of the run's two views alone, from dataset.json (null when the
                               dataset does not record them)
     job                       where and how the run was made: launcher, host, device, threads, seconds
@@ -82,6 +85,7 @@ def digest(run_dir: str | os.PathLike, *, job: dict | None = None, cell: dict | 
         "view_limits": [limits.get(str(v)) for v in config.views] if limits else None,
         "dataset": {k: meta[k] for k in ("source", "synthetic", "image_size", "counts") if k in meta}
         | ({"classes": len(meta["classes"])} if "classes" in meta else {}),
+        "data_digest": run.data_digest(),
         "d_speed_by_regular_step": [_round(float(s["d_speed"])) for s in regular],
         "trace_every": TRACE_EVERY, "trace": trace, "job": job or {},
     }

@@ -4,6 +4,7 @@ report and compare read it.
 Layout of a run folder::
 
     config.json   the resolved TrainConfig (`mmtm train --config RUN/config.json` repeats the run)
+    data.json     the data the run was started on: its folder and `loaders.dataset.data_digest` (not a setting)
     steps.csv     one row per step (STEP_FIELDS)
     epochs.csv    one row per epoch (EPOCH_FIELDS)
     last.pt       the checkpoint after the last finished epoch (what --resume continues)
@@ -22,12 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loaders.atomic import atomic_write_text, remove_stale_temporaries
-from loaders.dataset import DatasetError, check_view, open_dataset
+from loaders.dataset import DatasetError, check_view, data_digest, open_dataset
 from loaders.errors import UserError
 from mmtm.checkpoint import load_checkpoint
 from mmtm.config import TrainConfig, from_dict, to_dict
 
-CONFIG_JSON, STEPS_CSV, EPOCHS_CSV = "config.json", "steps.csv", "epochs.csv"
+CONFIG_JSON, DATA_JSON, STEPS_CSV, EPOCHS_CSV = "config.json", "data.json", "steps.csv", "epochs.csv"
 LAST_PT, BEST_PT, CUR_JSON, CUR_LAST_JSON = "last.pt", "best.pt", "cur.json", "cur-last.json"
 TB = "tb"
 CHECKPOINTS = ("best", "last")
@@ -51,6 +52,7 @@ class RunFolder:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.config = self.root / CONFIG_JSON
+        self.data = self.root / DATA_JSON
         self.steps = self.root / STEPS_CSV
         self.epochs = self.root / EPOCHS_CSV
         self.last = self.root / LAST_PT
@@ -69,7 +71,7 @@ class RunFolder:
             yield
         except UserError:
             if self.started and not self.last.exists():
-                for path in (self.config, self.steps, self.epochs):
+                for path in (self.config, self.data, self.steps, self.epochs):
                     path.unlink(missing_ok=True)
                 shutil.rmtree(self.tb, ignore_errors=True)
                 if not existed:
@@ -87,6 +89,16 @@ class RunFolder:
         except UserError as e:
             raise UserError(f"{self.config}: {e}") from None
 
+    def data_digest(self) -> str | None:
+        """The digest of the data the run was started on (data.json); None when the run did not record one."""
+        if not self.data.is_file():
+            return None
+        record = read_json(self.data)
+        digest = record.get("digest") if isinstance(record, dict) else None
+        if not isinstance(digest, str):
+            raise UserError(f"{self.data}: must hold the data's digest as a string under 'digest'")
+        return digest
+
     def checkpoint(self, which: str) -> Path:
         """`best`, `last`, or a path to a checkpoint file."""
         return getattr(self, which) if which in CHECKPOINTS else Path(which)
@@ -94,10 +106,20 @@ class RunFolder:
     def start(self, cfg: TrainConfig, resume_epoch: int | None) -> None:
         """Write config.json and the CSV headers; on resume keep only the rows of epochs before `resume_epoch`
         (rows written after the last checkpoint, by a run that crashed mid-epoch, belong to an epoch re-run now).
-        Temporaries that a killed run left beside its files go first."""
+        A new run records its data's digest in data.json; a resumed one must find the data it recorded there (a
+        run without a record keeps none: what it began on is not known). Temporaries that a killed run left beside
+        its files go first."""
+        digest = data_digest(cfg.data)
+        recorded = self.data_digest() if resume_epoch is not None else None
+        if recorded is not None and recorded != digest:
+            raise UserError(f"{self.data}: the run was started on data with digest {recorded}, but {cfg.data} now "
+                            f"has {digest} (its dataset.json or split files changed); resume it on the data it "
+                            "began on, or start a new run in another --out")
         self.root.mkdir(parents=True, exist_ok=True)
-        for path in (self.config, self.last, self.best, self.cur):
+        for path in (self.config, self.data, self.last, self.best, self.cur):
             remove_stale_temporaries(path)
+        if resume_epoch is None:
+            atomic_write_text(self.data, json.dumps({"data": cfg.data, "digest": digest}, indent=2) + "\n")
         atomic_write_text(self.config, json.dumps(to_dict(cfg), indent=2) + "\n")
         self.started = True
         for path, fields in ((self.steps, STEP_FIELDS), (self.epochs, EPOCH_FIELDS)):

@@ -113,3 +113,24 @@ def test_resume_on_other_classes_is_refused(synthetic_data, trained_runs, tmp_pa
     shutil.copytree(trained_runs / "vanilla", run)
     r = invoke("train", "--data", other, "--out", run, "--resume", "--epochs", 3)
     assert r.exit_code == 2 and "classes differ" in r.output
+
+
+def test_a_run_records_its_data_digest_and_its_summary_carries_it(synthetic_data, trained_runs):
+    from loaders.dataset import data_digest
+    from mmtm.evidence import digest
+
+    record = json.loads((trained_runs / "vanilla" / "data.json").read_text())
+    assert record == {"data": str(synthetic_data.resolve()), "digest": data_digest(synthetic_data)}
+    assert digest(trained_runs / "vanilla")["data_digest"] == record["digest"]
+
+
+def test_resume_on_data_whose_split_files_changed_is_refused(synthetic_data, trained_runs, tmp_path):
+    """Same classes and views, so only the recorded digest tells that the data is not the data the run began on."""
+    run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
+    other = shutil.copytree(synthetic_data, tmp_path / "other")
+    lines = (other / "splits" / "test.csv").read_text().splitlines(keepends=True)
+    (other / "splits" / "test.csv").write_text("".join(lines[:-1]))  # one test object fewer
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    r = invoke("train", "--data", other, "--out", run, "--resume", "--epochs", 3)
+    assert r.exit_code == 2 and "data.json" in r.output and "digest" in r.output, r.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
