@@ -11,6 +11,7 @@ Layout of a run folder::
     best.pt       the checkpoint of the best validation accuracy of ŷ
     cur.json      written by `mmtm eval-cur` for best.pt (or a checkpoint named by path); cur-last.json for last.pt
     tb/           TensorBoard scalars, when the tensorboard package is installed (mmtm/tensorboard_log.py)
+    .run.lock     held by the process training the run (`mmtm train`, a sweep's job), so that no second one writes it
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text, remove_stale_temporaries
+from loaders.atomic import atomic_write_text, hold, remove_stale_temporaries
+from loaders.atomic import release as release_lock
 from loaders.dataset import DatasetError, check_view, data_digest, open_dataset
 from loaders.errors import UserError
 from mmtm.checkpoint import load_checkpoint
@@ -31,6 +33,7 @@ from mmtm.config import TrainConfig, from_dict, to_dict
 CONFIG_JSON, DATA_JSON, STEPS_CSV, EPOCHS_CSV = "config.json", "data.json", "steps.csv", "epochs.csv"
 LAST_PT, BEST_PT, CUR_JSON, CUR_LAST_JSON = "last.pt", "best.pt", "cur.json", "cur-last.json"
 TB = "tb"
+RUN_LOCK = ".run.lock"
 CHECKPOINTS = ("best", "last")
 
 # d_speed, s_m1_m0, s_m0_m1: the cumulative view (the paper's); d_speed_step, d_speed_window: the other two views
@@ -60,12 +63,15 @@ class RunFolder:
         self.cur = self.root / CUR_JSON
         self.cur_last = self.root / CUR_LAST_JSON
         self.tb = self.root / TB
+        self.lock = self.root / RUN_LOCK
         self.started = False  # whether `start` wrote this run's files in this process
+        self.held = False  # whether `start` took the run's lock
 
     @contextlib.contextmanager
     def undone_on_bad_input(self) -> Iterator[None]:
         """Bad input (a UserError) that stops a run this process started before its first checkpoint takes back
-        what `start` wrote: without last.pt there is nothing to resume, so the files would only mislead."""
+        what `start` wrote: without last.pt there is nothing to resume, so the files would only mislead. The run's
+        lock, taken by `start`, is given back at the end."""
         existed = self.root.exists()
         try:
             yield
@@ -75,9 +81,30 @@ class RunFolder:
                     path.unlink(missing_ok=True)
                 shutil.rmtree(self.tb, ignore_errors=True)
                 if not existed:
+                    self.release()
                     with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
                         self.root.rmdir()
             raise
+        finally:
+            self.release()
+
+    def take(self, *, wait: bool) -> None:
+        """Hold the run's lock (RUN/.run.lock) in this process; another holder is waited for with `wait`, else
+        refused with one line naming it. Taken again through this folder object it stays held once."""
+        if self.held:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        holder = hold(self.lock, wait=wait)
+        if holder is not None:
+            raise UserError(f"{self.root}: {holder} is training this run (it holds {self.lock}); wait for it to "
+                            "end, or use another --out")
+        self.held = True
+
+    def release(self) -> None:
+        """Give back the lock `take` took."""
+        if self.held:
+            self.held = False
+            release_lock(self.lock)
 
     def saved_config(self) -> TrainConfig | None:
         """The run's config.json, checked; None when the folder has none."""
@@ -106,16 +133,16 @@ class RunFolder:
     def start(self, cfg: TrainConfig, resume_epoch: int | None) -> None:
         """Write config.json and the CSV headers; on resume keep only the rows of epochs before `resume_epoch`
         (rows written after the last checkpoint, by a run that crashed mid-epoch, belong to an epoch re-run now).
-        A new run records its data's digest in data.json; a resumed one must find the data it recorded there (a
-        run without a record keeps none: what it began on is not known). Temporaries that a killed run left beside
-        its files go first."""
+        The run's lock is taken first (a second process on the folder is refused). A new run records its data's
+        digest in data.json; a resumed one must find the data it recorded there (a run without a record keeps none:
+        what it began on is not known). Temporaries that a killed run left beside its files go first."""
+        self.take(wait=False)
         digest = data_digest(cfg.data)
         recorded = self.data_digest() if resume_epoch is not None else None
         if recorded is not None and recorded != digest:
             raise UserError(f"{self.data}: the run was started on data with digest {recorded}, but {cfg.data} now "
                             f"has {digest} (its dataset.json or split files changed); resume it on the data it "
                             "began on, or start a new run in another --out")
-        self.root.mkdir(parents=True, exist_ok=True)
         for path in (self.config, self.data, self.last, self.best, self.cur):
             remove_stale_temporaries(path)
         if resume_epoch is None:

@@ -104,3 +104,32 @@ def test_a_write_removes_the_stale_temporaries_of_its_target(tmp_path):
     (tmp_path / owned_name("cur.json", dead_pid())).write_text("{")
     atomic_write_text(tmp_path / "cur.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cur.json"]
+
+
+HOLDER = """
+import sys, time
+from loaders.atomic import hold
+assert hold(sys.argv[1]) is None
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_folder_lock_names_its_holder_and_is_free_once_the_holder_is_killed(tmp_path):
+    import signal
+    import sys
+
+    from loaders.atomic import hold, release
+
+    lock = tmp_path / ".run.lock"
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline() == "held\n"
+    assert hold(lock) == f"pid {other.pid} on {os.uname().nodename}"
+    other.send_signal(signal.SIGKILL)
+    other.wait()
+    assert lock.exists() and hold(lock) is None  # the dead holder's lock is taken over
+    assert hold(lock) is None  # again by its holder: counted
+    release(lock)
+    assert lock.exists()
+    release(lock)
+    assert not lock.exists()

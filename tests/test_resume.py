@@ -134,3 +134,21 @@ def test_resume_on_data_whose_split_files_changed_is_refused(synthetic_data, tra
     r = invoke("train", "--data", other, "--out", run, "--resume", "--epochs", 3)
     assert r.exit_code == 2 and "data.json" in r.output and "digest" in r.output, r.output
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_training_a_run_folder_another_process_trains_is_refused(synthetic_data, trained_runs, tmp_path):
+    run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from loaders.atomic import hold; "
+                               "hold(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(run / ".run.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        r = invoke("train", "--data", synthetic_data, "--out", run, "--resume", "--epochs", 3)
+        assert r.exit_code == 2 and f"pid {holder.pid}" in r.output and "is training this run" in r.output, r.output
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert invoke("train", "--data", synthetic_data, "--out", run, "--resume", "--epochs", 3).exit_code == 0
+    assert not (run / ".run.lock").exists()
