@@ -22,6 +22,8 @@ resubmits what failed (runs resume from last.pt), leaving queued and running job
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -274,10 +276,12 @@ def launch_slurm(specs: list[RunSpec], out: Path, *, wait: bool, partition: str 
         device = "cuda" if gpus_per_run else "cpu"
         functions = [submitit.helpers.CommandFunction(
             _job_command(write_job(s, launcher="slurm", threads=cpus_per_run, device=device))) for s in todo]
+        echoed = io.StringIO()  # submitit echoes sbatch's stderr; the error line below says it once
         try:
-            submitted = executor.submit_array(functions)
+            with contextlib.redirect_stderr(echoed):
+                submitted = executor.submit_array(functions)
         except Exception as e:  # submitit raises several types for a refused sbatch; each means the same here
-            said = next((line.strip() for line in str(e).splitlines() if "error" in line.lower()),
+            said = next((line.strip() for line in f"{e}\n{echoed.getvalue()}".splitlines() if "error" in line.lower()),
                         " ".join(str(e).split())[:300])
             raise UserError(f"sbatch refused the job array of {len(todo)} runs: {said}") from None
         for spec, job in zip(todo, submitted):
