@@ -1,6 +1,8 @@
 """`mmtm compare`: policies × seeds × grid cells, launched here or on Slurm, with eval-cur, tables and plots."""
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +33,8 @@ def compare(
     epochs: Optional[int] = typer.Option(None, help="Override the preset's epochs."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
-    jobs: int = typer.Option(1, help="Runs at once on this machine, each with cores/JOBS threads."),
+    jobs: Optional[int] = typer.Option(None, help="Runs at once on this machine, each with cores/JOBS threads "
+                                                  "[1]."),
     devices: Optional[str] = typer.Option(None, help="GPUs to use, e.g. 0,1: runs go to them round-robin."),
     runs_per_device: int = typer.Option(1, help="Runs packed on each GPU at once (CUDA MPS is used when its "
                                                 "daemon runs)."),
@@ -46,6 +49,9 @@ def compare(
     collect: Optional[Path] = typer.Option(None, help="Train nothing: rebuild the comparison from the runs' "
                                                       "evidence under this folder (e.g. a committed "
                                                       "docs/finding/runs) into --out."),
+    retrain_changed: bool = typer.Option(False, "--retrain-changed", help="Runs in --out trained with other "
+                                         "settings or data than asked for are moved to OUT/.replaced-<time>/ and "
+                                         "trained again (without it they are refused)."),
 ) -> None:
     """Compare training policies over seeds and grid cells: train, eval-cur (best and last checkpoint), tables and
     plots.
@@ -55,7 +61,9 @@ def compare(
     paired per-seed differences with exact permutation p-values and McNemar tests; the rank correlation of d_speed
     with d_util; the single-view baselines with --baselines. OUT/comparison.json holds the same numbers.
 
-    Re-running the same command resumes: finished runs are kept, unfinished or failed ones continue.
+    Re-running the same command resumes: finished runs are kept, unfinished or failed ones continue. A run in --out
+    trained with other settings or data is refused (or, with --retrain-changed, moved aside and trained again); one
+    sweep at a time works in an --out.
 
     \b
     Examples:
@@ -83,23 +91,70 @@ def compare(
         raise UserError("--policies must list at least one policy and none twice")
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
-    for flag, value in (("--jobs", jobs), ("--runs-per-device", runs_per_device), ("--time-min", time_min),
+    for flag, value in (("--jobs", jobs or 1), ("--runs-per-device", runs_per_device), ("--time-min", time_min),
                         ("--cpus-per-run", cpus_per_run), ("--array-parallelism", array_parallelism)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    if gpus_per_run < 0:
+        raise UserError(f"--gpus-per-run must be at least 0, got {gpus_per_run}")
     device_list = int_list(devices, "--devices") if devices else None
+    _check_together(jobs, launcher, device_list, device)
     axes = parse_axes(set_ or [])
-    with _Progress() as progress:
+    with _Progress() as progress, _sigterm_as_interrupt():
         path = run_comparison(
             str(data), out, seeds=seed_list, policies=policy_list, preset=preset,
             config_file=str(config) if config else None, axes=axes, baselines=baselines,
-            launcher=launcher, jobs=jobs, devices=device_list, runs_per_device=runs_per_device,
+            launcher=launcher, jobs=jobs or 1, devices=device_list, runs_per_device=runs_per_device,
             slurm={"partition": partition, "time_min": time_min, "gpus_per_run": gpus_per_run,
                    "cpus_per_run": cpus_per_run, "array_parallelism": array_parallelism},
-            wait=not no_wait, progress=progress.update, epochs=epochs, loader=loader,
-            device=device or ("cuda" if device_list else None))
+            wait=not no_wait, progress=progress.update, retrain_changed=retrain_changed, epochs=epochs,
+            loader=loader, device=device or ("cuda" if device_list else None))
     if path is not None:
         typer.echo(f"wrote {path}")
+
+
+def _check_together(jobs: Optional[int], launcher: str, devices: Optional[list[int]], device: Optional[str]) -> None:
+    """Flags that contradict each other, or ask for more job processes than the system can run."""
+    if jobs is not None and launcher == "slurm":
+        raise UserError("--jobs is for --launcher local; with slurm, --array-parallelism sets the runs at once")
+    if jobs is not None and devices:
+        raise UserError("--jobs does not apply with --devices: the runs at once are the GPUs × --runs-per-device")
+    if devices and device is not None and not device.startswith("cuda"):
+        raise UserError(f"--devices {','.join(map(str, devices))} names GPUs, but --device is {device!r}")
+    if devices and launcher == "slurm":
+        raise UserError("--devices is for --launcher local; with slurm, --gpus-per-run asks for GPUs")
+    most = _most_processes()
+    if jobs is not None and jobs > most:
+        raise UserError(f"--jobs {jobs}: more job processes than this system can run at once ({most})")
+
+
+def _most_processes() -> int:
+    """The processes this user may run (RLIMIT_NPROC), or the system's pid range when that is unlimited."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        pid_max = 2 ** 22  # Linux's largest
+    return pid_max if soft == resource.RLIM_INFINITY else min(soft, pid_max)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (what timeout, Slurm and systemd send) ends the sweep as Ctrl-C does: its jobs are stopped first."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: the caller's own handling stays
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Progress:

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from loaders.errors import UserError, write_error
 
+# The folder locks (`hold`) this process holds: lock file -> [fd, how many times taken].
+_HELD: dict[str, list[int]] = {}
+
 # A temporary whose owner cannot be asked (written on another host, or named by an older mmtm without a pid)
 # counts as stale only after this long: no write of a dataset or checkpoint takes a day.
 STALE_AGE_S = 24 * 3600
@@ -124,6 +127,46 @@ def locked(target: str | os.PathLike) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
+
+
+def hold(lock: str | os.PathLike, *, wait: bool = False) -> str | None:
+    """Take the exclusive flock of the file `lock` (created; it names this process, pid and host, while held) for
+    this process until `release`. Returns None once held; when another process holds it, waits with `wait`, else
+    returns what the holder wrote (`pid N on HOST`). Taken again by its holder it only counts; release as often.
+    A lock whose holder died is free at once: the kernel drops an flock with the last process that held it."""
+    key = os.path.abspath(lock)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return None
+    while True:
+        fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            return holder or "another process"
+        except BaseException:
+            os.close(fd)
+            raise
+        if _names(Path(key), fd):  # else its holder released (unlinked) it meanwhile: take the new one
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _HELD[key] = [fd, 1]
+    return None
+
+
+def release(lock: str | os.PathLike) -> None:
+    """Give back a lock taken with `hold`; the last release unlinks its file, then unlocks."""
+    key = os.path.abspath(lock)
+    held = _HELD[key]
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[key]
+        Path(key).unlink(missing_ok=True)
+        os.close(held[0])
 
 
 def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:

@@ -12,6 +12,7 @@ chosen at training time without running prep again.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -137,6 +138,25 @@ class PreparedDataset:
 def check_view(view: int) -> None:
     if not 0 <= int(view) < NUM_VIEWS:
         raise DatasetError(f"view index {view} is out of range; views are 0..{NUM_VIEWS - 1}")
+
+
+def data_digest(root: str | os.PathLike) -> str:
+    """`sha256:<hex>` over dataset.json and the three split files (each file's name, length and bytes, in one
+    order): what says which objects, classes and labels a run trains and is tested on. Runs that record one digest
+    used the same data, so a comparison can refuse to mix runs of two datasets. The images are not read: hashing
+    every view of ModelNet40 would take minutes per run, and prep writes them together with these files (a dataset
+    whose images were edited in place keeps its digest)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for name in ("dataset.json", *(f"splits/{s}.csv" for s in SPLITS)):
+        try:
+            data = (root / name).read_bytes()
+        except OSError as e:
+            raise DatasetError(f"{root / name}: cannot be read for the data digest ({e.strerror}); re-run "
+                               "`mmtm prep`") from None
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return f"sha256:{h.hexdigest()}"
 
 
 def open_dataset(root: str | os.PathLike) -> PreparedDataset:

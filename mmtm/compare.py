@@ -15,27 +15,36 @@ rank correlation of d_speed with d_util. Both checkpoints (best.pt, last.pt) are
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text
+from loaders.atomic import atomic_write_text, hold, release
+from loaders.dataset import SPLITS, DatasetError, data_digest, open_dataset
 from loaders.errors import UserError
 from loaders.output import check_output_folder
 from mmtm import evidence, plots, stats
 from mmtm.config import TrainConfig, as_field_type, resolve, to_dict
 from mmtm.environment import facts
 from mmtm.registry import POLICIES
-from mmtm.report import BASELINES, PROXY_COLUMNS, cell_label, markdown_table, proxy_table, summary_rows, write_plots
-from mmtm.sweep import RunSpec, is_done, launch_local, launch_slurm, mps_note, thread_share
+from mmtm.report import (BASELINES, PROXY_COLUMNS, cell_label, kind, markdown_table, proxy_table, summary_rows,
+                         write_plots)
+from mmtm.run import RunFolder
+from mmtm.sweep import (RunSpec, changes, check_launcher, is_done, job_log, launch_local, launch_slurm, mps_note,
+                        thread_share)
 
 DEFAULT_POLICIES = ("vanilla", "balanced", "random", "flipped")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 SWEEP_JSON = "sweep.json"
+SWEEP_LOCK = ".sweep.lock"  # held by the sweep running in OUT
+REPLACED = ".replaced"      # OUT/.replaced-<time>/: runs of other settings that --retrain-changed moved aside
 REFERENCES = ("vanilla", "balanced")  # every other policy is paired against these, where the comparison has them
 NOT_AXES = {"data", "out", "policy", "seed", "single_view"}  # set by compare itself
 ACCURACY = ("acc", "acc_last", "acc_m0", "acc_m1")
@@ -98,7 +107,7 @@ def cells(axes: dict[str, list]) -> list[dict]:
 
 
 def plan(data: str, out: Path, *, seeds: list[int], policies: tuple[str, ...], preset: str, config_file: str | None,
-         axes: dict[str, list], baselines: bool, overrides: dict) -> list[RunSpec]:
+         axes: dict[str, list], baselines: bool, overrides: dict, digest: str | None = None) -> list[RunSpec]:
     """Every run of the sweep, each config resolved (and so checked) before the first one starts."""
     specs = []
     for cell in cells(axes):
@@ -110,7 +119,7 @@ def plan(data: str, out: Path, *, seeds: list[int], policies: tuple[str, ...], p
                      for v in (0, 1)]
         for name, who in runs:
             cfg = resolve(preset, config_file, data=data, out=str(root / name), **{**overrides, **cell, **who})
-            specs.append(RunSpec(root / name, to_dict(cfg), label, preset))
+            specs.append(RunSpec(root / name, to_dict(cfg), label, preset, digest))
     return specs
 
 
@@ -119,16 +128,100 @@ def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tu
                    preset: str = "demo", config_file: str | None = None, axes: dict[str, list] | None = None,
                    baselines: bool = False, launcher: str = "local", jobs: int = 1, devices: list[int] | None = None,
                    runs_per_device: int = 1, slurm: dict | None = None, wait: bool = True, progress=None,
-                   **overrides) -> Path | None:
-    """Plan, launch, and write the comparison; None when Slurm jobs were left running (--no-wait)."""
+                   retrain_changed: bool = False, **overrides) -> Path | None:
+    """Plan and check every run and the launcher, then (holding OUT's lock) launch, and write the comparison; None
+    when Slurm jobs were left running (--no-wait). A run folder in `out` of other settings or data than planned is
+    refused, or with `retrain_changed` moved aside and trained again."""
     out = check_output_folder(out)
     data = str(Path(data).resolve())  # runs record an absolute path, so eval-cur works from any folder
+    digest = check_data(data)
     specs = plan(data, out, seeds=seeds, policies=policies, preset=preset, config_file=config_file, axes=axes or {},
-                 baselines=baselines, overrides={k: v for k, v in overrides.items() if v is not None})
+                 baselines=baselines, overrides={k: v for k, v in overrides.items() if v is not None}, digest=digest)
+    check_launcher(launcher, devices)
+    with owning(out):
+        return _sweep(specs, out, launcher=launcher, jobs=jobs, devices=devices, runs_per_device=runs_per_device,
+                      slurm=slurm, wait=wait, progress=progress, retrain_changed=retrain_changed)
+
+
+def check_data(data: str) -> str:
+    """The data folder checked as training checks it (dataset.json, the three split files, a validation split),
+    before a sweep creates anything; its digest."""
+    dataset = open_dataset(data)
+    for split in SPLITS:
+        dataset.rows(split)
+    if dataset.meta["counts"].get("val", 0) == 0:
+        raise DatasetError(f"{data}: no validation objects; re-run `mmtm prep` with --val-fraction > 0")
+    return data_digest(data)
+
+
+@contextlib.contextmanager
+def owning(out: Path) -> Iterator[None]:
+    """Hold OUT/.sweep.lock while a sweep works in `out` (a second sweep there is refused with one line); a lock
+    whose holder died is free. An `out` made here and left empty is removed again."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    holder = hold(out / SWEEP_LOCK)
+    if holder is not None:
+        raise UserError(f"{out}: {holder} is running a sweep in it (it holds {out / SWEEP_LOCK}); wait for it to "
+                        "end, or use another --out")
+    try:
+        yield
+    finally:
+        release(out / SWEEP_LOCK)
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
+def _changed_runs(specs: list[RunSpec], out: Path, retrain_changed: bool) -> None:
+    """Refuse a sweep whose `out` holds runs (finished or not) of other settings or data than it asks for; with
+    `retrain_changed`, move them to OUT/.replaced-<time>/ (never deleted) so that they are trained again."""
+    changed = [(s, found) for s in specs if (found := changes(s.dir, s.config, s.data_digest))]
+    if not changed:
+        return
+    if not retrain_changed:
+        spec, found = changed[0]
+        more = f" (and {len(changed) - 1} more runs of other settings)" if len(changed) > 1 else ""
+        raise UserError(f"{spec.dir} holds a run of other settings than asked for: {'; '.join(found)}{more}; use "
+                        f"another --out, or --retrain-changed to move such runs to {out}/{REPLACED}-<time>/ and "
+                        "train them again")
+    aside = out / f"{REPLACED}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for spec, _ in changed:
+        run = RunFolder(spec.dir)
+        run.take(wait=False)  # no one trains it now
+        run.release()
+        dest = aside / spec.dir.relative_to(out)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(spec.dir, dest)
+    print(f"moved {len(changed)} runs of other settings to {aside}", flush=True)
+
+
+def _failure(specs: list[RunSpec], failed: list[str], launcher: str, out: Path) -> UserError:
+    """One line on the runs whose jobs failed: the first one's error and where its log is."""
+    names = f"{', '.join(failed[:4])}{', ...' if len(failed) > 4 else ''}"
+    if launcher == "slurm":
+        return UserError(f"{len(failed)} of {len(specs)} runs failed ({names}); see their logs in {out / '.submitit'}; "
+                         "the same command resumes them")
+    log = next(job_log(s) for s in specs if s.name == failed[0])
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    said = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
+    return UserError(f"{len(failed)} of {len(specs)} runs failed ({names}){f': {said}' if said else ''}; see {log}"
+                     f"{' and the other runs’ job.log' if len(failed) > 1 else ''}; the same command resumes them")
+
+
+def _sweep(specs: list[RunSpec], out: Path, *, launcher: str, jobs: int, devices: list[int] | None,
+           runs_per_device: int, slurm: dict | None, wait: bool, progress, retrain_changed: bool) -> Path | None:
+    _changed_runs(specs, out, retrain_changed)
     note = mps_note(devices or [], runs_per_device)
     if note:
         print(note, flush=True)
     kept = {s.name for s in specs if is_done(s)}  # from an earlier launch: their time is not this launch's
+    resumed = sum(s.name not in kept and RunFolder(s.dir).last.is_file() for s in specs)
+    print(f"{len(kept)} of {len(specs)} runs kept from {out}; {len(specs) - len(kept)} to train"
+          + (f" ({resumed} resumed from their last.pt)" if resumed else ""), flush=True)
     started = time.perf_counter()
     if launcher == "slurm":
         result = launch_slurm(specs, out, wait=wait, progress=progress, **(slurm or {}))
@@ -143,8 +236,7 @@ def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tu
         concurrency = len(devices) * runs_per_device if devices else jobs
     wall = time.perf_counter() - started
     if failed:
-        raise UserError(f"{len(failed)} of {len(specs)} runs failed ({', '.join(failed[:4])}"
-                        f"{', ...' if len(failed) > 4 else ''}); see RUN/job.log; the same command resumes them")
+        raise _failure(specs, failed, launcher, out)
     for s in specs:
         evidence.place(s.dir, s.cell, s.preset)
     runs = [evidence.load(s.dir) for s in specs]
@@ -167,15 +259,51 @@ def collect(source: str | Path, out: str | Path) -> Path:
     out = check_output_folder(out)
     dirs = evidence.find_runs(source)
     runs = [evidence.load(d) for d in dirs]
+    check_one_dataset(runs)
+    check_each_run_once(runs)
     sweep_file = source / SWEEP_JSON
     sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else None
     target = out / "runs"
-    if target.resolve() != source.resolve():
+    if not target.resolve().is_relative_to(source.resolve()):  # else the evidence is there already
         for d in dirs:
             evidence.copy_evidence(d, target / d.relative_to(source))
         if sweep is not None:
             shutil.copyfile(sweep_file, target / SWEEP_JSON)
     return write_comparison(runs, out, sweep)
+
+
+def check_one_dataset(runs: list[dict]) -> None:
+    """The runs were trained on one dataset: one data digest among the runs that recorded one, and where a run
+    recorded none (evidence older than digests), the same data folder and dataset facts in every run."""
+    def where(run: dict) -> Path:
+        return Path(run["dir"]) / evidence.SUMMARY_JSON
+
+    digests = [r for r in runs if r["summary"].get("data_digest") is not None]
+    other = next((r for r in digests if r["summary"]["data_digest"] != digests[0]["summary"]["data_digest"]), None)
+    if other is not None:
+        raise UserError(f"{where(other)}: a run of data {other['summary']['data_digest'][:19]}…, but "
+                        f"{where(digests[0])} is of data {digests[0]['summary']['data_digest'][:19]}…; a comparison "
+                        "holds the runs of one dataset")
+    if len(digests) < len(runs):
+        facts_of = [(r["config"]["data"], r["summary"].get("dataset")) for r in runs]
+        i = next((i for i, f in enumerate(facts_of) if f != facts_of[0]), None)
+        if i is not None:
+            what = "dataset facts (summary.json's dataset)" if facts_of[i][0] == facts_of[0][0] else "data folder"
+            raise UserError(f"{where(runs[i])}: a run of data {facts_of[i][0]}, and {where(runs[0])} of "
+                            f"{facts_of[0][0]}, differ in their {what}; a comparison holds the runs of one dataset")
+
+
+def check_each_run_once(runs: list[dict]) -> None:
+    """No (cell, policy, seed) twice: two copies of a run (a comparison copied into the folder collected, say)
+    would count its seed twice."""
+    seen: dict[tuple, dict] = {}
+    for run in runs:
+        key = (cell_label(run), kind(run), run["config"]["seed"])
+        if key in seen:
+            raise UserError(f"{run['dir']} and {seen[key]['dir']} are both the run of policy {key[1]}, seed {key[2]}"
+                            f"{f', cell {key[0]}' if key[0] else ''}; a comparison counts each run once: collect "
+                            "one copy")
+        seen[key] = run
 
 
 # ------------------------------------------------------------------------------------------------------- tables

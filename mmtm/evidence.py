@@ -11,6 +11,9 @@ best.pt and last.pt, which `load` checks) and summary.json, a digest of steps.cs
                               windowed and per-step views, s(m1|m0), s(m0|m1), the policy's signal, the mean loss of
                               the interval, and how many re-balancing steps of each kind it held
     first_rebalance           the first re-balancing step and its mode (null without one)
+    data_digest               the digest of the run's dataset.json and split files that `mmtm train` recorded in
+                              RUN/data.json (null for a run that recorded none), so that runs of two datasets are
+                              not mixed
     view_limits               the attainable accuracy of the run's two views alone, from dataset.json (null when the
                               dataset does not record them)
     job                       where and how the run was made: launcher, host, device, threads, seconds
@@ -82,6 +85,7 @@ def digest(run_dir: str | os.PathLike, *, job: dict | None = None, cell: dict | 
         "view_limits": [limits.get(str(v)) for v in config.views] if limits else None,
         "dataset": {k: meta[k] for k in ("source", "synthetic", "image_size", "counts") if k in meta}
         | ({"classes": len(meta["classes"])} if "classes" in meta else {}),
+        "data_digest": run.data_digest(),
         "d_speed_by_regular_step": [_round(float(s["d_speed"])) for s in regular],
         "trace_every": TRACE_EVERY, "trace": trace, "job": job or {},
     }
@@ -130,16 +134,45 @@ def load(run_dir: str | os.PathLike, *, complete: bool = True) -> dict:
         raise UserError(f"{root}: no {SUMMARY_JSON} and no {STEPS_CSV}; not a run folder")
     if not isinstance(summary, dict) or not isinstance(summary.get("d_speed_by_regular_step"), list):
         raise UserError(f"{root / SUMMARY_JSON}: not a run summary; re-run `mmtm compare` to write it")
-    return {"name": root.name, "dir": str(root), "config": config, "epochs": epochs, "cur": read_cur(root / CUR_JSON),
-            "cur_last": read_cur(root / CUR_LAST_JSON), "summary": summary}
+    _check_types(root / SUMMARY_JSON, summary, SUMMARY_TYPES)
+    _check_types(root / SUMMARY_JSON, summary["trace"], {"d_speed": list}, "trace.")
+    cur, cur_last = read_cur(root / CUR_JSON), read_cur(root / CUR_LAST_JSON)
+    for path, result in ((root / CUR_JSON, cur), (root / CUR_LAST_JSON, cur_last)):
+        if result is not None:
+            _check_types(path, result, CUR_TYPES, required=False)
+    return {"name": root.name, "dir": str(root), "config": config, "epochs": epochs, "cur": cur, "cur_last": cur_last,
+            "summary": summary}
+
+
+# What the tables read from a summary and a cur.json besides the numbers read_cur checks: key → allowed types.
+SUMMARY_TYPES = {"steps": (int,), "regular_steps": (int,), "rebalance_m0_steps": (int,),
+                 "rebalance_m1_steps": (int,), "trace": (dict,), "cell": (dict,), "dataset": (dict,), "job": (dict,),
+                 "view_limits": (list, type(None)), "data_digest": (str, type(None))}
+CUR_TYPES = {"intervals": (dict,), "objects": (dict,)}
+_TYPE_NAMES = {int: "a whole number", dict: "an object", list: "a list", str: "a string", type(None): "null"}
+
+
+def _check_types(path: Path, record: dict, types: dict, prefix: str = "", *, required: bool = True) -> None:
+    """Each key of `types` in `record` (absent only without `required`, or where null is allowed: summaries
+    written before a key existed lack it) holds one of its types; one line naming the file and key otherwise."""
+    for key, allowed in types.items():
+        if key not in record and (not required or type(None) in allowed):
+            continue
+        value = record.get(key)
+        if key not in record or isinstance(value, bool) or not isinstance(value, allowed):
+            wanted = " or ".join(_TYPE_NAMES[t] for t in allowed)
+            raise UserError(f"{path}: {prefix}{key} must be {wanted}, "
+                            f"{'is missing' if key not in record else f'not {value!r:.60}'}; re-run `mmtm compare`")
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
-    """Every run folder with a summary.json under `root` (at any depth), in path order."""
+    """Every run folder with a summary.json under `root` (at any depth, not in a hidden folder), in path order."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder of runs")
-    found = sorted(p.parent for p in root.rglob(SUMMARY_JSON))
+    # hidden folders hold no run of the comparison: .replaced-*/ keeps runs a sweep moved aside (mmtm/compare.py)
+    found = sorted(p.parent for p in root.rglob(SUMMARY_JSON)
+                   if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
     if not found:
         raise UserError(f"{root}: holds no run with a {SUMMARY_JSON}; point --collect at a comparison's folder")
     return found

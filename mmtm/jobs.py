@@ -6,12 +6,18 @@ importing torch and torchvision before its first step (a sweep of short runs spe
 multiprocessing's forkserver imports them once, in a fresh process that runs nothing else, and forks each job from
 it in a few hundredths of a second. That server never touches CUDA, so each job picks its GPU through
 CUDA_VISIBLE_DEVICES as a fresh process does.
+
+A job dies with the process that started it, however that one ends (kill -9 included): the server it was forked
+from outlives its client while any job runs, so each job watches its starter itself.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
@@ -27,12 +33,13 @@ def start(target: Callable[..., int | None], *args, env: dict[str, str],
     the traceback of an exception it raised."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    proc = ctx.Process(target=_run, args=(target, args, env, None if log is None else os.fspath(log)))
+    proc = ctx.Process(target=_run, args=(target, args, env, None if log is None else os.fspath(log), os.getpid()))
     proc.start()
     return proc
 
 
-def _run(target, args, env: dict[str, str], log: str | None) -> None:
+def _run(target, args, env: dict[str, str], log: str | None, starter: int) -> None:
+    _die_with(starter)
     os.environ.clear()
     os.environ.update(env)
     # The job's own workers (DataLoader's) start as in a fresh process, not through the forkserver it came from.
@@ -47,3 +54,17 @@ def _run(target, args, env: dict[str, str], log: str | None) -> None:
 
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     sys.exit(target(*args))
+
+
+def _die_with(starter: int) -> None:
+    """Kill this process once `starter` has ended: a pidfd becomes readable when its process exits."""
+    try:
+        pidfd = os.pidfd_open(starter)
+    except ProcessLookupError:  # it ended before this job began
+        os._exit(1)
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-starter", daemon=True).start()

@@ -4,6 +4,7 @@ report and compare read it.
 Layout of a run folder::
 
     config.json   the resolved TrainConfig (`mmtm train --config RUN/config.json` repeats the run)
+    data.json     the data the run was started on: its folder and `loaders.dataset.data_digest` (not a setting)
     steps.csv     one row per step (STEP_FIELDS)
     epochs.csv    one row per epoch (EPOCH_FIELDS)
     last.pt       the checkpoint after the last finished epoch (what --resume continues)
@@ -12,6 +13,7 @@ Layout of a run folder::
     cur-SPLIT-CHECKPOINT.json   eval-cur on any other split or checkpoint (`cur-val-last.json`, and for a checkpoint
                   named by path its file name: `cur-test-epoch5.pt.json`): report and compare read only the two above
     tb/           TensorBoard scalars, when the tensorboard package is installed (mmtm/tensorboard_log.py)
+    .run.lock     held by the process training the run (`mmtm train`, a sweep's job), so that no second one writes it
 """
 from __future__ import annotations
 
@@ -24,15 +26,17 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text, remove_stale_temporaries
-from loaders.dataset import DatasetError, check_view, open_dataset
+from loaders.atomic import atomic_write_text, hold, remove_stale_temporaries
+from loaders.atomic import release as release_lock
+from loaders.dataset import DatasetError, check_view, data_digest, open_dataset
 from loaders.errors import UserError, write_error
 from mmtm.checkpoint import load_checkpoint
 from mmtm.config import TrainConfig, from_dict, to_dict
 
-CONFIG_JSON, STEPS_CSV, EPOCHS_CSV = "config.json", "steps.csv", "epochs.csv"
+CONFIG_JSON, DATA_JSON, STEPS_CSV, EPOCHS_CSV = "config.json", "data.json", "steps.csv", "epochs.csv"
 LAST_PT, BEST_PT, CUR_JSON, CUR_LAST_JSON = "last.pt", "best.pt", "cur.json", "cur-last.json"
 TB = "tb"
+RUN_LOCK = ".run.lock"
 CHECKPOINTS = ("best", "last")
 
 # d_speed, s_m1_m0, s_m0_m1: the cumulative view (the paper's); d_speed_step, d_speed_window: the other two views
@@ -62,6 +66,7 @@ class RunFolder:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.config = self.root / CONFIG_JSON
+        self.data = self.root / DATA_JSON
         self.steps = self.root / STEPS_CSV
         self.epochs = self.root / EPOCHS_CSV
         self.last = self.root / LAST_PT
@@ -69,24 +74,48 @@ class RunFolder:
         self.cur = self.root / CUR_JSON
         self.cur_last = self.root / CUR_LAST_JSON
         self.tb = self.root / TB
+        self.lock = self.root / RUN_LOCK
         self.started = False  # whether `start` wrote this run's files in this process
+        self.held = False  # whether `start` took the run's lock
 
     @contextlib.contextmanager
     def undone_on_bad_input(self) -> Iterator[None]:
         """Bad input (a UserError) that stops a run this process started before its first checkpoint takes back
-        what `start` wrote: without last.pt there is nothing to resume, so the files would only mislead."""
+        what `start` wrote: without last.pt there is nothing to resume, so the files would only mislead. The run's
+        lock, taken by `start`, is given back at the end."""
         existed = os.path.exists(self.root)  # False for a path the system cannot hold, which training refuses
         try:
             yield
         except UserError:
             if self.started and not self.last.exists():
-                for path in (self.config, self.steps, self.epochs):
+                for path in (self.config, self.data, self.steps, self.epochs):
                     path.unlink(missing_ok=True)
                 shutil.rmtree(self.tb, ignore_errors=True)
                 if not existed:
+                    self.release()
                     with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
                         self.root.rmdir()
             raise
+        finally:
+            self.release()
+
+    def take(self, *, wait: bool) -> None:
+        """Hold the run's lock (RUN/.run.lock) in this process; another holder is waited for with `wait`, else
+        refused with one line naming it. Taken again through this folder object it stays held once."""
+        if self.held:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        holder = hold(self.lock, wait=wait)
+        if holder is not None:
+            raise UserError(f"{self.root}: {holder} is training this run (it holds {self.lock}); wait for it to "
+                            "end, or use another --out")
+        self.held = True
+
+    def release(self) -> None:
+        """Give back the lock `take` took."""
+        if self.held:
+            self.held = False
+            release_lock(self.lock)
 
     def saved_config(self) -> TrainConfig | None:
         """The run's config.json, checked; None when the folder has none."""
@@ -98,6 +127,16 @@ class RunFolder:
         except UserError as e:
             raise UserError(f"{self.config}: {e}") from None
 
+    def data_digest(self) -> str | None:
+        """The digest of the data the run was started on (data.json); None when the run did not record one."""
+        if not self.data.is_file():
+            return None
+        record = read_json(self.data)
+        digest = record.get("digest") if isinstance(record, dict) else None
+        if not isinstance(digest, str):
+            raise UserError(f"{self.data}: must hold the data's digest as a string under 'digest'")
+        return digest
+
     def checkpoint(self, which: str) -> Path:
         """`best`, `last`, or a path to a checkpoint file."""
         return getattr(self, which) if which in CHECKPOINTS else Path(which)
@@ -105,10 +144,20 @@ class RunFolder:
     def start(self, cfg: TrainConfig, resume_epoch: int | None) -> None:
         """Write config.json and the CSV headers; on resume keep only the rows of epochs before `resume_epoch`
         (rows written after the last checkpoint, by a run that crashed mid-epoch, belong to an epoch re-run now).
-        Temporaries that a killed run left beside its files go first."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        for path in (self.config, self.steps, self.epochs, self.last, self.best, self.cur):
+        The run's lock is taken first (a second process on the folder is refused). A new run records its data's
+        digest in data.json; a resumed one must find the data it recorded there (a run without a record keeps none:
+        what it began on is not known). Temporaries that a killed run left beside its files go first."""
+        self.take(wait=False)
+        digest = data_digest(cfg.data)
+        recorded = self.data_digest() if resume_epoch is not None else None
+        if recorded is not None and recorded != digest:
+            raise UserError(f"{self.data}: the run was started on data with digest {recorded}, but {cfg.data} now "
+                            f"has {digest} (its dataset.json or split files changed); resume it on the data it "
+                            "began on, or start a new run in another --out")
+        for path in (self.config, self.data, self.steps, self.epochs, self.last, self.best, self.cur):
             remove_stale_temporaries(path)
+        if resume_epoch is None:
+            atomic_write_text(self.data, json.dumps({"data": cfg.data, "digest": digest}, indent=2) + "\n")
         atomic_write_text(self.config, json.dumps(to_dict(cfg), indent=2) + "\n")
         self.started = True
         for path, fields in ((self.steps, STEP_FIELDS), (self.epochs, EPOCH_FIELDS)):

@@ -3,7 +3,9 @@
 Every run is one job, `python -m mmtm.sweep RUN/job.json` (`main`): train (or resume from last.pt) exactly as
 `mmtm train` does, eval-cur on best.pt and last.pt, then the run's summary.json (mmtm/evidence.py), which marks it
 done. So a sweep that was killed, or whose cluster jobs failed, is finished by running the same command again: runs
-with their evidence are kept, the others start or resume.
+with their evidence are kept, the others start or resume. A run folder is kept or resumed only if it holds the run
+asked for (`changes`: its config.json and data digest against the sweep's), and the job holds the run's lock
+(RUN/.run.lock) from its first check to its summary, so no second process writes the folder meanwhile.
 
 Local (`--jobs N`, the default launcher): N job processes at once, forked from a server that imported torch once
 (mmtm/jobs.py), each with its share of the cores — torch's threads and the loader's threads are both capped at
@@ -20,8 +22,11 @@ resubmits what failed (runs resume from last.pt), leaving queued and running job
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -31,6 +36,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from loaders.atomic import atomic_write_text
+from loaders.dataset import data_digest
 from loaders.errors import UserError
 from mmtm.jobs import start as start_job
 
@@ -39,6 +45,9 @@ JOB_LOG = "job.log"
 SLURM_RECORD = "slurm.json"
 SLURM_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
 MPS_PIPE = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+# Settings that say where a run computes and with how many threads, not what it trains or measures: a kept run is
+# reused whatever they were (a sweep sets the threads itself, from its share of the cores).
+NOT_COMPARED = ("out", "device", "num_threads", "cpu_threads")
 
 
 @dataclass
@@ -48,6 +57,7 @@ class RunSpec:
     config: dict
     cell: dict = field(default_factory=dict)
     preset: str = ""
+    data_digest: str | None = None  # of the data folder when the sweep was planned (loaders.dataset.data_digest)
 
     @property
     def name(self) -> str:
@@ -77,13 +87,37 @@ def is_done(spec: RunSpec) -> bool:
     return is_summarised(spec.dir)
 
 
+def _short(digest: str | None) -> str:
+    return "(none recorded)" if digest is None else digest[:len("sha256:") + 12] + "…"
+
+
+def changes(run_dir: Path, config: dict, digest: str | None) -> list[str] | None:
+    """How the run in `run_dir` differs from the run of `config` on data of `digest`, as `key old → new` (every
+    setting but NOT_COMPARED, and the data digest RUN/data.json recorded); [] when it is that run, None when the
+    folder holds no run (no config.json)."""
+    from mmtm.config import to_dict
+    from mmtm.run import RunFolder
+
+    run = RunFolder(run_dir)
+    saved = run.saved_config()
+    if saved is None:
+        return None
+    old = to_dict(saved)
+    found = [f"{k} {old[k]!r} → {v!r}" for k, v in config.items() if k not in NOT_COMPARED and old.get(k) != v]
+    recorded = run.data_digest()
+    if recorded != digest:
+        found.append(f"data digest {_short(recorded)} → {_short(digest)}")
+    return found
+
+
 def write_job(spec: RunSpec, *, launcher: str, threads: int | None, device: str | None) -> Path:
     """RUN/job.json: what the job process needs (and nothing it could get wrong from the environment)."""
     spec.dir.mkdir(parents=True, exist_ok=True)
     path = spec.dir / JOB_JSON
     config = job_config(spec.config, threads) if threads else spec.config
     atomic_write_text(path, json.dumps({"config": config, "cell": spec.cell, "preset": spec.preset,
-                                        "launcher": launcher, "threads": threads, "device": device}, indent=2) + "\n")
+                                        "data_digest": spec.data_digest, "launcher": launcher, "threads": threads,
+                                        "device": device}, indent=2) + "\n")
     return path
 
 
@@ -102,18 +136,29 @@ def run_job(job_json: str | os.PathLike) -> None:
     cfg = from_dict(job["config"])
     started = time.perf_counter()
     run = RunFolder(cfg.out)
-    fit(cfg, resume=run.last.is_file())
-    for which in ("best", "last"):
-        result, ckpt = run.cur_for(which), run.checkpoint(which)
-        if not (result.is_file() and result.stat().st_mtime >= ckpt.stat().st_mtime):
-            evaluate_cur(run.root, checkpoint=which)
-    device = str(resolve_device(cfg.device))
-    if device.startswith("cuda"):
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        device += f" ({torch.cuda.get_device_name(0)}, CUDA_VISIBLE_DEVICES={visible})"
-    summarise(run.root, cell=job["cell"], preset=job["preset"],
-              job={"launcher": job["launcher"], "host": socket.gethostname(), "device": device,
-                   "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1)})
+    run.take(wait=True)  # a job of a sweep killed a moment ago may still be ending
+    try:
+        digest = data_digest(cfg.data)
+        if job.get("data_digest") not in (None, digest):
+            raise UserError(f"{cfg.data}: its dataset.json or split files changed since the sweep was planned "
+                            f"(digest {_short(job['data_digest'])} → {_short(digest)}); run the sweep again")
+        found = changes(run.root, job["config"], digest)
+        if found:
+            raise UserError(f"{run.root}: holds a run of other settings ({'; '.join(found)}); it is not resumed")
+        fit(cfg, resume=run.last.is_file())
+        for which in ("best", "last"):
+            result, ckpt = run.cur_for(which), run.checkpoint(which)
+            if not (result.is_file() and result.stat().st_mtime >= ckpt.stat().st_mtime):
+                evaluate_cur(run.root, checkpoint=which)
+        device = str(resolve_device(cfg.device))
+        if device.startswith("cuda"):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            device += f" ({torch.cuda.get_device_name(0)}, CUDA_VISIBLE_DEVICES={visible})"
+        summarise(run.root, cell=job["cell"], preset=job["preset"],
+                  job={"launcher": job["launcher"], "host": socket.gethostname(), "device": device,
+                       "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1)})
+    finally:
+        run.release()
 
 
 def _job_command(job_json: Path) -> list[str]:
@@ -134,10 +179,11 @@ def mps_note(devices: list[int], runs_per_device: int) -> str | None:
 def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | None = None, runs_per_device: int = 1,
                  progress=None) -> list[str]:
     """Run every spec not yet done, `jobs` at a time (or len(devices)·runs_per_device on GPUs); returns the names of
-    runs whose job failed (their log: RUN/job.log). `progress(running, done, total)` is called as jobs move."""
+    runs whose job failed (their log: RUN/job.log, `job_log`). `progress(running, done, total)` is called as jobs move."""
     todo = [s for s in specs if not is_done(s)]
-    slots = [str(d) for d in devices for _ in range(runs_per_device)] if devices else [None] * jobs
-    threads = thread_share(len(slots))
+    # slots for the runs to do only: --jobs may be far more than there are runs, not its threads' share
+    slots = [str(d) for d in devices for _ in range(runs_per_device)] if devices else [None] * min(jobs, len(todo))
+    threads = thread_share(len(slots) if devices else jobs)
     running: dict[str, tuple[BaseProcess, RunSpec, int]] = {}
     free, failed, done = list(range(len(slots))), [], len(specs) - len(todo)
     try:
@@ -173,6 +219,36 @@ def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | No
     return failed
 
 
+def job_log(spec: RunSpec) -> Path:
+    return spec.dir / JOB_LOG
+
+
+def check_launcher(launcher: str, devices: list[int] | None) -> None:
+    """What a launch needs, before anything is created: for Slurm the submitit package and Slurm's commands on
+    PATH; for GPUs, that each one named is present (once)."""
+    if launcher == "slurm":
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise UserError("--launcher slurm needs the submitit package (`pip install submitit`)") from None
+        missing = [c for c in ("sbatch", "sacct", "srun") if shutil.which(c) is None]
+        if missing:
+            raise UserError(f"--launcher slurm: no {', '.join(missing)} on PATH; run on a Slurm login node, or use "
+                            "--launcher local")
+    if devices:
+        import torch
+
+        present = torch.cuda.device_count()
+        absent = [d for d in devices if not 0 <= d < present]
+        if absent:
+            have = f"{present} GPUs (0..{present - 1})" if present else "no GPU torch can use"
+            raise UserError(f"--devices {','.join(map(str, devices))}: GPU {absent[0]} is not present; this machine "
+                            f"has {have}")
+        if len(set(devices)) != len(devices):
+            raise UserError(f"--devices {','.join(map(str, devices))} names a GPU twice; --runs-per-device K puts "
+                            "K runs on each GPU")
+
+
 def launch_slurm(specs: list[RunSpec], out: Path, *, wait: bool, partition: str | None, time_min: int,
                  gpus_per_run: int, cpus_per_run: int, array_parallelism: int, poll_s: float = 30.0,
                  progress=None) -> dict:
@@ -200,7 +276,15 @@ def launch_slurm(specs: list[RunSpec], out: Path, *, wait: bool, partition: str 
         device = "cuda" if gpus_per_run else "cpu"
         functions = [submitit.helpers.CommandFunction(
             _job_command(write_job(s, launcher="slurm", threads=cpus_per_run, device=device))) for s in todo]
-        for spec, job in zip(todo, executor.submit_array(functions)):
+        echoed = io.StringIO()  # submitit echoes sbatch's stderr; the error line below says it once
+        try:
+            with contextlib.redirect_stderr(echoed):
+                submitted = executor.submit_array(functions)
+        except Exception as e:  # submitit raises several types for a refused sbatch; each means the same here
+            said = next((line.strip() for line in f"{e}\n{echoed.getvalue()}".splitlines() if "error" in line.lower()),
+                        " ".join(str(e).split())[:300])
+            raise UserError(f"sbatch refused the job array of {len(todo)} runs: {said}") from None
+        for spec, job in zip(todo, submitted):
             record[spec.name] = job.job_id
             jobs[spec.name] = job
         atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")

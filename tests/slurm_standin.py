@@ -6,7 +6,7 @@ JSON file STATE.
 sbatch SCRIPT: reads the script's #SBATCH lines, answers "Submitted batch job N" at once, and runs the tasks of
 the array one after another in a detached process, each with the environment Slurm would give it (SLURM_JOB_ID,
 SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID, ...). Tasks listed in SLURM_STANDIN_FAIL (comma-separated indices) fail
-without running, for this submission only. sacct -j N: `JobID|State|NodeList` rows. srun: runs its command with
+without running, for this submission only; with SLURM_STANDIN_REFUSE set, sbatch prints it and fails. sacct -j N: `JobID|State|NodeList` rows. srun: runs its command with
 --output/--error (Slurm's %A %a %j %t patterns filled in)."""
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def state(path: Path):
 
 
 def sbatch(args: list[str], path: Path) -> None:
+    if os.environ.get("SLURM_STANDIN_REFUSE"):  # as sbatch refusing a job (a bad partition, say) answers
+        print(os.environ["SLURM_STANDIN_REFUSE"], file=sys.stderr)
+        sys.exit(1)
     script = Path(args[-1]).read_text()
     flags = dict(re.findall(r"#SBATCH --([\w-]+)=(\S+)", script))
     # a single job is task -1: no array variables, its own name

@@ -125,3 +125,31 @@ def test_a_full_disk_is_a_user_error_that_keeps_the_old_file_and_leaves_no_tempo
             (building / "x").write_text("x")
             os.fsync(0)
     assert sorted(os.listdir(tmp_path)) == ["result.json"] and target.read_text() == "old"
+
+HOLDER = """
+import sys, time
+from loaders.atomic import hold
+assert hold(sys.argv[1]) is None
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_folder_lock_names_its_holder_and_is_free_once_the_holder_is_killed(tmp_path):
+    import signal
+    import sys
+
+    from loaders.atomic import hold, release
+
+    lock = tmp_path / ".run.lock"
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline() == "held\n"
+    assert hold(lock) == f"pid {other.pid} on {os.uname().nodename}"
+    other.send_signal(signal.SIGKILL)
+    other.wait()
+    assert lock.exists() and hold(lock) is None  # the dead holder's lock is taken over
+    assert hold(lock) is None  # again by its holder: counted
+    release(lock)
+    assert lock.exists()
+    release(lock)
+    assert not lock.exists()

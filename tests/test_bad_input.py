@@ -238,6 +238,43 @@ def damaged_jpeg(damage):
     return setup
 
 
+def compare(*extra, data_change=None):
+    """A case: compare (one tiny run) on the dataset, or on a copy changed by data_change(copy)."""
+    def setup(tmp, data, runs):
+        if data_change is not None:
+            data = data_copy(tmp, data)
+            data_change(data)
+        return ["compare", "--data", data, "--out", tmp / "cmp", "--policies", "vanilla", "--seeds", "0",
+                "--epochs", "1", *extra]
+    return setup
+
+
+def compare_into_a_run_of_other_settings(tmp, data, runs):
+    """--out holds vanilla-s0 trained with other settings than the compare asks for (and no summary yet)."""
+    shutil.copytree(runs / "vanilla", tmp / "cmp" / "vanilla-s0")
+    return ["compare", "--data", data, "--out", tmp / "cmp", "--policies", "vanilla", "--seeds", "0", "--epochs", "3"]
+
+
+COMMITTED_RUN = Path(__file__).resolve().parents[1] / "docs" / "options" / "runs" / "speed_from_epoch=1"
+
+
+def collect_of(*changes):
+    """A case: --collect of committed runs copied into tmp/ev/<where>, then each change(ev) applied."""
+    def setup(tmp, data, runs):
+        for change in changes:
+            change(tmp / "ev")
+        return ["compare", "--collect", tmp / "ev", "--out", tmp / "o"]
+    return setup
+
+
+def copy_run(name, where="a"):
+    return lambda ev: shutil.copytree(COMMITTED_RUN / name, ev / where / name)
+
+
+def edit_evidence(where, file, change):
+    return lambda ev: edit_json(ev / where / file, change)
+
+
 # (id, group of the issue, setup(tmp, data, runs) -> command, what the error line must name)
 CASES = [
     ("dataset.json without classes", 1, damaged(without("classes")), "dataset.json"),
@@ -337,6 +374,39 @@ CASES = [
     ("report --out with a 256-byte name", 26, lambda tmp, data, runs: ["report", runs / "vanilla", "--out",
                                                                        tmp / long_name(256)], "256 bytes"),
     ("eval-cur of a checkpoint whose result's name passes 255 bytes", 26, eval_cur_of_a_long_name, "bytes"),
+
+    # 26: compare checks its data, GPUs and flags before creating anything; kept runs must be the runs asked for
+    ("compare --data without dataset.json", 26, compare(data_change=lambda d: (d / "dataset.json").unlink()),
+     "dataset.json"),
+    ("compare --data without val.csv", 26, compare(data_change=lambda d: (d / "splits" / "val.csv").unlink()),
+     "val.csv"),
+    ("compare --devices 99", 26, compare("--devices", "99"), "GPU 99 is not present"),
+    ("compare --jobs 3000000000", 26, compare("--jobs", "3000000000"), "--jobs 3000000000"),
+    ("compare --devices 0 --device cpu", 26, compare("--devices", "0", "--device", "cpu"), "--device"),
+    ("compare --jobs 2 --launcher slurm", 26, compare("--jobs", "2", "--launcher", "slurm"), "--jobs"),
+    ("compare --gpus-per-run -1", 26, compare("--launcher", "slurm", "--gpus-per-run", "-1"), "--gpus-per-run"),
+    ("compare into an --out holding a run of other settings", 26, compare_into_a_run_of_other_settings,
+     "vanilla-s0 holds a run of other settings"),
+    ("compare --collect of two copies of a run", 26, collect_of(copy_run("vanilla-s2", "a"), copy_run("vanilla-s2", "b")),
+     "counts each run once"),
+    ("compare --collect of runs of two data digests", 26, collect_of(
+        copy_run("vanilla-s0"), copy_run("vanilla-s1"),
+        edit_evidence("a/vanilla-s0", "summary.json", with_value("data_digest", "sha256:" + "0" * 64)),
+        edit_evidence("a/vanilla-s1", "summary.json", with_value("data_digest", "sha256:" + "1" * 64))),
+     "one dataset"),
+    ("compare --collect of runs of two datasets, no digests", 26, collect_of(
+        copy_run("vanilla-s0"), copy_run("vanilla-s1"),
+        edit_evidence("a/vanilla-s1", "summary.json", lambda s: {**s, "dataset": {**s["dataset"], "image_size": 32}})),
+     "dataset facts"),
+    ("compare --collect, summary.json regular_steps 'x'", 26, collect_of(
+        copy_run("vanilla-s0"), edit_evidence("a/vanilla-s0", "summary.json", with_value("regular_steps", "x"))),
+     "summary.json: regular_steps"),
+    ("compare --collect, summary.json without trace", 26, collect_of(
+        copy_run("vanilla-s0"), edit_evidence("a/vanilla-s0", "summary.json", without("trace"))),
+     "summary.json: trace"),
+    ("compare --collect, cur.json objects a list", 26, collect_of(
+        copy_run("vanilla-s0"), edit_evidence("a/vanilla-s0", "cur.json", with_value("objects", [1]))),
+     "cur.json: objects"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
                                                        "99"], "99"),

@@ -85,3 +85,24 @@ def test_a_missing_split_file_is_named_when_any_split_is_read(data):
     (data / "splits" / "test.csv").unlink()
     with pytest.raises(DatasetError, match=r"test\.csv: split index file is missing"):
         open_dataset(data).rows("train")
+
+
+def test_the_data_digest_follows_dataset_json_and_the_split_files_not_the_images(data, tmp_path):
+    import json
+    import shutil
+
+    from loaders.dataset import data_digest
+
+    digest = data_digest(data)
+    assert digest.startswith("sha256:") and data_digest(shutil.copytree(data, tmp_path / "copy")) == digest
+    image = next((data / "images").rglob("v00.*"))
+    image.write_bytes(b"not read")
+    assert data_digest(data) == digest  # images are not hashed (too slow), as the docstring says
+    edit(data, "test", 0, object="renamed")
+    assert data_digest(data) != digest
+    meta = json.loads((tmp_path / "copy" / "dataset.json").read_text())
+    (tmp_path / "copy" / "dataset.json").write_text(json.dumps({**meta, "split_seed": 1}))
+    assert data_digest(tmp_path / "copy") not in (digest, data_digest(data))
+    (tmp_path / "copy" / "splits" / "val.csv").unlink()
+    with pytest.raises(DatasetError, match="val.csv"):
+        data_digest(tmp_path / "copy")

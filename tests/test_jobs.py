@@ -69,3 +69,39 @@ def test_the_servers_imports_ask_nothing_of_cuda():
     forked job can still choose its GPU with CUDA_VISIBLE_DEVICES and initialise CUDA itself."""
     r = subprocess.run([sys.executable, "-c", ASKS_CUDA, *PRELOAD], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[] False"
+
+
+# A starter that forks a job, which watches it as a job of mmtm.jobs does, prints the job's pid and waits.
+STARTER = """
+import os, sys, time
+from mmtm.jobs import _die_with
+starter = os.getpid()
+pid = os.fork()
+if pid == 0:
+    _die_with(starter)
+    time.sleep(120)
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"  # a zombie has ended
+    except FileNotFoundError:
+        return True
+
+
+def test_a_job_dies_with_the_process_that_started_it_even_by_kill_9():
+    import signal
+    import time
+
+    starter = subprocess.Popen([sys.executable, "-c", STARTER], stdout=subprocess.PIPE, text=True)
+    job = int(starter.stdout.readline())
+    starter.send_signal(signal.SIGKILL)
+    starter.wait()
+    deadline = time.time() + 30
+    while not _gone(job) and time.time() < deadline:
+        time.sleep(0.05)
+    assert _gone(job), "the job outlived its starter"

@@ -158,3 +158,41 @@ def test_a_disk_that_fills_up_mid_run_is_one_error_line_and_the_resume_ends_like
     r = invoke("train", "--data", synthetic_data, "--out", cut, *flags, "--resume")
     assert r.exit_code == 0, r.output
     same_run(full, cut)
+
+def test_a_run_records_its_data_digest_and_its_summary_carries_it(synthetic_data, trained_runs):
+    from loaders.dataset import data_digest
+    from mmtm.evidence import digest
+
+    record = json.loads((trained_runs / "vanilla" / "data.json").read_text())
+    assert record == {"data": str(synthetic_data.resolve()), "digest": data_digest(synthetic_data)}
+    assert digest(trained_runs / "vanilla")["data_digest"] == record["digest"]
+
+
+def test_resume_on_data_whose_split_files_changed_is_refused(synthetic_data, trained_runs, tmp_path):
+    """Same classes and views, so only the recorded digest tells that the data is not the data the run began on."""
+    run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
+    other = shutil.copytree(synthetic_data, tmp_path / "other")
+    lines = (other / "splits" / "test.csv").read_text().splitlines(keepends=True)
+    (other / "splits" / "test.csv").write_text("".join(lines[:-1]))  # one test object fewer
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    r = invoke("train", "--data", other, "--out", run, "--resume")
+    assert r.exit_code == 2 and "data.json" in r.output and "digest" in r.output, r.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_training_a_run_folder_another_process_trains_is_refused(synthetic_data, trained_runs, tmp_path):
+    run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from loaders.atomic import hold; "
+                               "hold(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(run / ".run.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        r = invoke("train", "--data", synthetic_data, "--out", run, "--resume", "--epochs", 3)
+        assert r.exit_code == 2 and f"pid {holder.pid}" in r.output and "is training this run" in r.output, r.output
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert invoke("train", "--data", synthetic_data, "--out", run, "--resume", "--epochs", 3).exit_code == 0
+    assert not (run / ".run.lock").exists()

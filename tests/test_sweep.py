@@ -3,6 +3,7 @@ unfinished, and Slurm through submitit against stand-in sbatch/sacct/srun (the r
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,3 +153,211 @@ def test_slurm_through_submitit_no_wait_then_collect_and_resubmit(data, tmp_path
     assert path == out / "comparison.md" and path.exists()
     runs = json.loads((out / "comparison.json").read_text())["runs"]
     assert {r["launcher"] for r in runs} == {"slurm"} and len(runs) == 2
+
+
+def tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def one_error_line(r) -> str:
+    """The error line of a command that failed with exit status 2: its last line and only error (what compare
+    printed before, such as how many runs it keeps, may precede it)."""
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2 and lines[-1].startswith("error: "), r.output
+    assert sum("error" in line for line in lines) == 1 and "Traceback" not in r.output, r.output
+    return lines[-1]
+
+
+def test_a_kept_run_of_other_settings_or_data_is_refused_or_moved_aside_and_trained_again(
+        synthetic_data, tmp_path, figures_not_drawn):
+    import shutil
+
+    data = shutil.copytree(synthetic_data, tmp_path / "d")
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(SHORT))
+    out = tmp_path / "o"
+    args = ["compare", "--data", data, "--out", out, "--policies", "vanilla", "--seeds", "0", "--config", cfg]
+    r = invoke(*args, "--epochs", "1")
+    assert r.exit_code == 0 and "0 of 1 runs kept" in r.output, r.output
+    r = invoke(*args, "--epochs", "1", "--jobs", "2")  # threads are not what a run is
+    assert r.exit_code == 0 and "1 of 1 runs kept" in r.output and "0 to train" in r.output, r.output
+    before = tree(out)
+    line = one_error_line(invoke(*args, "--epochs", "2"))
+    assert f"{out / 'vanilla-s0'} holds a run of other settings" in line and "epochs 1 → 2" in line
+    assert "--retrain-changed" in line and tree(out) == before
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "note": "prepared again"}))
+    line = one_error_line(invoke(*args, "--epochs", "1"))
+    assert "data digest sha256:" in line and tree(out) == before
+    r = invoke(*args, "--epochs", "2", "--retrain-changed")
+    assert r.exit_code == 0 and "moved 1 runs of other settings" in r.output, r.output
+    (aside,) = out.glob(".replaced-*")
+    assert json.loads((aside / "vanilla-s0" / "config.json").read_text())["epochs"] == 1  # kept, not deleted
+    assert json.loads((out / "vanilla-s0" / "config.json").read_text())["epochs"] == 2
+    assert len(read_csv(out / "vanilla-s0" / "epochs.csv")) == 2
+    assert invoke("compare", "--collect", out, "--out", tmp_path / "c").exit_code == 0  # the moved run is not in it
+    assert [r["run"] for r in json.loads((tmp_path / "c" / "comparison.json").read_text())["runs"]] == ["vanilla-s0"]
+
+
+def test_a_job_refuses_to_resume_a_run_folder_of_other_settings(synthetic_data, trained_runs, tmp_path, capsys):
+    import shutil
+
+    from loaders.dataset import data_digest
+
+    run = shutil.copytree(trained_runs / "vanilla", tmp_path / "vanilla-s0")
+    config = {**json.loads((run / "config.json").read_text()), "lr": 0.5, "out": str(run)}
+    job = sweep.write_job(sweep.RunSpec(run, config, data_digest=data_digest(synthetic_data)), launcher="local",
+                          threads=1, device=None)
+    before = tree(run)
+    assert sweep.main([str(job)]) == 2
+    assert f"{run}: holds a run of other settings (lr 0.05 → 0.5)" in capsys.readouterr().err
+    assert tree(run) == before
+
+
+def test_a_failed_job_is_named_with_its_error_and_its_log(synthetic_data, tmp_path, figures_not_drawn):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({**SHORT, "batch_size": 1000}))  # more than the split holds: the job's own check
+    out = tmp_path / "o"
+    line = one_error_line(invoke("compare", "--data", synthetic_data, "--out", out, "--policies", "vanilla",
+                                 "--seeds", "0", "--config", cfg, "--epochs", "1"))
+    assert f"see {out / 'vanilla-s0' / 'job.log'}" in line and "(vanilla-s0): error: " in line and "batch" in line
+
+
+def standin_path(tmp_path, monkeypatch, *, only=None) -> Path:
+    """PATH with the stand-in Slurm commands (or only those named) and nothing else but python's folder."""
+    standin = Path(__file__).with_name("slurm_standin.py")
+    subprocess.run([sys.executable, str(standin), "install", str(tmp_path / "bin"), str(tmp_path / "state.json")],
+                   check=True)
+    for command in (tmp_path / "bin").iterdir():
+        if only is not None and command.name not in only:
+            command.unlink()
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{Path(sys.executable).parent}")
+    return tmp_path / "state.json"
+
+
+@pytest.mark.parametrize("case", ["no srun", "no sbatch", "no submitit", "sbatch refuses"])
+def test_every_slurm_failure_is_one_error_line(case, synthetic_data, tmp_path, monkeypatch, figures_not_drawn):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(SHORT))
+    standin_path(tmp_path, monkeypatch, only={"no srun": {"sbatch", "sacct"}, "no sbatch": {"srun", "sacct"}}.get(case))
+    if case == "no submitit":
+        monkeypatch.setitem(sys.modules, "submitit", None)  # an import of it fails as if it were not installed
+    if case == "sbatch refuses":
+        monkeypatch.setenv("SLURM_STANDIN_REFUSE", "sbatch: error: Batch job submission failed: Invalid partition")
+    out = tmp_path / "o"
+    line = one_error_line(invoke("compare", "--data", synthetic_data, "--out", out, "--policies", "vanilla",
+                                 "--seeds", "0", "--config", cfg, "--epochs", "1", "--launcher", "slurm"))
+    assert {"no srun": "no srun on PATH", "no sbatch": "no sbatch on PATH", "no submitit": "submitit package",
+            "sbatch refuses": "sbatch refused the job array of 1 runs: sbatch: error: Batch job submission failed"
+            }[case] in line
+    if case != "sbatch refuses":  # checked before anything is made; a refusal is known only once sbatch answers
+        assert not out.exists()
+
+
+TIMING = {"seconds", "minutes", "minutes per run", "sweep", "cost"}  # what says how long, not what was computed
+
+
+def untimed(value):
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
+def outcome(out: Path) -> dict:
+    """Every run's files and comparison.json, byte for byte but for timings (and the checkpoints' bytes, which hold
+    no timing but are compared through cur.json and the steps)."""
+    found = {"comparison.json": untimed(json.loads((out / "comparison.json").read_text()))}
+    for run in sorted(p.parent for p in out.glob("*/config.json")):
+        for name in ("config.json", "data.json", "steps.csv", "cur.json", "cur-last.json"):
+            found[f"{run.name}/{name}"] = (run / name).read_text()
+        found[f"{run.name}/epochs.csv"] = [untimed(e) for e in read_csv(run / "epochs.csv")]
+        found[f"{run.name}/summary.json"] = untimed(json.loads((run / "summary.json").read_text()))
+    return found
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_data, tmp_path_factory):
+    """compare --jobs 2 of two runs of 4 epochs of 3 steps into a folder: its arguments and its `outcome`."""
+    from mmtm import plots
+
+    tmp = tmp_path_factory.mktemp("fault")
+    cfg = tmp / "tiny.json"
+    cfg.write_text(json.dumps(SHORT))
+    out = tmp / "o"
+    args = compare_args(synthetic_data, out, cfg, "--jobs", "2")
+    args[args.index("--epochs") + 1] = "4"
+    with pytest.MonkeyPatch.context() as mp:  # figures_not_drawn, for this module-wide sweep
+        mp.setattr(plots, "_save", lambda fig, path: (plots.plt.close(fig), Path(path).touch(), path)[-1])
+        r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    found = outcome(out)
+    shutil.rmtree(out)
+    return args, out, found
+
+
+@pytest.fixture
+def fault_sweep(uninterrupted, figures_not_drawn):
+    """The same sweep to be disturbed, into the same (now empty) folder, and what it must end with."""
+    args, out, found = uninterrupted
+    yield args, out, found
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def holders(path: Path) -> list[int]:
+    """The processes that have `path` open (a job has its job.log open as its stdout until it ends)."""
+    found = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                found.append(int(fd_dir.parent.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
+
+
+def wait_for_both_runs_in_their_second_epoch(out: Path) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if all((out / r / "last.pt").exists() for r in ("vanilla-s0", "balanced-s0")):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the runs did not reach their first checkpoint")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_sweep_killed_mid_run_leaves_no_job_training_and_its_rerun_ends_as_if_uninterrupted(sig, fault_sweep,
+                                                                                            tmp_path):
+    args, out, uninterrupted = fault_sweep
+    proc = start_mmtm(*args, log=tmp_path / "log")
+    wait_for_both_runs_in_their_second_epoch(out)
+    os.kill(proc.pid, sig)  # the sweep alone, not its process group: its jobs must end with it
+    proc.join()
+    assert proc.exitcode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), (tmp_path / "log").read_text()
+    for run in ("vanilla-s0", "balanced-s0"):
+        deadline = time.time() + 120
+        while holders(out / run / "job.log") and time.time() < deadline:  # the job, until it has ended
+            time.sleep(0.05)
+        assert not holders(out / run / "job.log")
+        assert not (out / run / "summary.json").exists(), f"{run}'s job went on after its sweep was killed"
+    r = invoke(*args)  # at once, as the README advises
+    assert r.exit_code == 0, r.output
+    assert "2 resumed" in r.output
+    assert outcome(out) == uninterrupted
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_on_one_out_end_as_one_uninterrupted_sweep(fault_sweep, tmp_path):
+    args, out, uninterrupted = fault_sweep
+    procs = [start_mmtm(*args, log=tmp_path / f"log{i}") for i in range(2)]
+    for proc in procs:
+        proc.join(300)
+    logs = [(tmp_path / f"log{i}").read_text() for i in range(2)]
+    assert sorted(p.exitcode for p in procs) in ([0, 0], [0, 2]), logs
+    for proc, log in zip(procs, logs):
+        if proc.exitcode == 2:  # the second waited for nothing: it said why in one line
+            assert [line for line in log.splitlines() if line.strip()] == [
+                line for line in log.splitlines() if line.startswith("error: ") and "is running a sweep in it" in line]
+    assert outcome(out) == uninterrupted
