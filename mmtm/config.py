@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from loaders.dataset import NUM_VIEWS
+from loaders.dataset import DatasetError, open_dataset
 from loaders.device import check_device_name
 from loaders.errors import UserError
 from loaders.factory import BACKENDS
@@ -29,7 +29,8 @@ class TrainConfig:
     data: str = ""
     out: str = ""
     policy: str = "vanilla"                 # a name in mmtm.registry.POLICIES
-    views: tuple[int, int] = (0, 6)         # docs/science.md §5: v001 and v007, "front" and "rear"
+    views: tuple[int, int] = (0, 6)         # docs/science.md §5: v001 and v007, "front" and "rear"; resolve() takes
+                                            # the data's dataset.json `default_views` when none is given
     # model (docs/science.md §1); width 64 is torchvision's ResNet-18, smaller widths keep its structure
     width: int = 64
     mmtm_ratio: int = 4
@@ -100,9 +101,9 @@ class TrainConfig:
                 raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if len(self.views) != 2 or self.views[0] == self.views[1]:
             raise UserError(f"--views needs two different view indices, got {self.views}")
-        for v in self.views:
-            if not 0 <= v < NUM_VIEWS:
-                raise UserError(f"view index {v} is out of range; views are 0..{NUM_VIEWS - 1}")
+        for v in self.views:  # the upper bound is the data's (check_views)
+            if v < 0:
+                raise UserError(f"view index {v} is out of range; views are numbered from 0")
         for name, least in (("epochs", 1), ("batch_size", 1), ("width", 1), ("mmtm_ratio", 1), ("rebalance_steps", 1),
                             ("num_threads", 0), ("cpu_threads", 1), ("plateau_patience", 0), ("early_stop_epochs", 0),
                             ("warmup_epochs", 0), ("seed", 0), ("precise_bn", 0), ("speed_window", 1),
@@ -199,7 +200,24 @@ def resolve(preset: str = "paper", config_file: str | Path | None = None, **over
     if config_file is not None:
         values.update(load_config_file(config_file))
     values.update(_coerce({k: v for k, v in overrides.items() if v is not None}))
-    return TrainConfig(**values).validate()
+    dataset = _dataset(values.get("data"))
+    if dataset is not None and "views" not in values:
+        values["views"] = dataset.default_views
+    cfg = TrainConfig(**values).validate()
+    if dataset is not None:
+        for v in cfg.views:
+            dataset.check_view(v)
+    return cfg
+
+
+def _dataset(data: str | None):
+    """The prepared dataset at `data`, or None where there is none to read (training then names the problem)."""
+    if not data:
+        return None
+    try:
+        return open_dataset(data)
+    except DatasetError:
+        return None
 
 
 def to_dict(cfg: TrainConfig) -> dict:

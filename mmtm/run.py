@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loaders.atomic import atomic_write_text, remove_stale_temporaries
-from loaders.dataset import DatasetError, check_view, open_dataset
+from loaders.dataset import DatasetError, open_dataset
 from loaders.errors import UserError
 from mmtm.checkpoint import load_checkpoint
 from mmtm.config import TrainConfig, from_dict, to_dict
@@ -216,4 +216,4 @@ def check_dataset_matches(data: str, classes: list[str], views) -> None:
         raise DatasetError(f"{data}: classes differ from the checkpoint's "
                            f"({len(ds.classes)} vs {len(classes)} classes)")
     for v in views:
-        check_view(v)
+        ds.check_view(v)
