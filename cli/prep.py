@@ -38,7 +38,12 @@ def prep(
     views_differ: str = typer.Option("information", help="synthetic only: how views 0 and 6 differ. information: "
                                                          "the rear mark names only a pair of classes (view 6 alone "
                                                          "reaches ~0.40); ease: both name the class, the rear mark "
-                                                         "is smaller and harder to learn."),
+                                                         "is smaller and harder to learn; shortcut: the front mark "
+                                                         "is the hard one, the rear mark is large and names the "
+                                                         "class in train/val but is random at test."),
+    shortcut_agreement: Optional[float] = typer.Option(None, help="synthetic shortcut only: fraction of train and "
+                                                                  "validation objects whose rear mark names their "
+                                                                  f"class [{synthetic.SHORTCUT_AGREEMENT}]."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Prepare a two-view dataset: all 12 MVCNN views of every object, split files, dataset.json.
@@ -48,6 +53,7 @@ def prep(
       mmtm prep synthetic --out data                # 10 classes, 64 px
       mmtm prep synthetic --out d20 --classes 20 --per-class 100
       mmtm prep synthetic --out data-ease --views-differ ease
+      mmtm prep synthetic --out data-shortcut --views-differ shortcut
       mmtm prep modelnet40_images_new_12x --out mn40  # MVCNN renders
       mmtm prep ModelNet40 --out mn40 --workers 8     # render OFF meshes
       mmtm prep renders --out mn40 --skip-bad --encoding png
@@ -57,10 +63,13 @@ def prep(
             out, classes=synthetic.DEFAULT_CLASSES if classes is None else classes,
             per_class=synthetic.DEFAULT_PER_CLASS if per_class is None else per_class,
             image_size=image_size or synthetic.DEFAULT_IMAGE_SIZE, encoding=encoding, val_fraction=val_fraction,
-            seed=seed, workers=workers, progress=not quiet, views_differ=views_differ)
+            seed=seed, workers=workers, progress=not quiet, views_differ=views_differ,
+            shortcut_agreement=shortcut_agreement)
     else:
-        if classes is not None or per_class is not None or views_differ != "information":
-            raise UserError("--classes, --per-class and --views-differ apply to `mmtm prep synthetic` only")
+        if classes is not None or per_class is not None or views_differ != "information" \
+                or shortcut_agreement is not None:
+            raise UserError("--classes, --per-class, --views-differ and --shortcut-agreement apply to "
+                            "`mmtm prep synthetic` only")
         summary = prepare(src, out, image_size=image_size or FOLDER_IMAGE_SIZE, encoding=encoding,
                           val_fraction=val_fraction, seed=seed, workers=workers, skip_bad=skip_bad,
                           progress=not quiet, up=up)

@@ -53,6 +53,7 @@ class _Job:
     classes: int = 0           # synthetic only
     seed: int = 0              # synthetic only
     views_differ: str = "information"  # synthetic only
+    shortcut_agreement: float = synthetic.SHORTCUT_AGREEMENT  # synthetic `shortcut` only
 
 
 def detect_source(src: str | os.PathLike) -> str:
@@ -147,15 +148,22 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, *, image_size: int =
 def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAULT_CLASSES,
                       per_class: int = synthetic.DEFAULT_PER_CLASS, image_size: int = synthetic.DEFAULT_IMAGE_SIZE,
                       encoding: str = "jpeg", val_fraction: float = 0.2, seed: int = 10, workers: int = 2,
-                      progress: bool = True, test_fraction: float = 0.2, views_differ: str = "information") -> dict:
+                      progress: bool = True, test_fraction: float = 0.2, views_differ: str = "information",
+                      shortcut_agreement: float | None = None) -> dict:
     """Generate and render the procedural set (loaders/prep/synthetic.py) in the variant `views_differ`. `seed`
     seeds both generation and the validation split; the last `test_fraction` of each class's objects form the
-    official test split. dataset.json records the variant, its parameters and each view's attainable accuracy."""
+    official test split. dataset.json records the variant, its parameters and each view's attainable accuracy
+    (`shortcut`: per split too, and the fraction of each split's objects whose rear mark names their class)."""
     _check_options(image_size, encoding, val_fraction, workers)
     if not 2 <= classes <= synthetic.MAX_CLASSES:
         raise UserError(f"--classes must be 2..{synthetic.MAX_CLASSES} for the synthetic set, not {classes}")
     if views_differ not in synthetic.VARIANTS:
         raise UserError(f"--views-differ must be one of {', '.join(synthetic.VARIANTS)}, not {views_differ!r}")
+    if shortcut_agreement is not None and views_differ != "shortcut":
+        raise UserError("--shortcut-agreement applies to --views-differ shortcut only")
+    agreement = synthetic.SHORTCUT_AGREEMENT if shortcut_agreement is None else shortcut_agreement
+    if not 0 <= agreement <= 1:
+        raise UserError(f"--shortcut-agreement must be in [0, 1], not {agreement}")
     if per_class < 5:
         raise UserError(f"--per-class must be at least 5 (train, validation and test all need objects), "
                         f"not {per_class}")
@@ -164,12 +172,34 @@ def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAUL
     n_test = max(1, int(round(test_fraction * per_class)))
     objects = [SourceObject(cls, "test" if i >= per_class - n_test else "train", f"{cls}_{i + 1:04d}", ())
                for cls in names for i in range(per_class)]
-    job = _Job(SYNTHETIC, image_size, encoding, classes=classes, seed=seed, views_differ=views_differ)
+    job = _Job(SYNTHETIC, image_size, encoding, classes=classes, seed=seed, views_differ=views_differ,
+               shortcut_agreement=agreement)
+    extra = {"synthetic": {"classes": classes, "per_class": per_class, "seed": seed, "test_fraction": test_fraction,
+                           **synthetic.variant_parameters(views_differ, agreement)},
+             "view_accuracy_limits": synthetic.view_accuracy_limits(views_differ, classes)}
+    if views_differ == "shortcut":
+        extra["view_accuracy_limits_by_split"] = synthetic.shortcut_limits_by_split(classes, agreement)
+        extra["shortcut_agreement_by_split"] = _shortcut_agreement(objects, names, job, val_fraction)
     return _build(out, objects, sorted(names), job, None, skipped=[], val_fraction=val_fraction, seed=seed,
-                  workers=workers, skip_bad=False, progress=progress, source=SYNTHETIC,
-                  extra={"synthetic": {"classes": classes, "per_class": per_class, "seed": seed,
-                                       "test_fraction": test_fraction, **synthetic.variant_parameters(views_differ)},
-                         "view_accuracy_limits": synthetic.view_accuracy_limits(views_differ, classes)})
+                  workers=workers, skip_bad=False, progress=progress, source=SYNTHETIC, extra=extra)
+
+
+def _shortcut_agreement(objects: list[SourceObject], names: list[str], job: _Job,
+                        val_fraction: float) -> dict[str, float]:
+    """Per split, the fraction of objects whose rear mark names their class, from the generator's draws."""
+    train, val = split_train_val([o for o in objects if o.split == "train"], val_fraction, job.seed)
+    test = [o for o in objects if o.split == "test"]
+    out = {}
+    for split, members in (("train", train), ("val", val), ("test", test)):
+        agree = [synthetic.shortcut_class(names.index(o.cls), job.classes, _number(o), job.seed, test=split == "test",
+                                          agreement=job.shortcut_agreement) == names.index(o.cls) for o in members]
+        out[split] = sum(agree) / len(agree)
+    return out
+
+
+def _number(obj: SourceObject) -> int:
+    """A synthetic object's index within its class, from its name."""
+    return int(obj.name.rsplit("_", 1)[1])
 
 
 def _check_options(image_size: int, encoding: str, val_fraction: float, workers: int) -> None:
@@ -319,8 +349,10 @@ def _write_object(job: _Job, obj: SourceObject) -> str | None:
                 vertices, faces = meshes.read_mesh(obj.files[0])
             else:
                 index = synthetic.class_names(job.classes).index(obj.cls)
-                vertices, faces = synthetic.make_mesh(index, job.classes, int(obj.name.rsplit("_", 1)[1]), job.seed,
-                                                      job.views_differ)
+                shortcut = ({"test": obj.split == "test", "agreement": job.shortcut_agreement}
+                            if job.views_differ == "shortcut" else {})
+                vertices, faces = synthetic.make_mesh(index, job.classes, _number(obj), job.seed, job.views_differ,
+                                                      **shortcut)
             views = render.shared_renderer(job.image_size).render(vertices, faces, job.up)
             if not views.any():
                 raise DatasetError(f"{obj.files[0] if obj.files else obj.name}: mesh renders to 12 blank views")
