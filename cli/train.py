@@ -33,8 +33,9 @@ def train(
                                                     "random; flipped (the balanced rule re-balancing the other "
                                                     "branch, a control); other papers' ogm-ge, g-blending, "
                                                     "moddrop, pmr."),
-    views: Optional[str] = typer.Option(None, help="Two view indices [the data's dataset.json default: 0,6 (the "
-                                                    "paper's) for 12-view sets, 0,1 for two-view sets]."),
+    views: Optional[str] = typer.Option(None, help="Two view indices; default: the data's dataset.json "
+                                                    "default_views, 0,6 (the paper's) for 12-view sets, 0,1 for "
+                                                    "two-view sets."),
     single_view: Optional[int] = typer.Option(None, help="Train the single-view baseline instead: one ResNet-18 "
                                                          "branch on view 0 or 1 of --views, one head, the same "
                                                          "protocol; its test accuracy goes to cur.json and "
