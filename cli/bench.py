@@ -167,7 +167,9 @@ def bench(
 def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch size."),
            threads: int = typer.Option(2, help="Loader threads (DALI threads / DataLoader workers)."),
            split: str = typer.Option("train", help="Split to read."),
-           views: tuple[int, int] = typer.Option((0, 6), help="The two view indices."),
+           views: Optional[tuple[int, int]] = typer.Option(None, help="The two view indices; default: the "
+                                                                      "data's default_views (0 6 for 12 views, 0 1 "
+                                                                      "for two)."),
            repeats: int = typer.Option(3, help="Timed repeats; the median is reported."),
            warmup_batches: int = typer.Option(2, help="Untimed batches before each repeat."),
            max_batches: Optional[int] = typer.Option(None, help="Timed batches per repeat (default: an epoch and "

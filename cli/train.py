@@ -33,7 +33,9 @@ def train(
                                                     "random; flipped (the balanced rule re-balancing the other "
                                                     "branch, a control); other papers' ogm-ge, g-blending, "
                                                     "moddrop, pmr."),
-    views: Optional[str] = typer.Option(None, help="Two view indices 0..11 (paper: 0,6)."),
+    views: Optional[str] = typer.Option(None, help="Two view indices; default: the data's dataset.json "
+                                                    "default_views, 0,6 (the paper's) for 12-view sets, 0,1 for "
+                                                    "two-view sets."),
     single_view: Optional[int] = typer.Option(None, metavar="VIEW", help="Train the single-view baseline instead: "
                                               "one ResNet-18 branch on VIEW (the view number, one of --views: 6 "
                                               "for the second of 0,6), one head, the same protocol; its test "
@@ -89,7 +91,8 @@ def train(
                                                         "before each validation; 0: keep the running averages "
                                                         "(paper: 0, demo: 20)."),
     config: Optional[Path] = typer.Option(None, help="JSON config (e.g. a run's config.json); flags override it."),
-    preset: str = typer.Option("paper", help="Defaults: paper (docs/science.md §5) or demo (2-core CPU)."),
+    preset: str = typer.Option("paper", help="Defaults: paper (docs/science.md §5), demo (2-core CPU), or shortcut "
+                                                       "or digits (those sets on a 2-core CPU)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
 ) -> None:
     """Train the two-view MMTM network and log d_speed (d_CLS) every step.

@@ -54,7 +54,7 @@ class DaliTwoViewLoader(TwoViewLoader):
         self._pipe = None  # release the previous pipeline (and its workers) first
         self._source = PairSource(self.paths, image_size=self.dataset.image_size, batch_size=self.batch_size,
                                   train=self.train, seed=self.seed, rank=self.rank, world_size=self.world_size,
-                                  first_epoch=first_epoch)
+                                  first_epoch=first_epoch, flip=self.flip)
         parallel = self._workers > 0
         pipe = Pipeline(batch_size=2 * self.batch_size, num_threads=self.num_threads,
                         device_id=self.device.index if self._gpu else None, prefetch_queue_depth=self._depth,

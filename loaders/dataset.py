@@ -4,10 +4,14 @@ Layout of a dataset folder::
 
     dataset.json                      format, version, classes, counts, ...
     splits/{train,val,test}.csv       header `index,object,class,label,path`; `index` = row number
-    images/<class>/<object>/vVV.<ext> the 12 views of one object, VV = 00..11
+    images/<class>/<object>/vVV.<ext> the views of one object, VV = 00..num_views-1
 
-`path` is the object's folder relative to the dataset root, so any two of the 12 views can be
-chosen at training time without running prep again.
+`path` is the object's folder relative to the dataset root, so any two of the views can be
+chosen at training time without running prep again. dataset.json says how many views an object has
+(`num_views`; 12, ModelNet40's, where a folder does not say), which two a run uses unless told
+(`default_views`; 0 and 6 for 12 views, 0 and 1 for two) and which augmentations the images allow
+(`augmentations`; a horizontal flip, the paper's, where a folder does not say: a mirrored digit is another
+glyph, so a digits set allows none).
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from loaders.errors import UserError
 
 FORMAT = "mmtm-dataset"
 VERSION = 1
-NUM_VIEWS = 12
+NUM_VIEWS = 12            # ModelNet40's MVCNN views: what renders and meshes give, and old folders have
+AUGMENTATIONS = ("hflip",)  # what `augmentations` may name; hflip = random horizontal flip per view in training
 SPLITS = ("train", "val", "test")
 ENCODINGS = {"jpeg": "jpg", "png": "png"}
 FIELDS = ("index", "object", "class", "label", "path")
@@ -61,6 +66,27 @@ class PreparedDataset:
     @property
     def image_size(self) -> int:
         return int(self.meta["image_size"])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.meta.get("num_views", NUM_VIEWS))
+
+    @property
+    def default_views(self) -> tuple[int, int]:
+        """The views a run uses unless told: dataset.json's `default_views`, else 0 and 6 (the paper's front and
+        rear) for 12 views, else 0 and 1."""
+        views = self.meta.get("default_views")
+        if views is not None:
+            return int(views[0]), int(views[1])
+        return (0, 6) if self.num_views == NUM_VIEWS else (0, 1)
+
+    @property
+    def flips(self) -> bool:
+        """Whether training mirrors views at random (the augmentation `hflip`)."""
+        return "hflip" in self.meta.get("augmentations", AUGMENTATIONS)
+
+    def check_view(self, view: int) -> None:
+        check_view(view, self.num_views)
 
     def rows(self, split: str) -> list[Row]:
         """The split's rows, checked: integer index 0..n-1 in order, a label of one of the classes whose name is
@@ -131,13 +157,13 @@ class PreparedDataset:
         return Row(index, fields["object"], fields["class"], label, fields["path"])
 
     def view_path(self, row: Row, view: int) -> Path:
-        check_view(view)
+        self.check_view(view)
         return self.root / row.path / view_filename(view, self.encoding)
 
 
-def check_view(view: int) -> None:
-    if not 0 <= int(view) < NUM_VIEWS:
-        raise DatasetError(f"view index {view} is out of range; views are 0..{NUM_VIEWS - 1}")
+def check_view(view: int, num_views: int) -> None:
+    if not 0 <= int(view) < num_views:
+        raise DatasetError(f"view index {view} is out of range; this dataset's views are 0..{num_views - 1}")
 
 
 def data_digest(root: str | os.PathLike) -> str:
@@ -197,6 +223,18 @@ def _check_meta(meta_path: Path, meta: dict) -> None:
     if not (isinstance(counts, dict) and all(_whole(counts.get(s)) and counts[s] >= 0 for s in SPLITS)):
         raise DatasetError(f"{meta_path}: 'counts' must give the number of objects of each split "
                            f"({', '.join(SPLITS)}), not {counts!r}")
+    views = meta.get("num_views", NUM_VIEWS)
+    if not (_whole(views) and views >= 2):
+        raise DatasetError(f"{meta_path}: 'num_views' must be a whole number of views, at least 2, not {views!r}")
+    default = meta.get("default_views")
+    if default is not None and not (isinstance(default, list) and len(default) == 2 and all(map(_whole, default))
+                                    and default[0] != default[1] and all(0 <= v < views for v in default)):
+        raise DatasetError(f"{meta_path}: 'default_views' must be two different view indices 0..{views - 1}, "
+                           f"not {default!r}")
+    augmentations = meta.get("augmentations", list(AUGMENTATIONS))
+    if not (isinstance(augmentations, list) and all(a in AUGMENTATIONS for a in augmentations)):
+        raise DatasetError(f"{meta_path}: 'augmentations' must be a list of {', '.join(AUGMENTATIONS)}, "
+                           f"not {augmentations!r}")
 
 
 def _whole(value) -> bool:
@@ -212,10 +250,11 @@ def write_split(path: Path, rows: list[Row]) -> None:
 
 
 def write_meta(root: Path, *, classes: list[str], image_size: int, encoding: str, source: str,
-               counts: dict[str, int], val_fraction: float, split_seed: int, **extra) -> None:
+               counts: dict[str, int], val_fraction: float, split_seed: int, num_views: int = NUM_VIEWS,
+               augmentations: tuple[str, ...] = AUGMENTATIONS, **extra) -> None:
     meta = {
-        "format": FORMAT, "version": VERSION, "classes": list(classes), "num_views": NUM_VIEWS,
-        "image_size": int(image_size), "encoding": encoding, "source": source,
+        "format": FORMAT, "version": VERSION, "classes": list(classes), "num_views": int(num_views),
+        "augmentations": list(augmentations), "image_size": int(image_size), "encoding": encoding, "source": source,
         "counts": {s: int(counts[s]) for s in SPLITS}, "val_fraction": float(val_fraction),
         "split_seed": int(split_seed), **extra,
     }

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from loaders.dataset import DatasetError, check_view, open_dataset
+from loaders.dataset import DatasetError, open_dataset
 from loaders.device import resolve_device
 from loaders.errors import UserError
 from loaders.sampling import num_rank_rows
@@ -20,14 +20,15 @@ class BackendUnavailable(UserError, ImportError):
     """A backend was asked for by name but its package does not import (also an ImportError)."""
 
 
-def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[int] = (0, 6), batch_size: int,
+def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[int] | None = None, batch_size: int,
                     train: bool, seed: int, backend: str = "auto", device: str | torch.device = "auto",
                     rank: int = 0, world_size: int = 1, num_threads: int = 2,
                     source_workers: int | None = None) -> TwoViewLoader:
     """Batches of two views of the same objects of one split, see `TwoViewLoader`.
 
+    views: two view indices; None = the dataset's `default_views`.
     train=True: seeded shuffle per epoch, independent random horizontal flip per view (the paper's
-    train transform), last partial batch dropped. train=False: index-file order, no augmentation,
+    train transform) where dataset.json allows it, last partial batch dropped. train=False: index-file order, no augmentation,
     partial last batch kept. With world_size > 1 each rank gets its share (see `epoch_order`).
     backend: "dali", "torch" or "auto" (dali when it imports); device: "cpu", "cuda[:i]" or "auto".
     num_threads: DALI threads or DataLoader worker processes; 0 (torch only) reads in the calling process.
@@ -44,10 +45,11 @@ def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[
         raise UserError(f"loader threads 0 (read in the training process) needs the torch loader, not {name}")
     dev = resolve_device(device)
     dataset = open_dataset(data_dir)
+    views = dataset.default_views if views is None else views
     if len(views) != 2:
         raise UserError(f"two views are needed, got {list(views)}")
     for v in views:
-        check_view(v)
+        dataset.check_view(v)
     rows = dataset.rows(split)
     if not rows:
         raise DatasetError(f"{dataset.root}: split {split!r} has no objects; re-run `mmtm prep`")

@@ -13,9 +13,9 @@ from loaders.sampling import epoch_plan
 
 class PairSource:
     def __init__(self, paths: list[tuple[str, str]], *, image_size: int, batch_size: int, train: bool, seed: int,
-                 rank: int, world_size: int, first_epoch: int):
+                 rank: int, world_size: int, first_epoch: int, flip: bool = True):
         self.paths, self.image_size = paths, image_size
-        self.plan = dict(batch_size=batch_size, train=train, seed=seed, rank=rank, world_size=world_size)
+        self.plan = dict(batch_size=batch_size, train=train, seed=seed, rank=rank, world_size=world_size, flip=flip)
         self.first_epoch = first_epoch  # DALI counts epochs from 0 at each pipeline build
         self.stop = False               # consumer-thread mode only: end the epoch early
         self._cached: tuple[int, list[np.ndarray], np.ndarray] | None = None

@@ -46,11 +46,13 @@ def num_rank_rows(num_rows: int, *, train: bool, rank: int, world_size: int) -> 
 
 
 def epoch_plan(num_rows: int, *, batch_size: int, train: bool, seed: int, epoch: int, rank: int,
-               world_size: int) -> tuple[list[np.ndarray], np.ndarray]:
+               world_size: int, flip: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
     """(batches of row indices, flips [num_rows, 2]) of one epoch: what every backend reads, in this order.
 
-    train: seeded order, flips drawn per row and view, the last partial batch dropped (BatchNorm cannot take a
-    batch of one; DDP ranks need equal batch counts). eval: file order, no flips, the partial batch kept."""
+    train: seeded order, flips drawn per row and view (unless `flip` is False: the data allows no mirroring), the
+    last partial batch dropped (BatchNorm cannot take a batch of one; DDP ranks need equal batch counts).
+    eval: file order, no flips, the partial batch kept."""
     order = epoch_order(num_rows, train=train, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
-    flips = flip_table(num_rows, seed=seed, epoch=epoch) if train else np.zeros((num_rows, 2), dtype=bool)
+    flips = (flip_table(num_rows, seed=seed, epoch=epoch) if train and flip
+             else np.zeros((num_rows, 2), dtype=bool))
     return split_batches(order, batch_size, drop_last=train), flips

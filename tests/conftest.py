@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders.dataset import NUM_VIEWS, SPLITS, Row, view_filename, write_meta, write_split
+from loaders.dataset import AUGMENTATIONS, NUM_VIEWS, SPLITS, Row, view_filename, write_meta, write_split
 
 if TYPE_CHECKING:
     import torch
@@ -60,8 +60,10 @@ def object_image(number: int, view: int, label: int, size: int) -> np.ndarray:
 
 
 def write_dataset(root: Path, *, classes: int = 3, per_split: dict[str, int] | None = None, size: int = 16,
-                  encoding: str = "jpeg", grey: bool = False) -> Path:
-    """Write a prepared dataset into `root` (created); per_split counts objects per class."""
+                  encoding: str = "jpeg", grey: bool = False, num_views: int = NUM_VIEWS,
+                  augmentations: tuple[str, ...] = AUGMENTATIONS) -> Path:
+    """Write a prepared dataset into `root` (created); per_split counts objects per class; `num_views` views per
+    object (2: a two-view set, whose default views are 0 and 1), allowing `augmentations`."""
     per_split = {**_DEFAULT_PER_SPLIT, **(per_split or {})}
     names = [f"c{c}" for c in range(classes)]
     root.mkdir(parents=True)
@@ -74,7 +76,7 @@ def write_dataset(root: Path, *, classes: int = 3, per_split: dict[str, int] | N
                 obj = f"{cls}_{number:04d}"
                 folder = root / "images" / cls / obj
                 folder.mkdir(parents=True)
-                for view in range(NUM_VIEWS):
+                for view in range(num_views):
                     img = Image.fromarray(object_image(number, view, label, size))
                     if grey:
                         img = img.convert("L")
@@ -85,7 +87,7 @@ def write_dataset(root: Path, *, classes: int = 3, per_split: dict[str, int] | N
         write_split(root / "splits" / f"{split}.csv", rows)
     counts = {s: per_split[s] * classes for s in SPLITS}
     write_meta(root, classes=names, image_size=size, encoding=encoding, source="synthetic-test",
-               counts=counts, val_fraction=0.0, split_seed=0)
+               counts=counts, val_fraction=0.0, split_seed=0, num_views=num_views, augmentations=augmentations)
     return root
 
 
@@ -112,7 +114,8 @@ def identify():
 
 @pytest.fixture(scope="session")
 def make_dataset():
-    """make_dataset(tmp_path, classes=3, per_split={...}, size=16, encoding="jpeg", grey=False, name="data")
+    """make_dataset(tmp_path, classes=3, per_split={...}, size=16, encoding="jpeg", grey=False, num_views=12,
+    augmentations=("hflip",), name="data")
     -> the dataset folder tmp_path/name."""
     def make(parent: Path, *, name: str = "data", **kwargs) -> Path:
         return write_dataset(Path(parent) / name, **kwargs)

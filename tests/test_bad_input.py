@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_dataset
 from helpers import TINY, invoke, run_mmtm
 
 T = [*TINY, "--epochs", "2"]
@@ -407,6 +408,20 @@ CASES = [
     ("compare --collect, cur.json objects a list", 26, collect_of(
         copy_run("vanilla-s0"), edit_evidence("a/vanilla-s0", "cur.json", with_value("objects", [1]))),
      "cur.json: objects"),
+
+    # 29: the shortcut variant, digits and two-view sets
+    ("prep --shortcut-agreement 1.5", 29, prep_synthetic("--views-differ", "shortcut", "--shortcut-agreement", "1.5"),
+     "--shortcut-agreement"),
+    ("prep --shortcut-agreement without shortcut", 29, prep_synthetic("--shortcut-agreement", "0.5"),
+     "--shortcut-agreement"),
+    ("prep digits --mnist of a folder without IDX files", 29,
+     lambda tmp, data, runs: ["prep", "digits", "--out", tmp / "p", "--mnist", data], "train-images-idx3-ubyte"),
+    ("prep digits --colour-var 0", 29, lambda tmp, data, runs: ["prep", "digits", "--out", tmp / "p", "--mnist",
+                                                                data, "--colour-var", "0"], "--colour-var"),
+    ("prep synthetic --mnist", 29, prep_synthetic("--mnist", "x"), "--mnist"),
+    ("train --views 0,6 on a two-view set", 29, lambda tmp, data, runs: [
+        "train", "--data", write_dataset(tmp / "two", classes=2, num_views=2), "--out", tmp / "r", *T,
+        "--views", "0,6"], "view index 6 is out of range"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
                                                        "99"], "99"),

@@ -29,7 +29,7 @@ def test_round_trip_through_dict():
 
 
 @pytest.mark.parametrize("kw, words", [
-    ({"policy": "greedy"}, "policy"), ({"views": (0, 12)}, "out of range"), ({"views": (3, 3)}, "two different"),
+    ({"policy": "greedy"}, "policy"), ({"views": (0, -1)}, "out of range"), ({"views": (3, 3)}, "two different"),
     ({"batch_size": 1}, "batch_size"), ({"device": "tpu"}, "device"), ({"lr": -1.0}, "lr"),
 ])
 def test_bad_values_are_one_clear_error(kw, words):

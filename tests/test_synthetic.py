@@ -96,3 +96,49 @@ def test_both_variants_are_reproducible_byte_for_byte_and_recorded(tmp_path, var
     meta = open_dataset(tmp_path / "a").meta
     assert meta["synthetic"]["views_differ"] == variant
     assert meta["view_accuracy_limits"] == synthetic.view_accuracy_limits(variant, 3)
+
+
+def _rear_agreement(root, split: str, agreement: float = 1.0) -> list[bool]:
+    """Per object of the written split, from the generator's record (`marks`): does the rear mark name its class?"""
+    names = synthetic.class_names(3)
+    out = []
+    for row in open_dataset(root).rows(split):
+        c, n = names.index(row.cls), int(row.object.rsplit("_", 1)[1])
+        front, rear = synthetic.marks(c, 3, n, seed=3, views_differ="shortcut", test=split == "test",
+                                      agreement=agreement)
+        assert front == names[c]  # the front always names the class
+        out.append(rear == names[c])
+    return out
+
+
+def test_the_shortcut_rear_mark_agrees_in_train_and_val_and_is_at_chance_in_test(tmp_path):
+    from scipy.stats import binomtest
+
+    prepare_synthetic(tmp_path / "s", seed=3, workers=1, views_differ="shortcut",
+                      **{**TINY, "per_class": 10, "test_fraction": 0.5})
+    meta = open_dataset(tmp_path / "s").meta
+    for split in ("train", "val", "test"):
+        agree = _rear_agreement(tmp_path / "s", split)
+        assert meta["shortcut_agreement_by_split"][split] == sum(agree) / len(agree)
+        if split != "test":
+            assert all(agree), split
+    assert meta["view_accuracy_limits_by_split"]["val"]["6"] == 1.0
+    assert meta["view_accuracy_limits_by_split"]["test"]["6"] == pytest.approx(1 / 3)
+    # At test the rear names the class at chance: 10 classes, 2,000 test objects of the generator.
+    agree = [synthetic.shortcut_class(c, 10, n, seed=3, test=True) == c for c in range(10) for n in range(200)]
+    assert binomtest(sum(agree), len(agree), 0.1).pvalue > 0.01
+
+
+def test_a_shortcut_agreement_fraction_is_recorded_and_holds_per_object(tmp_path):
+    prepare_synthetic(tmp_path / "s", seed=3, workers=1, views_differ="shortcut", shortcut_agreement=0.5,
+                      **{**TINY, "per_class": 12})
+    meta = open_dataset(tmp_path / "s").meta
+    assert meta["synthetic"]["shortcut_agreement"] == 0.5
+    agree = _rear_agreement(tmp_path / "s", "train", 0.5) + _rear_agreement(tmp_path / "s", "val", 0.5)
+    assert 0 < sum(agree) < len(agree)
+    assert meta["shortcut_agreement_by_split"]["train"] == sum(_rear_agreement(tmp_path / "s", "train", 0.5)) / 24
+    with pytest.raises(UserError, match="--shortcut-agreement applies to --views-differ shortcut only"):
+        prepare_synthetic(tmp_path / "x", shortcut_agreement=0.5, **TINY)
+    with pytest.raises(UserError, match=r"--shortcut-agreement must be in \[0, 1\]"):
+        prepare_synthetic(tmp_path / "x", views_differ="shortcut", shortcut_agreement=1.5, **TINY)
+    assert not (tmp_path / "x").exists()

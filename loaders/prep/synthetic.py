@@ -13,6 +13,12 @@ it twice:
     smaller (`EASE_REAR_SCALE` of the face against the front's `FRONT_SCALE`), in lower relief, placed more loosely,
     among `EASE_CLUTTER` class-independent distractor studs. The views say the same; they differ in how easily
     it is learnt.
+  - `shortcut`: the roles of `ease` swapped, and the rear made a shortcut. The front mark is the class's glyph drawn
+    as `ease` draws its rear mark (small, shallow, loose, among studs): view 0 alone can reach 1 but learns it
+    slowly. The rear mark is large and clear, like the other variants' front mark, and names a class that agrees
+    with the label on a fraction `agreement` (default 1) of the train and validation objects (otherwise another
+    class, drawn at random) and is drawn at random, whatever the label, for every test object: view 6 alone is
+    right in training and at chance at test. The views differ in whether what they say holds at test.
 Each object is rotated by at most ±`YAW_JITTER_DEG` about the upright axis, so the front stays the front.
 Everything derives from (seed, class, object, variant), so a set is reproducible byte for byte and independent of
 how work is split over processes.
@@ -32,7 +38,8 @@ FRONT_SCALE = 0.9    # glyph size relative to the smaller side of the front face
 # like the face and only its thin edges would show.
 TILT_DEG = 40.0
 REAR_SCALE = 0.65
-VARIANTS = ("information", "ease")
+VARIANTS = ("information", "ease", "shortcut")
+SHORTCUT_AGREEMENT = 1.0   # `shortcut`: fraction of train/val objects whose rear mark names their class
 # The `ease` rear mark: smaller, shallower and looser than the front one, among distractor studs.
 EASE_REAR_SCALE = 0.7
 EASE_RELIEF = 0.8      # its relief depth relative to a normal mark's
@@ -75,8 +82,13 @@ def class_names(classes: int) -> list[str]:
     return _GLYPH_NAMES[:classes]
 
 
-def variant_parameters(views_differ: str) -> dict:
+def variant_parameters(views_differ: str, agreement: float = SHORTCUT_AGREEMENT) -> dict:
     """What `dataset.json` records of a variant: its name and the parameters of its rear mark."""
+    if views_differ == "shortcut":
+        return {"views_differ": views_differ, "front_mark": "glyph of the class, hard to learn",
+                "front_scale": EASE_REAR_SCALE, "front_relief": EASE_RELIEF, "front_jitter": EASE_JITTER,
+                "front_clutter": EASE_CLUTTER, "rear_mark": "glyph of the shortcut class", "rear_scale": FRONT_SCALE,
+                "shortcut_agreement": agreement, "shortcut_at_test": "uniform over the classes"}
     if views_differ == "information":
         return {"views_differ": views_differ, "rear_mark": "glyph of the class pair", "rear_scale": REAR_SCALE,
                 "rear_noise": REAR_NOISE}
@@ -92,6 +104,9 @@ def view_accuracy_limits(views_differ: str, classes: int) -> dict[str, float | N
     max_c P(c | pair seen) averaged over what is seen."""
     limits: dict[str, float | None] = {str(v): None for v in range(12)}
     limits["0"] = 1.0
+    if views_differ == "shortcut":  # at test the rear mark is independent of the class
+        limits["6"] = 1 / classes
+        return limits
     if views_differ == "ease":
         limits["6"] = 1.0
         return limits
@@ -103,24 +118,49 @@ def view_accuracy_limits(views_differ: str, classes: int) -> dict[str, float | N
     return limits
 
 
+def shortcut_limits_by_split(classes: int, agreement: float) -> dict[str, dict[str, float | None]]:
+    """`shortcut`: each view's attainable accuracy per split (see `view_accuracy_limits`). In train and validation
+    the rear mark names the class with chance `agreement`, else one of the other classes uniformly: the best guess
+    from it is the class it names if agreement ≥ (1 − agreement)/(classes − 1)."""
+    test = view_accuracy_limits("shortcut", classes)
+    fitted = dict(test, **{"6": max(agreement, (1 - agreement) / (classes - 1))})
+    return {"train": fitted, "val": fitted, "test": test}
+
+
+def shortcut_class(class_index: int, classes: int, object_index: int, seed: int, *, test: bool,
+                   agreement: float = SHORTCUT_AGREEMENT) -> int:
+    """`shortcut`: the class whose glyph the object's rear mark shows. Its own random stream, so an object's shape
+    does not depend on its split or on `agreement`."""
+    rng = np.random.default_rng([seed, class_index, object_index, 3])
+    if test:
+        return int(rng.integers(classes))
+    if rng.random() < agreement:
+        return class_index
+    other = int(rng.integers(classes - 1))
+    return other + (other >= class_index)
+
+
 def make_mesh(class_index: int, classes: int, object_index: int, seed: int,
-              views_differ: str = "information") -> tuple[np.ndarray, np.ndarray]:
-    """Object `object_index` of class `class_index` (position in `class_names(classes)`): vertices, faces."""
-    mesh, _ = _make(class_index, classes, object_index, seed, views_differ)
+              views_differ: str = "information", **shortcut) -> tuple[np.ndarray, np.ndarray]:
+    """Object `object_index` of class `class_index` (position in `class_names(classes)`): vertices, faces.
+    `shortcut`: test and agreement of `shortcut_class` (variant `shortcut` only)."""
+    mesh, _ = _make(class_index, classes, object_index, seed, views_differ, **shortcut)
     return np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int64)
 
 
 def marks(class_index: int, classes: int, object_index: int, seed: int,
-          views_differ: str = "information") -> tuple[str, str]:
+          views_differ: str = "information", **shortcut) -> tuple[str, str]:
     """The glyphs written on the object's front and rear faces: what views 0 and 6 can read."""
-    return _make(class_index, classes, object_index, seed, views_differ)[1]
+    return _make(class_index, classes, object_index, seed, views_differ, **shortcut)[1]
 
 
-def _make(class_index: int, classes: int, object_index: int, seed: int, views_differ: str):
+def _make(class_index: int, classes: int, object_index: int, seed: int, views_differ: str, **shortcut):
     import trimesh
 
     if views_differ not in VARIANTS:
         raise ValueError(f"views_differ must be one of {', '.join(VARIANTS)}, not {views_differ!r}")
+    if views_differ == "shortcut":
+        return _make_shortcut(class_index, classes, object_index, seed, **shortcut)
     rng = np.random.default_rng([seed, class_index, object_index] + ([] if views_differ == "information" else [1]))
     parts, front_y, rear_y, face_width, face_bottom, face_top = _body(rng)
     size = min(face_width, face_top - face_bottom)
@@ -146,6 +186,31 @@ def _make(class_index: int, classes: int, object_index: int, seed: int, views_di
                         rng=rng, relief=EASE_RELIEF)
         parts += _studs(EASE_CLUTTER, face_width, centre_v, size, rear_y, rng)
 
+    mesh = trimesh.util.concatenate(parts)
+    yaw = np.radians(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG))
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 0, 1]))
+    return mesh, (front, rear)
+
+
+def _make_shortcut(class_index: int, classes: int, object_index: int, seed: int, *, test: bool,
+                   agreement: float = SHORTCUT_AGREEMENT):
+    """`shortcut`: the class's glyph on the front as `ease` draws its rear mark, among studs; a large, clear rear
+    mark of `shortcut_class`."""
+    import trimesh
+
+    rng = np.random.default_rng([seed, class_index, object_index, 2])
+    parts, front_y, rear_y, face_width, face_bottom, face_top = _body(rng)
+    size = min(face_width, face_top - face_bottom)
+    centre_v = (face_bottom + face_top) / 2
+    front = _GLYPH_NAMES[class_index]
+    parts += _glyph(front, EASE_REAR_SCALE * size * rng.uniform(0.85, 1.15),
+                    rng.uniform(-EASE_JITTER, EASE_JITTER) * face_width,
+                    centre_v + rng.uniform(-EASE_JITTER, EASE_JITTER) * size, front_y, side=-1, rng=rng,
+                    relief=EASE_RELIEF)
+    parts += _studs(EASE_CLUTTER, face_width, centre_v, size, front_y, rng)
+    rear = _GLYPH_NAMES[shortcut_class(class_index, classes, object_index, seed, test=test, agreement=agreement)]
+    parts += _glyph(rear, FRONT_SCALE * size * rng.uniform(0.85, 1.1),
+                    rng.uniform(-0.06, 0.06), centre_v + rng.uniform(-0.06, 0.06), rear_y, side=1, rng=rng)
     mesh = trimesh.util.concatenate(parts)
     yaw = np.radians(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG))
     mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 0, 1]))

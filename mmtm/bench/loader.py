@@ -37,10 +37,11 @@ _MEMORY_MAX_OBJECTS = 1024  # the ceiling cycles over at most this many decoded 
 
 
 def bench_loader(data_dir: str | os.PathLike, *, batch_size: int = 32, threads: int = 2,
-                 views: tuple[int, int] = (0, 6), split: str = "train", repeats: int = 3,
+                 views: tuple[int, int] | None = None, split: str = "train", repeats: int = 3,
                  warmup_batches: int = 2, max_batches: int | None = None, device: str = "auto",
                  source_workers: int | None = None) -> dict:
-    """{"results": {backend: {"images_per_s", "cpu_ms_per_image", ...}}, "config": {...}}; medians over repeats."""
+    """{"results": {backend: {"images_per_s", "cpu_ms_per_image", ...}}, "config": {...}}; medians over repeats.
+    views None: the dataset's default views."""
     if threads < 1 or repeats < 1 or warmup_batches < 0 or (max_batches is not None and max_batches < 1):
         raise UserError("threads, repeats and max_batches must be at least 1, warmup_batches at least 0")
     results: dict[str, dict] = {}
@@ -59,7 +60,7 @@ def bench_loader(data_dir: str | os.PathLike, *, batch_size: int = 32, threads: 
     dataset = loader.dataset
     config = {
         "data": str(Path(data_dir).resolve()), "split": split, "objects": loader.num_rows,
-        "image_size": dataset.image_size, "encoding": dataset.encoding, "views": list(views),
+        "image_size": dataset.image_size, "encoding": dataset.encoding, "views": list(loader.views),
         "batch_size": batch_size, "threads": threads, "repeats": repeats, "warmup_batches": warmup_batches,
         "max_batches": max_batches, "device": str(loader.device), "source_workers": source_workers,
         "backends": [b for b in results if b != "memory"],
