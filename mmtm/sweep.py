@@ -179,7 +179,7 @@ def mps_note(devices: list[int], runs_per_device: int) -> str | None:
 def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | None = None, runs_per_device: int = 1,
                  progress=None) -> list[str]:
     """Run every spec not yet done, `jobs` at a time (or len(devices)·runs_per_device on GPUs); returns the names of
-    runs whose job failed (their log: RUN/job.log, `job_log`). `progress(running, done, total)` is called as jobs move."""
+    runs whose job failed (their log: `job_log`). `progress(running, done, total)` is called as jobs move."""
     todo = [s for s in specs if not is_done(s)]
     # slots for the runs to do only: --jobs may be far more than there are runs, not its threads' share
     slots = [str(d) for d in devices for _ in range(runs_per_device)] if devices else [None] * min(jobs, len(todo))

@@ -6,8 +6,8 @@ JSON file STATE.
 sbatch SCRIPT: reads the script's #SBATCH lines, answers "Submitted batch job N" at once, and runs the tasks of
 the array one after another in a detached process, each with the environment Slurm would give it (SLURM_JOB_ID,
 SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID, ...). Tasks listed in SLURM_STANDIN_FAIL (comma-separated indices) fail
-without running, for this submission only; with SLURM_STANDIN_REFUSE set, sbatch prints it and fails. sacct -j N: `JobID|State|NodeList` rows. srun: runs its command with
---output/--error (Slurm's %A %a %j %t patterns filled in)."""
+without running, for this submission only; with SLURM_STANDIN_REFUSE set, sbatch prints it and fails. sacct -j N:
+`JobID|State|NodeList` rows. srun: runs its command with --output/--error (Slurm's %A %a %j %t patterns filled in)."""
 from __future__ import annotations
 
 import fcntl

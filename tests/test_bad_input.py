@@ -424,8 +424,8 @@ CASES = [
     ("compare --gpus-per-run -1", 26, compare("--launcher", "slurm", "--gpus-per-run", "-1"), "--gpus-per-run"),
     ("compare into an --out holding a run of other settings", 26, compare_into_a_run_of_other_settings,
      "vanilla-s0 holds a run of other settings"),
-    ("compare --collect of two copies of a run", 26, collect_of(copy_run("vanilla-s2", "a"), copy_run("vanilla-s2", "b")),
-     "counts each run once"),
+    ("compare --collect of two copies of a run", 26,
+     collect_of(copy_run("vanilla-s2", "a"), copy_run("vanilla-s2", "b")), "counts each run once"),
     ("compare --collect of runs of two data digests", 26, collect_of(
         copy_run("vanilla-s0"), copy_run("vanilla-s1"),
         edit_evidence("a/vanilla-s0", "summary.json", with_value("data_digest", "sha256:" + "0" * 64)),

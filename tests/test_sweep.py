@@ -361,3 +361,30 @@ def test_two_sweeps_started_on_one_out_end_as_one_uninterrupted_sweep(fault_swee
             assert [line for line in log.splitlines() if line.strip()] == [
                 line for line in log.splitlines() if line.startswith("error: ") and "is running a sweep in it" in line]
     assert outcome(out) == uninterrupted
+
+
+def test_each_readme_compare_command_that_trains_has_its_own_out():
+    """Two commands of other settings into one --out would refuse (or, before, mix their runs); the README's
+    commands, run in order as benchmarks/readme_compare.py replays them, must each get a folder of their own."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    outs = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:2] == ["mmtm", "compare"] and "--collect" not in words:
+                outs.append(words[words.index("--out") + 1])
+    assert len(outs) >= 5 and len(set(outs)) == len(outs), outs
+
+
+def test_collect_into_its_own_folder_twice_counts_each_run_once(tmp_path, figures_not_drawn):
+    import shutil
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "options"
+    x = shutil.copytree(committed / "runs", tmp_path / "x")
+    for _ in range(2):
+        r = invoke("compare", "--collect", x, "--out", x)
+        assert r.exit_code == 0, r.output
+        assert (x / "comparison.json").read_bytes() == (committed / "comparison.json").read_bytes()
