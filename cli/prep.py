@@ -58,13 +58,13 @@ def prep(
         summary = prepare_synthetic(
             out, classes=synthetic.DEFAULT_CLASSES if classes is None else classes,
             per_class=synthetic.DEFAULT_PER_CLASS if per_class is None else per_class,
-            image_size=synthetic.DEFAULT_IMAGE_SIZE if image_size is None else image_size, encoding=encoding, val_fraction=val_fraction,
-            seed=seed, workers=workers, progress=not quiet, views_differ=views_differ)
+            image_size=synthetic.DEFAULT_IMAGE_SIZE if image_size is None else image_size, encoding=encoding,
+            val_fraction=val_fraction, seed=seed, workers=workers, progress=not quiet, views_differ=views_differ)
     else:
         if classes is not None or per_class is not None or views_differ != "information":
             raise UserError("--classes, --per-class and --views-differ apply to `mmtm prep synthetic` only")
-        summary = prepare(src, out, image_size=FOLDER_IMAGE_SIZE if image_size is None else image_size, encoding=encoding,
-                          val_fraction=val_fraction, seed=seed, workers=workers, skip_bad=skip_bad,
+        summary = prepare(src, out, image_size=FOLDER_IMAGE_SIZE if image_size is None else image_size,
+                          encoding=encoding, val_fraction=val_fraction, seed=seed, workers=workers, skip_bad=skip_bad,
                           progress=not quiet, up=up)
     for line in summary["skipped"]:
         print(f"skipped: {line}")
