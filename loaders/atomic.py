@@ -92,8 +92,8 @@ class AtomicDir:
         assert self.tmp is not None
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and write_error(exc, self.final) is not exc:
-                raise write_error(exc, self.final) from None
+            if isinstance(exc, OSError) and (error := write_error(exc, self.final)) is not exc:
+                raise error from None
             return
         old = None
         with locked(self.final):
@@ -206,8 +206,7 @@ def check_names_fit(path: str | os.PathLike, what: str, *, atomic: bool = True) 
         if len(os.fsencode(part)) > limit:
             raise UserError(f"{path}: {what} holds a name of {len(os.fsencode(part))} bytes, more than the {limit} "
                             "the file system allows; choose a shorter one")
-    temporary = len(os.fsencode(_temporary(path, "tmp").name))
-    if atomic and temporary > limit:
+    if atomic and (temporary := len(os.fsencode(_temporary(path, "tmp").name))) > limit:
         raise UserError(f"{path}: {what} is written under a temporary name of {temporary} bytes first (.NAME.tmp-…), "
                         f"more than the {limit} the file system allows; choose a name shorter by {temporary - limit}")
 

@@ -234,7 +234,8 @@ def resolve(preset: str = "paper", config_file: str | Path | None = None, *, sin
         if single_view_on not in views:
             # --single-view used to take the slot (0 or 1): `--single-view 1` meant the second of --views.
             was = (f" (0 and 1 no longer mean the first and second of them: for view {views[single_view_on]} "
-                   f"write --single-view {views[single_view_on]})" if single_view_on in (0, 1) else "")
+                   f"write --single-view {views[single_view_on]})" if single_view_on in (0, 1) and len(views) == 2
+                   else "")
             raise UserError(f"--single-view takes the view number itself, one of --views "
                             f"{','.join(map(str, views))}, got {single_view_on}{was}")
         values["single_view"] = views.index(single_view_on)

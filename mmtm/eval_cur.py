@@ -92,6 +92,6 @@ def intervals(objects: dict, split: str) -> dict:
     """`object_intervals`, whose method names the objects of the split they were drawn from."""
     found = object_intervals(objects)
     if split != "test":  # object_intervals speaks of test objects, the split report and compare read
-        n = len(objects["fused"])
-        found["method"] = f"percentile bootstrap over the {n} objects of the {split} split, {OBJECT_RESAMPLES} resamples"
+        found["method"] = (f"percentile bootstrap over the {len(objects['fused'])} objects of the {split} split, "
+                           f"{OBJECT_RESAMPLES} resamples")
     return found

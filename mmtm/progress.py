@@ -13,8 +13,10 @@ def _fmt(x: float) -> str:
 
 
 class TrainProgress:
-    def __init__(self, enabled: bool = True, total_epochs: int = 1, console: Console | None = None):
+    def __init__(self, enabled: bool = True, total_epochs: int = 1, console: Console | None = None,
+                 single_view: int | None = None):
         self.enabled = enabled
+        self.heads = (0, 1) if single_view is None else (single_view,)  # a single-view run has the head of its view
         self.console = console or Console(stderr=True)
         self.live = enabled and self.console.is_terminal
         self.total_epochs = total_epochs
@@ -51,12 +53,15 @@ class TrainProgress:
             self._progress.update(self._batches, advance=1,
                                   info=f"loss {self._loss:.3f}  acc {self._acc:.3f}  d_speed {_fmt(d_speed)}")
 
+    def _head(self, row: dict, head: int) -> str:
+        return f"m{head} {row[f'val_acc_m{head}']:.3f}" if head in self.heads else f"m{head} —"
+
     def end_epoch(self, row: dict) -> None:
         if not self.enabled:
             return
         line = (f"epoch {row['epoch']:>3}  lr {row['lr']:.2g}  train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.3f}  val acc {row['val_acc']:.3f} (m0 {row['val_acc_m0']:.3f}, "
-                f"m1 {row['val_acc_m1']:.3f})  d_speed {_fmt(row['d_speed'])}  "
+                f"acc {row['train_acc']:.3f}  val acc {row['val_acc']:.3f} ({self._head(row, 0)}, "
+                f"{self._head(row, 1)})  d_speed {_fmt(row['d_speed'])}  "
                 f"rebalance m0/m1 {row['rebalance_m0_steps']}/{row['rebalance_m1_steps']}  {row['seconds']:.1f}s")
         if self._progress is not None:
             self._progress.update(self._epochs, completed=row["epoch"] + 1)

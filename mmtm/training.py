@@ -415,7 +415,7 @@ def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgr
         return more_loaders[split, train]
 
     context = EpochContext(t.net, t.compute, ddp, loader)
-    progress = progress or TrainProgress(enabled=ddp.main, total_epochs=cfg.epochs)
+    progress = progress or TrainProgress(enabled=ddp.main, total_epochs=cfg.epochs, single_view=cfg.single_view)
     tb = TensorBoardLog(run.tb, enabled=ddp.main, purge_step=t.step if ckpt else None, hparams=to_dict(cfg))
 
     row: dict = {}

@@ -117,8 +117,8 @@ def test_resume_on_other_classes_is_refused(synthetic_data, trained_runs, tmp_pa
 
 def test_resume_may_change_where_and_how_a_run_executes_but_not_what_it_trains(synthetic_data, trained_runs,
                                                                                 tmp_path):
-    """A moved run resumed on another device, loader thread count or copy of the data goes on (a sweep resumes its runs with
-    the thread share of the moment); config.json then still describes what was trained."""
+    """A moved run resumed on another device, loader thread count or copy of the data goes on (a sweep resumes its
+    runs with the thread share of the moment); config.json then still describes what was trained."""
     run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
     data = shutil.copytree(synthetic_data, tmp_path / "moved")
     before = json.loads((run / "config.json").read_text())

@@ -240,7 +240,7 @@ def test_precise_bn_recomputes_the_statistics_as_plain_averages_and_leaves_the_g
 def test_a_single_view_run_trains_one_branch_and_writes_its_test_accuracy(synthetic_data, tmp_path):
     r = invoke("train", "--data", synthetic_data, "--out", tmp_path / "sv", "--epochs", 1, *TINY, "--single-view", 6)
     assert r.exit_code == 0, r.output
-    assert "d_speed —" in r.output and "nan" not in r.output  # one branch: no d_speed to print
+    assert "d_speed —" in r.output and "(m0 —, m1 " in r.output and "nan" not in r.output  # view 6's branch only
     assert all(k.startswith("branch.") for k in load_checkpoint(tmp_path / "sv" / "best.pt")["model"])
     for name in ("cur.json", "cur-last.json"):
         cur = json.loads((tmp_path / "sv" / name).read_text())
