@@ -91,7 +91,13 @@ def run(args: list[str], timeout: float) -> dict:
 
 
 def last_json(text: str):
-    """The last stdout line that is a JSON object, or None."""
+    """stdout as one JSON object, else its last line that is one, else None."""
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if isinstance(whole, dict):
+        return whole
     for line in reversed(text.strip().splitlines()):
         try:
             value = json.loads(line)

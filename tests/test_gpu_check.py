@@ -14,6 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
+@pytest.fixture(scope="module")
+def check():
+    """The script as a module."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return gpu_check
+
+
 def gpu_check(*args, cwd):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
@@ -35,12 +46,7 @@ def test_help_and_a_dry_run_work_without_a_gpu(tmp_path):
     assert batch.view0.shape == (4, 3, 32, 32)
 
 
-def test_verdicts_judge_every_target_and_leave_skipped_parts_unjudged(tmp_path):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import gpu_check as check
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def test_verdicts_judge_every_target_and_leave_skipped_parts_unjudged(check, tmp_path):
     entry = dict(cuda_graphs=True, capture_failed=None, host_syncs_per_step=1.0)
     train = {"results": [{**entry, "batch_size": 8, "end_to_end_samples_per_s": 1700.0,
                           "end_to_end_over_compute": 0.97},
@@ -71,3 +77,9 @@ def test_bad_settings_are_one_error_line(tmp_path, args, message):
     p = gpu_check("--dry-run", "--data", tmp_path / "d", "--out", tmp_path / "o", *args, cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().startswith("error:") and message in p.stderr
     assert not (tmp_path / "d").exists() and not (tmp_path / "o").exists()
+
+
+def test_only_a_json_object_on_stdout_is_read(check):
+    assert check.last_json(json.dumps({"torch_gpus": ["H100"]}, indent=2)) == {"torch_gpus": ["H100"]}
+    assert check.last_json('epoch 0 ...\n{"pipeline_builds": {"train": 1}}\n') == {"pipeline_builds": {"train": 1}}
+    assert check.last_json("nothing\n[1, 2]\n") is None
