@@ -28,8 +28,8 @@ def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[
 
     views: two view indices; None = the dataset's `default_views`.
     train=True: seeded shuffle per epoch, independent random horizontal flip per view (the paper's
-    train transform) where dataset.json allows it, last partial batch dropped. train=False: index-file order, no augmentation,
-    partial last batch kept. With world_size > 1 each rank gets its share (see `epoch_order`).
+    train transform) where dataset.json allows it, last partial batch dropped. train=False: index-file order,
+    no augmentation, partial last batch kept. With world_size > 1 each rank gets its share (see `epoch_order`).
     backend: "dali", "torch" or "auto" (dali when it imports); device: "cpu", "cuda[:i]" or "auto".
     num_threads: DALI threads or DataLoader worker processes; 0 (torch only) reads in the calling process.
     source_workers (DALI): processes that read the files, so the thread driving the GPU never does; None = 0 on

@@ -30,7 +30,8 @@ class TwoViewLoader(ABC):
 
     Iterate once per epoch; len() is the number of batches per epoch. `set_epoch(e)` makes the
     next iteration use epoch e's order and flips; without it each iteration advances the epoch
-    by one, starting at 0. Views are flipped only where dataset.json allows it (`flip`). Attributes: num_samples (objects this rank gets per epoch, after the
+    by one, starting at 0. Views are flipped only where dataset.json allows it (`flip`).
+    Attributes: num_samples (objects this rank gets per epoch, after the
     train tail drop), classes, dataset (PreparedDataset), backend ("dali"|"torch"), device.
     Leaving an epoch early is fine: the next iteration starts cleanly.
     """
