@@ -279,6 +279,14 @@ CASES = [
     ("train.csv object twice", 19, damaged(change_rows=with_object_of(same_label=True)), "repeats object"),
     ("object in train.csv and val.csv", 19, object_in_train_and_val, "val.csv also has"),
     ("train --threads 0 with the DALI loader", 19, flags("--threads", "0", "--loader", "dali"), "torch loader"),
+    # 30: modulation windows as an end epoch or a share of the run, one at a time, and the remedies' flags
+    ("--ogm-end-fraction 0", 30, flags("--ogm-end-fraction", "0"), "ogm_end_fraction"),
+    ("--pmr-end-fraction 1.5", 30, flags("--pmr-end-fraction", "1.5"), "pmr_end_fraction"),
+    ("--ogm-end-epoch -1", 30, flags("--ogm-end-epoch", "-1"), "ogm_end_epoch"),
+    ("--pmr-end-epoch with --pmr-end-fraction", 30, flags("--pmr-end-epoch", "3", "--pmr-end-fraction", "0.5"),
+     "not both"),
+    ("config end epoch disagrees with its fraction", 30,
+     config_file({"epochs": 10, "ogm_end_epoch": 2, "ogm_end_fraction": 0.5}), "disagrees"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
                                                        "99"], "99"),

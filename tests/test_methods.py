@@ -54,6 +54,38 @@ def test_ogm_window_is_inclusive():
     assert not ogm_ge.in_window(4, starts=5, ends=9) and ogm_ge.in_window(9, starts=5, ends=9)
 
 
+@pytest.mark.parametrize("epochs, ogm_end, pmr_end", [(100, 50, 54), (130, 65, 70), (15, 7, 7), (1, 0, 0)])
+def test_windows_default_to_the_authors_share_of_the_run(epochs, ogm_end, pmr_end):
+    """OGM-GE modulates epochs 0..50 of 100 (51%), PMR 0..70 of 130 (71/130); config.json records the epochs."""
+    from mmtm.config import resolve, to_dict
+    d = to_dict(resolve("paper", epochs=epochs))
+    assert (d["ogm_end_epoch"], d["pmr_end_epoch"]) == (ogm_end, pmr_end)
+    assert (d["ogm_end_fraction"], d["pmr_end_fraction"]) == (0.51, 71 / 130)
+
+
+def test_window_end_epochs_and_fractions_resolve_one_way(tmp_path):
+    import json
+    from mmtm.config import from_dict, resolve, to_dict
+    from mmtm.registry import make_policy
+    # A config.json written before fractions existed names its end epochs and keeps meaning them.
+    old = {k: v for k, v in to_dict(resolve("demo", policy="pmr")).items() if not k.endswith("_fraction")}
+    old |= {"ogm_end_epoch": 50, "pmr_end_epoch": 70}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    for cfg in (from_dict(old), resolve("demo", tmp_path / "old.json")):
+        assert (cfg.ogm_end_epoch, cfg.ogm_end_fraction) == (50, None)
+        assert (cfg.pmr_end_epoch, cfg.pmr_end_fraction) == (70, None)
+        assert make_policy(cfg).ends == 70
+    # A resolved config.json repeats its run, and re-resolves its fraction for another number of epochs.
+    (tmp_path / "new.json").write_text(json.dumps(to_dict(resolve("demo", ogm_end_fraction=0.2))))
+    assert resolve("demo", tmp_path / "new.json").ogm_end_epoch == 2    # 0.2 of 15 epochs: 0..2
+    assert resolve("demo", tmp_path / "new.json", epochs=30).ogm_end_epoch == 5
+    # A flag for one form replaces the other form the file gives.
+    cfg = resolve("demo", tmp_path / "new.json", ogm_end_epoch=9)
+    assert (cfg.ogm_end_epoch, cfg.ogm_end_fraction) == (9, None)
+    cfg = resolve("demo", tmp_path / "old.json", pmr_end_fraction=0.5)
+    assert (cfg.pmr_end_epoch, cfg.pmr_end_fraction) == (7, 0.5)
+
+
 def test_ogm_conv_params_are_the_branch_conv_weights():
     branch = ResNet18(num_classes=3, width=4)
     picked = ogm_ge.conv_params(branch)
