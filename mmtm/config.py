@@ -100,6 +100,11 @@ class TrainConfig:
                               ("gb_estimator", g_blending.ESTIMATORS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.policy == "g-blending" and self.gb_estimator == "published" and self.loss != "fused":
+            # config.json must name the loss trained: the blend from the first step, copies on CE(ŷ)
+            raise UserError(f"g-blending's published estimator trains the blend of ŷ0, ŷ1, ŷ from the first step and "
+                            f"its copies with CE(ŷ), so loss {self.loss!r} would not be what was trained; use loss "
+                            f"fused, or gb_estimator retrospective (which trains the loss until its first weights)")
         if len(self.views) != 2 or self.views[0] == self.views[1]:
             raise UserError(f"--views needs two different view indices, got {self.views}")
         for v in self.views:

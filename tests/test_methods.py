@@ -311,6 +311,8 @@ def test_each_policy_defaults_to_its_authors_task_loss_and_the_flag_overrides_it
     assert losses == {"vanilla": "heads", "balanced": "heads", "ogm-ge": "fused", "pmr": "fused",
                       "g-blending": "fused", "moddrop": "heads"}
     assert resolve("demo", policy="ogm-ge", loss="heads").loss == "heads"
+    # G-Blending's retrospective estimator trains the run's loss until its first weights: recorded as given.
+    assert resolve("demo", policy="g-blending", gb_estimator="retrospective", loss="heads").loss == "heads"
 
 
 def test_ogm_scores_come_from_each_branch_share_of_the_fused_logits():
