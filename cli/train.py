@@ -32,7 +32,7 @@ def train(
     policy: Optional[str] = typer.Option(None, help="Training policy (default vanilla): the paper's vanilla, balanced, "
                                                     "random; flipped (the balanced rule re-balancing the other "
                                                     "branch, a control); other papers' ogm-ge, g-blending, "
-                                                    "moddrop, pmr."),
+                                                    "moddrop, pmr, mmpareto."),
     views: Optional[str] = typer.Option(None, help="Two view indices 0..11 (paper: 0,6)."),
     single_view: Optional[int] = typer.Option(None, help="Train the single-view baseline instead: one ResNet-18 "
                                                          "branch on view 0 or 1 of --views, one head, the same "
@@ -77,6 +77,8 @@ def train(
                                                            "--pmr-end-fraction)."),
     pmr_end_fraction: Optional[float] = typer.Option(None, help="pmr: the window ends after this share of the "
                                                                 "epochs [71/130: the authors' 0..70 of 130]."),
+    mmpareto_gamma: Optional[float] = typer.Option(None, help="mmpareto: γ, the factor on the combined encoder "
+                                                              "gradients [1.5]."),
     gate: Optional[str] = typer.Option(None, help="MMTM gate: sigmoid (code) or 2sigmoid (paper)."),
     loss: Optional[str] = typer.Option(None, help="Task loss: heads = CE(ŷ0)+CE(ŷ1) (the Greedy paper's code), fused "
                                                   "= CE(ŷ) (OGM-GE's and PMR's code); default: the one the policy's "
@@ -137,7 +139,8 @@ def train(
         gb_estimator=gb_estimator, moddrop_p=moddrop_p,
         pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
         pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch,
-        pmr_end_fraction=pmr_end_fraction, gate=gate, loss=loss, seed=seed, device=device,
+        pmr_end_fraction=pmr_end_fraction, mmpareto_gamma=mmpareto_gamma, gate=gate, loss=loss, seed=seed,
+        device=device,
         loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, amp=amp, max_steps_per_epoch=max_steps_per_epoch,
         precise_bn=precise_bn)
     if not cfg.data:

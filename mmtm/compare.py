@@ -271,12 +271,13 @@ def cost_table(rows: list[dict]) -> list[dict]:
 
 
 def task_losses(runs: list[dict]) -> dict[str, list[str]]:
-    """The two-view policies by the task loss their runs trained with: {loss: [policy, ...]}; G-Blending's is its
-    blend of CE(ŷ0), CE(ŷ1), CE(ŷ) (its `loss` names what its copies train)."""
+    """The two-view policies by the task loss their runs trained with: {loss: [policy, ...]}; a policy with a loss
+    of its own (G-Blending's blend, MMPareto's three terms) by that loss's name."""
     by_loss: dict[str, list[str]] = {}
     for run in runs:
         if run["config"].get("single_view") is None:
-            loss = "blend" if run["config"]["policy"] == "g-blending" else run["config"]["loss"]
+            policy = POLICIES.get(run["config"]["policy"])
+            loss = (policy and policy.own_loss) or run["config"]["loss"]
             policies = by_loss.setdefault(loss, [])
             if run["config"]["policy"] not in policies:
                 policies.append(run["config"]["policy"])

@@ -16,7 +16,7 @@ from loaders.errors import UserError
 from loaders.factory import BACKENDS
 from mmtm.fusion import GATES
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
-from mmtm.methods import g_blending, moddrop, ogm_ge, pmr
+from mmtm.methods import g_blending, mmpareto, moddrop, ogm_ge, pmr
 from mmtm.network import LOSSES
 from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
 from mmtm.registry import POLICIES
@@ -71,6 +71,7 @@ class TrainConfig:
     pmr_start_epoch: int = pmr.MODULATION_STARTS
     pmr_end_epoch: int | None = None        # last epoch with the PCE term; None: resolved from pmr_end_fraction
     pmr_end_fraction: float | None = None   # the window's end as a share of the epochs; None: the authors' (71/130)
+    mmpareto_gamma: float = mmpareto.DEFAULT_GAMMA
     # reproducibility and hardware
     seed: int = 777
     device: str = "auto"                    # auto | cpu | cuda[:index]
@@ -105,6 +106,9 @@ class TrainConfig:
             raise UserError(f"g-blending's published estimator trains the blend of ŷ0, ŷ1, ŷ from the first step and "
                             f"its copies with CE(ŷ), so loss {self.loss!r} would not be what was trained; use loss "
                             f"fused, or gb_estimator retrospective (which trains the loss until its first weights)")
+        if self.policy == "mmpareto" and self.loss != "fused":
+            raise UserError(f"mmpareto trains CE(ŷ) + CE(ŷ0) + CE(ŷ1), its multi-modal term fused, so loss "
+                            f"{self.loss!r} would not be what was trained; use loss fused")
         if len(self.views) != 2 or self.views[0] == self.views[1]:
             raise UserError(f"--views needs two different view indices, got {self.views}")
         for v in self.views:
@@ -116,7 +120,7 @@ class TrainConfig:
                             ("max_steps_per_epoch", 1),
                             ("momentum", 0), ("weight_decay", 0), ("min_lr", 0), ("alpha", 0),
                             ("plateau_threshold", 0), ("speed_from_epoch", 0), ("gb_interval", 1), ("ogm_alpha", 0),
-                            ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0)):
+                            ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0), ("mmpareto_gamma", 0)):
             value = getattr(self, name)
             if value is not None and not least <= value < math.inf:  # written so that nan fails too
                 raise UserError(f"{name} must be {f'at least {least}' if math.isfinite(value) else 'finite'}, "

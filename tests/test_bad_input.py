@@ -287,6 +287,8 @@ CASES = [
      "not both"),
     ("config end epoch disagrees with its fraction", 30,
      config_file({"epochs": 10, "ogm_end_epoch": 2, "ogm_end_fraction": 0.5}), "disagrees"),
+    ("--mmpareto-gamma -1", 30, flags("--mmpareto-gamma", "-1"), "mmpareto_gamma"),
+    ("mmpareto --loss heads", 30, flags("--policy", "mmpareto", "--loss", "heads"), "not be what was trained"),
     ("g-blending --loss heads", 30, flags("--policy", "g-blending", "--loss", "heads"), "not be what was trained"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
