@@ -22,6 +22,9 @@ def eval_cur(
     loader: Optional[str] = typer.Option(None, help="auto | dali | torch (default: the run's)."),
     batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print cur.json instead of a table."),
+    probe: bool = typer.Option(False, "--probe", help="Also fit a linear probe on each frozen branch's pooled "
+                                                      "features (train split) and report its accuracy on the split "
+                                                      "beside A(f0), A(f1)."),
 ) -> None:
     """Measure u(m1|m0), u(m0|m1) and d_util (docs/science.md §2) and write RUN/cur.json (cur-last.json for last).
 
@@ -35,12 +38,13 @@ def eval_cur(
     Examples:
       mmtm eval-cur runs/balanced
       mmtm eval-cur runs/balanced --checkpoint last --split val --json   # cur-val-last.json
+      mmtm eval-cur runs/ogm --probe               # heads trained on CE(ŷ) only
     """
     from mmtm.eval_cur import evaluate_cur
     from mmtm.run import RunFolder
 
     r = evaluate_cur(run, checkpoint=checkpoint, data=str(data) if data else None, split=split,
-                     device=device, loader=loader, batch_size=batch_size)
+                     device=device, loader=loader, batch_size=batch_size, probe=probe)
     if as_json:
         typer.echo(json.dumps(r, indent=2))
         return
@@ -49,7 +53,11 @@ def eval_cur(
     table.add_column("value", justify="right")
     for key, label in (("acc", "accuracy of ŷ"), ("acc_m0", "A(f0)"), ("acc_m0_only", "A(f0')  flow off"),
                        ("acc_m1", "A(f1)"), ("acc_m1_only", "A(f1')  flow off"), ("u_m1_given_m0", "u(m1|m0)"),
-                       ("u_m0_given_m1", "u(m0|m1)"), ("d_util", "d_util")):
+                       ("u_m0_given_m1", "u(m0|m1)"), ("d_util", "d_util"), ("probe_m0", "probe f0"),
+                       ("probe_m0_only", "probe f0'  flow off"), ("probe_m1", "probe f1"),
+                       ("probe_m1_only", "probe f1'  flow off")):
+        if key not in r:
+            continue
         if r["single_view"] is not None and key not in ("acc", f"acc_m{r['single_view']}"):
             table.add_row(label, "—")  # one branch, one head, no cross-modal flow: the measure does not apply
         else:

@@ -32,7 +32,7 @@ def train(
     policy: Optional[str] = typer.Option(None, help="Training policy (default vanilla): the paper's vanilla, balanced, "
                                                     "random; flipped (the balanced rule re-balancing the other "
                                                     "branch, a control); other papers' ogm-ge, g-blending, "
-                                                    "moddrop, pmr."),
+                                                    "moddrop, pmr, mmpareto."),
     views: Optional[str] = typer.Option(None, help="Two view indices; default: the data's dataset.json "
                                                     "default_views, 0,6 (the paper's) for 12-view sets, 0,1 for "
                                                     "two-view sets."),
@@ -62,7 +62,10 @@ def train(
                                                         "or regular steps only."),
     ogm_alpha: Optional[float] = typer.Option(None, help="ogm-ge: α of the modulation 1 − tanh(α·ρ) [0.1]."),
     ogm_start_epoch: Optional[int] = typer.Option(None, help="ogm-ge: first modulated epoch [0]."),
-    ogm_end_epoch: Optional[int] = typer.Option(None, help="ogm-ge: last modulated epoch [50]."),
+    ogm_end_epoch: Optional[int] = typer.Option(None, help="ogm-ge: last modulated epoch (instead of "
+                                                           "--ogm-end-fraction)."),
+    ogm_end_fraction: Optional[float] = typer.Option(None, help="ogm-ge: the window ends after this share of the "
+                                                                "epochs [0.51: the authors' 0..50 of 100]."),
     gb_interval: Optional[int] = typer.Option(None, help="g-blending: epochs per super-epoch, between weight "
                                                          "estimates (10)."),
     gb_estimator: Optional[str] = typer.Option(None, help="g-blending: published (warm-started copies trained "
@@ -72,7 +75,12 @@ def train(
     pmr_alpha: Optional[float] = typer.Option(None, help="pmr: weight α of the slow modality's prototype loss [1]."),
     pmr_momentum: Optional[float] = typer.Option(None, help="pmr: momentum of the prototypes [0]."),
     pmr_start_epoch: Optional[int] = typer.Option(None, help="pmr: first epoch with the prototype loss [0]."),
-    pmr_end_epoch: Optional[int] = typer.Option(None, help="pmr: last epoch with the prototype loss [70]."),
+    pmr_end_epoch: Optional[int] = typer.Option(None, help="pmr: last epoch with the prototype loss (instead of "
+                                                           "--pmr-end-fraction)."),
+    pmr_end_fraction: Optional[float] = typer.Option(None, help="pmr: the window ends after this share of the "
+                                                                "epochs [71/130: the authors' 0..70 of 130]."),
+    mmpareto_gamma: Optional[float] = typer.Option(None, help="mmpareto: γ, the factor on the combined encoder "
+                                                              "gradients [1.5]."),
     gate: Optional[str] = typer.Option(None, help="MMTM gate: sigmoid (code) or 2sigmoid (paper)."),
     loss: Optional[str] = typer.Option(None, help="Task loss: heads = CE(ŷ0)+CE(ŷ1) (the Greedy paper's code), fused "
                                                   "= CE(ŷ) (OGM-GE's and PMR's code); default: the one the policy's "
@@ -130,9 +138,12 @@ def train(
         rebalance_steps=rebalance_steps, warmup_epochs=warmup_epochs, rebalance_params=rebalance_params,
         speed_window=speed_window, speed_signal=speed_signal, speed_from_epoch=speed_from_epoch,
         schedule=schedule, plateau_on=plateau_on, ogm_alpha=ogm_alpha, ogm_start_epoch=ogm_start_epoch,
-        ogm_end_epoch=ogm_end_epoch, gb_interval=gb_interval, gb_estimator=gb_estimator, moddrop_p=moddrop_p,
+        ogm_end_epoch=ogm_end_epoch, ogm_end_fraction=ogm_end_fraction, gb_interval=gb_interval,
+        gb_estimator=gb_estimator, moddrop_p=moddrop_p,
         pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
-        pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch, gate=gate, loss=loss, seed=seed, device=device,
+        pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch,
+        pmr_end_fraction=pmr_end_fraction, mmpareto_gamma=mmpareto_gamma, gate=gate, loss=loss, seed=seed,
+        device=device,
         loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, amp=amp, max_steps_per_epoch=max_steps_per_epoch,
         precise_bn=precise_bn)
     if not cfg.data:

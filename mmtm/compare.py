@@ -48,6 +48,7 @@ REPLACED = ".replaced"      # OUT/.replaced-<time>/: runs of other settings that
 REFERENCES = ("vanilla", "balanced")  # every other policy is paired against these, where the comparison has them
 NOT_AXES = {"data", "out", "policy", "seed", "single_view"}  # set by compare itself
 ACCURACY = ("acc", "acc_last", "acc_m0", "acc_m1")
+PROBE = ("probe_m0", "probe_m1", "probe_m0_only", "probe_m1_only")  # columns of runs measured with eval-cur --probe
 IMBALANCE = ("d_util", "d_util_last", "u_m1_given_m0", "u_m0_given_m1", "d_util_floor", "d_util_above_floor",
              "d_speed_equal", "d_speed_stage", "d_speed_final", "rebalance_m0_steps", "rebalance_m1_steps")
 # Paired measures: accuracy as is; the imbalance measures by magnitude (negative = more balanced).
@@ -397,6 +398,24 @@ def cost_table(rows: list[dict]) -> list[dict]:
     return table
 
 
+def task_losses(runs: list[dict]) -> dict[str, list[str]]:
+    """The two-view policies by the task loss their runs trained with: {loss: [policy, ...]}; a policy with a loss
+    of its own (G-Blending's blend, MMPareto's three terms) by that loss's name."""
+    by_loss: dict[str, list[str]] = {}
+    for run in runs:
+        if run["config"].get("single_view") is None:
+            policy = POLICIES.get(run["config"]["policy"])
+            loss = (policy and policy.own_loss) or run["config"]["loss"]
+            policies = by_loss.setdefault(loss, [])
+            if run["config"]["policy"] not in policies:
+                policies.append(run["config"]["policy"])
+    return by_loss
+
+
+def losses_note(losses: dict[str, list[str]]) -> str:
+    return "; ".join(f"`{loss}`: {', '.join(policies)}" for loss, policies in losses.items())
+
+
 def view_pair_table(rows: list[dict], configs: dict[str, dict]) -> list[dict]:
     """Per (views, policy) of a grid with a `views` axis: mean and t-interval half-width of d_util and final d_speed."""
     table = []
@@ -415,11 +434,16 @@ def view_pair_table(rows: list[dict], configs: dict[str, dict]) -> list[dict]:
 def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
     """comparison.md, comparison.json and the figures, from the runs' evidence alone."""
     rows, n_equal, stage = summary_rows(runs)
+    probed = any("probe_m0" in (run["cur"] or {}) for run in runs)
     for r, run in zip(rows, runs):
         r["run_id"] = f"{r['cell']}/{r['run']}"
+        if probed:
+            r |= {k: float((run["cur"] or {}).get(k, math.nan)) for k in PROBE}
+    accuracy_columns = (*ACCURACY, *PROBE) if probed else ACCURACY
     rows = canonical(rows)
     by_id = {f"{cell_label(run)}/{run['name']}": run for run in runs}
     runs = [by_id[r["run_id"]] for r in rows]
+    losses = task_losses(runs)
     objects = {(r["cell"], r["run"]): (by_id[r["run_id"]]["cur"] or {}).get("objects", {}).get("fused", "")
                for r in rows}
     two_view = [r for r in rows if r["policy"] not in BASELINES]
@@ -434,7 +458,7 @@ def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
     if any("views=" in c for c in cell_names):
         figures.append(plots.plot_view_pairs(view_pair_table(rows, {f"{cell_label(r)}/{r['name']}": r["config"]
                                                                     for r in runs}), out / "view_pairs.png"))
-    accuracy = aggregate(rows, ACCURACY)
+    accuracy = aggregate(rows, accuracy_columns)
     imbalance = aggregate(two_view, IMBALANCE)
     paired = paired_table(rows, objects)
     proxy = proxy_table(rows)
@@ -462,7 +486,11 @@ def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
         f"{n_equal} regular steps in every run (the fewest any run made), `d_speed_stage` at the end of epoch "
         f"{stage + 1} (half of training), `d_speed_final` after the last step.\n\n"
         "Cells: mean ± sample std [95% t-interval, df = n − 1] over seeds; `[—]` for one seed.\n\n"
-        "## Accuracy\n\n" + markdown_table(accuracy, [*cols, "policy", "seeds", *ACCURACY])
+        "## Accuracy\n\n" + markdown_table(accuracy, [*cols, "policy", "seeds", *accuracy_columns])
+        + (f"\n**Head accuracies from different task losses**: {losses_note(losses)}. Under `fused` the heads ŷ0, ŷ1 "
+           "are not trained as classifiers (only their mean is), so A(f0), A(f1) do not compare across these "
+           "policies; the linear probes of `mmtm eval-cur --probe` (`probe_m0`, `probe_m1`) do.\n"
+           if len(losses) > 1 else "")
         + (("\n## Each view alone (single-view baselines)\n\nThe same ResNet-18 branch trained on one view with the "
             "same protocol: the accuracy each view can give on this data, against which A(f0) and A(f1) above are "
             "judged. Epochs to 90%: the first epoch whose validation accuracy reached 90% of the run's test "
@@ -486,7 +514,8 @@ def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
            f"efficiency {sweep['parallel_efficiency']}).\n" if sweep else "")
         + "\n## Runs\n\nPer run, in brackets: a 95% percentile-bootstrap interval over its test objects (from "
         "cur.json).\n\n"
-        + markdown_table(rows, [*cols, "run", "acc", "acc_ci", "acc_last", "acc_m0", "acc_m1", "u_m1_given_m0",
+        + markdown_table(rows, [*cols, "run", "acc", "acc_ci", "acc_last", "acc_m0", "acc_m1",
+                                *(PROBE if probed else ()), "u_m1_given_m0",
                                 "u_m0_given_m1", "d_util", "d_util_ci", "d_util_last", "d_speed_equal",
                                 "d_speed_stage", "d_speed_final", "regular_steps", "rebalance_steps", "epochs",
                                 "launcher", "host", "device"])
@@ -500,6 +529,6 @@ def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
          "equal_regular_steps": n_equal, "stage_epoch": stage + 1,
          "runs": [{k: v for k, v in r.items() if k != "run_id"} for r in rows], "accuracy": accuracy,
          "imbalance": imbalance, "paired": paired, "proxy": proxy, "baselines": baselines, "cost": cost,
-         "sweep": sweep}, indent=2) + "\n")
+         "sweep": sweep, **({"task_losses": losses} if len(losses) > 1 else {})}, indent=2) + "\n")
     return out / "comparison.md"
 

@@ -16,7 +16,7 @@ from loaders.errors import UserError
 from loaders.factory import BACKENDS
 from mmtm.fusion import GATES, bottleneck_units
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
-from mmtm.methods import g_blending, moddrop, ogm_ge, pmr
+from mmtm.methods import g_blending, mmpareto, moddrop, ogm_ge, pmr
 from mmtm.network import LOSSES, mmtm_channels
 from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
 from mmtm.registry import POLICIES
@@ -66,14 +66,17 @@ class TrainConfig:
     # the remedies of other papers (mmtm/methods/), their published defaults
     ogm_alpha: float = ogm_ge.DEFAULT_ALPHA
     ogm_start_epoch: int = ogm_ge.MODULATION_STARTS
-    ogm_end_epoch: int = ogm_ge.MODULATION_ENDS
+    ogm_end_epoch: int | None = None        # last modulated epoch; None: resolved from ogm_end_fraction
+    ogm_end_fraction: float | None = None   # the window's end as a share of the epochs; None: the authors' (51/100)
     gb_interval: int = g_blending.DEFAULT_INTERVAL
     gb_estimator: str = "published"         # published (warm-started copies, ahead) | retrospective
     moddrop_p: float = moddrop.DEFAULT_P
     pmr_alpha: float = pmr.DEFAULT_ALPHA
     pmr_momentum: float = pmr.DEFAULT_MOMENTUM
     pmr_start_epoch: int = pmr.MODULATION_STARTS
-    pmr_end_epoch: int = pmr.MODULATION_ENDS
+    pmr_end_epoch: int | None = None        # last epoch with the PCE term; None: resolved from pmr_end_fraction
+    pmr_end_fraction: float | None = None   # the window's end as a share of the epochs; None: the authors' (71/130)
+    mmpareto_gamma: float = mmpareto.DEFAULT_GAMMA
     # reproducibility and hardware
     seed: int = 777
     device: str = "auto"                    # auto | cpu | cuda[:index]
@@ -103,6 +106,14 @@ class TrainConfig:
                               ("gb_estimator", g_blending.ESTIMATORS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.policy == "g-blending" and self.gb_estimator == "published" and self.loss != "fused":
+            # config.json must name the loss trained: the blend from the first step, copies on CE(ŷ)
+            raise UserError(f"g-blending's published estimator trains the blend of ŷ0, ŷ1, ŷ from the first step and "
+                            f"its copies with CE(ŷ), so loss {self.loss!r} would not be what was trained; use loss "
+                            f"fused, or gb_estimator retrospective (which trains the loss until its first weights)")
+        if self.policy == "mmpareto" and self.loss != "fused":
+            raise UserError(f"mmpareto trains CE(ŷ) + CE(ŷ0) + CE(ŷ1), its multi-modal term fused, so loss "
+                            f"{self.loss!r} would not be what was trained; use loss fused")
         if len(self.views) != 2 or self.views[0] == self.views[1]:
             raise UserError(f"--views needs two different view indices, got {self.views}")
         for v in self.views:  # the upper bound is the data's (check_views)
@@ -114,7 +125,7 @@ class TrainConfig:
                             ("max_steps_per_epoch", 1),
                             ("momentum", 0), ("weight_decay", 0), ("min_lr", 0), ("alpha", 0),
                             ("plateau_threshold", 0), ("speed_from_epoch", 0), ("gb_interval", 1), ("ogm_alpha", 0),
-                            ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0)):
+                            ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0), ("mmpareto_gamma", 0)):
             value = getattr(self, name)
             if value is not None and not least <= value < math.inf:  # written so that nan fails too
                 raise UserError(f"{name} must be {f'at least {least}' if math.isfinite(value) else 'finite'}, "
@@ -134,6 +145,8 @@ class TrainConfig:
                             f"width {self.width}; use an mmtm_ratio of at most {4 * min(mmtm_channels(self.width))}")
         if not 0 < self.plateau_factor < 1:
             raise UserError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor}")
+        for prefix, share in (("ogm", ogm_ge.WINDOW_SHARE), ("pmr", pmr.WINDOW_SHARE)):
+            self._resolve_window(prefix, share)
         for first, last in (("ogm_start_epoch", "ogm_end_epoch"), ("pmr_start_epoch", "pmr_end_epoch")):
             if getattr(self, last) < getattr(self, first):
                 raise UserError(f"{last} ({getattr(self, last)}) is before {first} ({getattr(self, first)})")
@@ -143,6 +156,32 @@ class TrainConfig:
         check_device_name(self.device)
         return self
 
+    def _resolve_window(self, prefix: str, share: float) -> None:
+        """`{prefix}_end_epoch` from `{prefix}_end_fraction` (default `share`) when no end epoch is given; both given
+        (a config.json records the epoch it resolved) must agree, or a reader could not tell which one the run used."""
+        epoch_key, fraction_key = f"{prefix}_end_epoch", f"{prefix}_end_fraction"
+        epoch, fraction = getattr(self, epoch_key), getattr(self, fraction_key)
+        if fraction is not None and not 0 < fraction <= 1:
+            raise UserError(f"{fraction_key} must be in (0, 1], got {fraction}")
+        if epoch is not None and epoch < 0:
+            raise UserError(f"{epoch_key} must be at least 0, got {epoch}")
+        if epoch is None:
+            fraction = share if fraction is None else fraction
+            setattr(self, fraction_key, fraction)
+            setattr(self, epoch_key, window_end(fraction, self.epochs))
+        elif fraction is not None and epoch != window_end(fraction, self.epochs):
+            raise UserError(f"{epoch_key} {epoch} disagrees with {fraction_key} {fraction} of {self.epochs} epochs "
+                            f"(last epoch {window_end(fraction, self.epochs)}); give one of them")
+
+
+def window_end(fraction: float, epochs: int) -> int:
+    """The last (0-based) epoch of a window from epoch 0 over `fraction` of `epochs`, rounded to the nearest epoch
+    (half up), at least epoch 0: 0.51 of 100 → 50 (OGM-GE's 0..50), 71/130 of 130 → 70 (PMR's 0..70)."""
+    return max(1, math.floor(fraction * epochs + 0.5)) - 1
+
+
+# A modulation window's end, as an epoch or as a share of the run: give one; config.json records both.
+WINDOW_ENDS = (("ogm_end_epoch", "ogm_end_fraction"), ("pmr_end_epoch", "pmr_end_fraction"))
 
 PRESETS: dict[str, dict] = {
     # Wu et al.'s ModelNet40 setup (docs/science.md §5).
@@ -224,8 +263,25 @@ def resolve(preset: str = "paper", config_file: str | Path | None = None, *, sin
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
     if config_file is not None:
-        values.update(load_config_file(config_file))
-    values.update(_coerce({k: v for k, v in overrides.items() if v is not None}))
+        saved = load_config_file(config_file)
+        for epoch_key, fraction_key in WINDOW_ENDS:
+            if saved.get(fraction_key) is not None and saved.get(epoch_key) is not None:
+                # a config.json records the epoch its fraction gave; checked, then resolved anew for this run's epochs
+                epochs = saved.get("epochs", values.get("epochs", TrainConfig.epochs))
+                if saved[epoch_key] != window_end(saved[fraction_key], epochs):
+                    raise UserError(f"{config_file}: {epoch_key} {saved[epoch_key]} disagrees with {fraction_key} "
+                                    f"{saved[fraction_key]} of {epochs} epochs; give one of them")
+                del saved[epoch_key]
+        values.update(saved)
+    given = _coerce({k: v for k, v in overrides.items() if v is not None})
+    for pair in WINDOW_ENDS:
+        named = [key for key in pair if key in given]
+        if len(named) == 2:
+            raise UserError(f"give {named[0]} or {named[1]}, not both")
+        for key in pair:
+            if named and key not in named:  # one end given here replaces the other form from the file or preset
+                values.pop(key, None)
+    values.update(given)
     dataset = _dataset(values.get("data"))
     if dataset is not None and "views" not in values:
         values["views"] = dataset.default_views

@@ -16,6 +16,7 @@ from mmtm.evaluate import evaluate
 from mmtm.fusion import FLOW_OFF, REGULAR
 from mmtm.hardware import Compute
 from mmtm.network import build_network
+from mmtm.probe import probe_accuracies
 from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
 from mmtm.stats import OBJECT_RESAMPLES, object_intervals
 from mmtm.tensorboard_log import log_cur
@@ -24,7 +25,7 @@ from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
 
 def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | None = None, split: str = "test",
                  device: str = "auto", loader: str | None = None, batch_size: int | None = None,
-                 num_threads: int | None = None) -> dict:
+                 num_threads: int | None = None, probe: bool = False) -> dict:
     """Both CUR passes in one call (docs/science.md §2) and `RUN/cur.json`.
 
     Pass 1: mean squeeze vectors of every MMTM over the training subset (val excluded), eval mode,
@@ -35,7 +36,7 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
     cur.json also keeps, per object of the split, whether ŷ, ŷ0 (f0), ŷ0 with flow off (f0'), ŷ1 and ŷ1 with flow
     off were right ("objects", strings of 0/1 in row order), and a bootstrap interval over those objects of each
     measure ("intervals"). A single-view run has no flow to turn off: its result is its accuracy (A(f0) = A(f1) =
-    acc), and the CUR fields are nan."""
+    acc), and the CUR fields are nan. With `probe`, also each branch's linear-probe accuracy (mmtm/probe.py)."""
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     run = RunFolder(run_dir)
@@ -83,6 +84,8 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
         "data": str(data), "precision": "float32", "intervals": intervals(objects, split),
         "objects": {"index": objects.pop("index"), **{k: "".join(map(str, v)) for k, v in objects.items()}},
     }
+    if probe:
+        result |= probe_accuracies(net, make("train"), split_loader, compute, len(classes), flow_off=not single)
     run.write_cur(checkpoint, result)
     log_cur(run.tb, result, checkpoint, int(ckpt["step"]))
     return result

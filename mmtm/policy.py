@@ -48,6 +48,7 @@ class StepPolicy:
     name: str
     default_loss = "heads"  # the task loss its authors trained with (a run's `loss` setting "auto" resolves to it)
     task = "heads"          # the run's task loss, set by `make_policy`
+    own_loss: str | None = None  # the name of a loss of its own that it trains instead (compare's tables show it)
     rebalances = False   # runs re-balancing steps, which leave some fusion parameters without a gradient
     # Opt-in: its steps may be captured as CUDA graphs (it chooses modes on the host and nothing else). See
     # `runs_in_cuda_graphs`: a subclass that adds a step hook is eager unless it opts in again.

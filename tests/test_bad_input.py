@@ -458,6 +458,18 @@ CASES = [
     ("train --views 0,6 on a two-view set", 29, lambda tmp, data, runs: [
         "train", "--data", write_dataset(tmp / "two", classes=2, num_views=2), "--out", tmp / "r", *T,
         "--views", "0,6"], "view index 6 is out of range"),
+
+    # 30: modulation windows as an end epoch or a share of the run, one at a time, and the remedies' flags
+    ("--ogm-end-fraction 0", 30, flags("--ogm-end-fraction", "0"), "ogm_end_fraction"),
+    ("--pmr-end-fraction 1.5", 30, flags("--pmr-end-fraction", "1.5"), "pmr_end_fraction"),
+    ("--ogm-end-epoch -1", 30, flags("--ogm-end-epoch", "-1"), "ogm_end_epoch"),
+    ("--pmr-end-epoch with --pmr-end-fraction", 30, flags("--pmr-end-epoch", "3", "--pmr-end-fraction", "0.5"),
+     "not both"),
+    ("config end epoch disagrees with its fraction", 30,
+     config_file({"epochs": 10, "ogm_end_epoch": 2, "ogm_end_fraction": 0.5}), "disagrees"),
+    ("--mmpareto-gamma -1", 30, flags("--mmpareto-gamma", "-1"), "mmpareto_gamma"),
+    ("mmpareto --loss heads", 30, flags("--policy", "mmpareto", "--loss", "heads"), "not be what was trained"),
+    ("g-blending --loss heads", 30, flags("--policy", "g-blending", "--loss", "heads"), "not be what was trained"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
                                                        "99"], "99"),

@@ -87,3 +87,41 @@ def test_only_the_test_split_of_best_and_last_goes_to_cur_json_and_cur_last_json
     assert "test" not in val["intervals"]["method"]
     test = json.loads((run / "cur-last.json").read_text())
     assert test["split"] == "test" and f"over the {test['n']} test objects" in test["intervals"]["method"]
+
+def test_probe_finds_the_classes_in_the_branch_whose_view_shows_them(make_dataset, tmp_path):
+    """A hand-made run: view 0 of every object is its class colour and nothing else, view 6 one and the same image
+    for every object. With the cross-modal flow off, branch 0's features are three points, one per class (probe
+    accuracy 1), branch 1's one point (chance: a third of the balanced test set). In regular fusion branch 1 sees
+    view 0 through the MMTMs."""
+    from PIL import Image
+
+    from conftest import class_colour
+    from helpers import TINY
+
+    data = make_dataset(tmp_path, classes=3, per_split={"train": 8, "val": 2, "test": 6})
+    for label in range(3):
+        for folder in (data / "images" / f"c{label}").iterdir():
+            Image.new("RGB", (16, 16), class_colour(label)).save(folder / "v00.jpg", quality=95, subsampling=0)
+            Image.new("RGB", (16, 16), (90, 90, 90)).save(folder / "v06.jpg", quality=95, subsampling=0)
+    run = tmp_path / "run"
+    assert invoke("train", "--data", data, "--out", run, *TINY, "--epochs", 1).exit_code == 0
+    r = invoke("eval-cur", run, "--probe", "--json")
+    assert r.exit_code == 0, r.output
+    cur = json.loads((run / "cur.json").read_text())
+    assert cur["probe_m0_only"] == 1.0
+    assert cur["probe_m1_only"] == pytest.approx(1 / 3)
+    assert {"probe_m0", "probe_m1", "probe_recipe"} <= set(cur)
+    assert "probe_m0" not in json.loads(invoke("eval-cur", run, "--json").output)  # only when asked
+
+
+def test_probe_fits_separable_features_and_not_noise():
+    import torch
+
+    from mmtm.probe import probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    separable = torch.nn.functional.one_hot(y, 3).double() * 4 + torch.randn(300, 3, generator=g, dtype=torch.float64)
+    noise = torch.randn(300, 8, generator=g, dtype=torch.float64)
+    assert probe_accuracy((separable[:150], y[:150]), (separable[150:], y[150:]), 3) >= 0.95
+    assert abs(probe_accuracy((noise[:150], y[:150]), (noise[150:], y[150:]), 3) - 1 / 3) < 0.15

@@ -54,6 +54,38 @@ def test_ogm_window_is_inclusive():
     assert not ogm_ge.in_window(4, starts=5, ends=9) and ogm_ge.in_window(9, starts=5, ends=9)
 
 
+@pytest.mark.parametrize("epochs, ogm_end, pmr_end", [(100, 50, 54), (130, 65, 70), (15, 7, 7), (1, 0, 0)])
+def test_windows_default_to_the_authors_share_of_the_run(epochs, ogm_end, pmr_end):
+    """OGM-GE modulates epochs 0..50 of 100 (51%), PMR 0..70 of 130 (71/130); config.json records the epochs."""
+    from mmtm.config import resolve, to_dict
+    d = to_dict(resolve("paper", epochs=epochs))
+    assert (d["ogm_end_epoch"], d["pmr_end_epoch"]) == (ogm_end, pmr_end)
+    assert (d["ogm_end_fraction"], d["pmr_end_fraction"]) == (0.51, 71 / 130)
+
+
+def test_window_end_epochs_and_fractions_resolve_one_way(tmp_path):
+    import json
+    from mmtm.config import from_dict, resolve, to_dict
+    from mmtm.registry import make_policy
+    # A config.json written before fractions existed names its end epochs and keeps meaning them.
+    old = {k: v for k, v in to_dict(resolve("demo", policy="pmr")).items() if not k.endswith("_fraction")}
+    old |= {"ogm_end_epoch": 50, "pmr_end_epoch": 70}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    for cfg in (from_dict(old), resolve("demo", tmp_path / "old.json")):
+        assert (cfg.ogm_end_epoch, cfg.ogm_end_fraction) == (50, None)
+        assert (cfg.pmr_end_epoch, cfg.pmr_end_fraction) == (70, None)
+        assert make_policy(cfg).ends == 70
+    # A resolved config.json repeats its run, and re-resolves its fraction for another number of epochs.
+    (tmp_path / "new.json").write_text(json.dumps(to_dict(resolve("demo", ogm_end_fraction=0.2))))
+    assert resolve("demo", tmp_path / "new.json").ogm_end_epoch == 2    # 0.2 of 15 epochs: 0..2
+    assert resolve("demo", tmp_path / "new.json", epochs=30).ogm_end_epoch == 5
+    # A flag for one form replaces the other form the file gives.
+    cfg = resolve("demo", tmp_path / "new.json", ogm_end_epoch=9)
+    assert (cfg.ogm_end_epoch, cfg.ogm_end_fraction) == (9, None)
+    cfg = resolve("demo", tmp_path / "old.json", pmr_end_fraction=0.5)
+    assert (cfg.pmr_end_epoch, cfg.pmr_end_fraction) == (7, 0.5)
+
+
 def test_ogm_conv_params_are_the_branch_conv_weights():
     branch = ResNet18(num_classes=3, width=4)
     picked = ogm_ge.conv_params(branch)
@@ -279,6 +311,8 @@ def test_each_policy_defaults_to_its_authors_task_loss_and_the_flag_overrides_it
     assert losses == {"vanilla": "heads", "balanced": "heads", "ogm-ge": "fused", "pmr": "fused",
                       "g-blending": "fused", "moddrop": "heads"}
     assert resolve("demo", policy="ogm-ge", loss="heads").loss == "heads"
+    # G-Blending's retrospective estimator trains the run's loss until its first weights: recorded as given.
+    assert resolve("demo", policy="g-blending", gb_estimator="retrospective", loss="heads").loss == "heads"
 
 
 def test_ogm_scores_come_from_each_branch_share_of_the_fused_logits():
@@ -361,3 +395,123 @@ def test_pmr_blends_prototypes_from_epoch_2_as_the_official_code(synthetic_data)
         for m in (0, 1):
             want = new[m] if epoch < 2 else 0.5 * new[m] + 0.5 * previous[m]
             assert torch.allclose(got[m], want), (epoch, m)
+
+
+# ---------------------------------------------------------------------------------------------------- MMPareto
+def _official_min_norm_2(vecs):
+    """GeWu-Lab/MMPareto_ICML2024@a339db3 code/min_norm_solvers.py:9-58, 92-129 (find_min_norm_element, n = 2)."""
+    def from2(v1v1, v1v2, v2v2):
+        if v1v2 >= v1v1:
+            return 0.999, v1v1
+        if v1v2 >= v2v2:
+            return 0.001, v2v2
+        gamma = -1.0 * ((v1v2 - v2v2) / (v1v1 + v2v2 - 2 * v1v2))
+        return gamma, v2v2 + gamma * (v1v2 - v2v2)
+    dps = {}
+    for i, j in ((0, 1), (0, 0), (1, 1)):
+        dps[(i, j)] = 0.0
+        for k in range(len(vecs[i])):
+            dps[(i, j)] += torch.mul(vecs[i][k], vecs[j][k]).sum().data.cpu()
+    c, _ = from2(dps[(0, 0)].numpy(), dps[(0, 1)].numpy(), dps[(1, 1)].numpy())
+    return [c, 1 - c]
+
+
+def _official_encoder_grads(total: dict, both: dict, uni: dict, *, balance_benchmark: bool = False) -> dict:
+    """MMPareto.py:126-207 for one encoder: its cosine test, weights and per-tensor rescale, on gradients given as
+    {name: tensor} (with the code's "concat" entry). balance_benchmark: GeWu-Lab/BalanceBenchmark@4c1482f
+    balancemm/trainer/MMPareto_trainer.py:376-399, whose conflicting branch assigns the solver's result to the loop
+    variable and leaves the weights at [0, 0]."""
+    import torch.nn.functional as F
+    both = {**both, "concat": torch.cat([t.flatten() for t in both.values()])}
+    uni = {**uni, "concat": torch.cat([t.flatten() for t in uni.values()])}
+    k = [0, 0]
+    if F.cosine_similarity(both["concat"], uni["concat"], dim=0) > 0:
+        k = [0.5, 0.5]
+    elif not balance_benchmark:
+        k = _official_min_norm_2([list(both.values()), list(uni.values())])
+    out = {}
+    for name, grad in total.items():
+        three_norm = torch.norm(grad.clone())
+        new_grad = 2 * k[0] * both[name] + 2 * k[1] * uni[name]
+        diff = three_norm / torch.norm(new_grad)
+        out[name] = diff * new_grad * 1.5 if diff > 1 else new_grad * 1.5
+    return out
+
+
+def _pareto_case(conflict: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    both = {"w": torch.randn(3, 2, generator=g), "b": torch.randn(4, generator=g)}
+    uni = {n: (-1 if conflict else 1) * t + 0.3 * torch.randn(t.shape, generator=g) for n, t in both.items()}
+    total = {n: both[n] + uni[n] + 0.1 * torch.randn(t.shape, generator=g) for n, t in both.items()}
+    return total, both, uni
+
+
+@pytest.mark.parametrize("conflict", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mmpareto_matches_a_transcription_of_the_official_code(conflict, seed):
+    from mmtm.methods import mmpareto
+    total, both, uni = _pareto_case(conflict, seed)
+    expected = _official_encoder_grads(total, both, uni)
+    mine, k = mmpareto.pareto_gradients(list(total.values()), list(both.values()), list(uni.values()))
+    assert (k.tolist() == [0.5, 0.5]) != conflict
+    for name, got in zip(total, mine):
+        assert torch.allclose(got, expected[name].float(), rtol=1e-6, atol=1e-6), name
+
+
+@pytest.mark.parametrize("both, uni, k_mm", [([0.0, 0.0], [1.0, 0.0], 0.999), ([1.0, 0.0], [0.0, 0.0], 0.001)])
+def test_mmpareto_weights_clip_at_the_ends_of_the_segment(both, uni, k_mm):
+    """A zero gradient (cosine 0: not agreeing) is the min-norm point: the solver's 0.999/0.001 at the ends."""
+    from mmtm.methods import mmpareto
+    both, uni = [torch.tensor(both)], [torch.tensor(uni)]
+    k = mmpareto.pareto_weights(both, uni)
+    assert k.tolist() == pytest.approx([k_mm, 1 - k_mm])
+    assert k.tolist() == pytest.approx(_official_min_norm_2([both, uni]))
+
+
+def test_mmpareto_conflicting_steps_give_finite_gradients_where_balancebenchmark_gives_nan():
+    from mmtm.methods import mmpareto
+    total, both, uni = _pareto_case(conflict=True)
+    ported = _official_encoder_grads(total, both, uni, balance_benchmark=True)
+    assert all(t.isnan().all() for t in ported.values())
+    mine, _ = mmpareto.pareto_gradients(list(total.values()), list(both.values()), list(uni.values()))
+    assert all(t.isfinite().all() for t in mine)
+    # A tensor neither loss reaches (combined gradient 0): zero here, 0/0 in the official rescale.
+    zero = [torch.zeros(2)]
+    new, _ = mmpareto.pareto_gradients([torch.ones(2)], zero, zero)
+    assert new[0].tolist() == [0.0, 0.0]
+
+
+def test_mmpareto_policy_replaces_encoder_gradients_and_leaves_heads_and_mmtms_alone():
+    """The policy in a step (loss hook, backward, after_backward) against the official procedure done by hand: one
+    backward per loss, gradients cloned, encoders combined, heads and MMTMs with the whole loss's gradient."""
+    import torch.nn.functional as F
+    from mmtm.methods import mmpareto
+
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    x0, x1, y = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    policy = mmpareto.MMParetoPolicy()
+    with policy.capture(net) as features:
+        logits0, logits1 = net(x0, x1)
+    policy.loss(logits0, logits1, y, features, 0).backward()
+    policy.after_backward(net, logits0, logits1, y, 0)
+    got = {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    net.zero_grad()
+    logits0, logits1 = net(x0, x1)
+    losses = [F.cross_entropy((logits0 + logits1) / 2, y), F.cross_entropy(logits0, y), F.cross_entropy(logits1, y)]
+    per_loss = []
+    for loss in losses:
+        loss.backward(retain_graph=True)
+        per_loss.append({n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                         for n, p in net.named_parameters()})
+        net.zero_grad()
+    total = {n: sum(g[n] for g in per_loss) for n in per_loss[0]}
+    expected = dict(total)
+    for i in (0, 1):
+        names = [n for n, _ in net.named_parameters() if n.startswith(f"branch{i}.") and ".fc." not in n]
+        expected |= _official_encoder_grads({n: total[n] for n in names}, {n: per_loss[0][n] for n in names},
+                                            {n: per_loss[1 + i][n] for n in names})
+    assert any(n.startswith("mmtms.") for n in got) and any(".fc." in n for n in got)
+    for n in got:
+        assert torch.allclose(got[n], expected[n], rtol=1e-5, atol=1e-7), n

@@ -206,3 +206,25 @@ def test_a_single_view_run_reports_a_dash_where_a_measure_does_not_apply(synthet
     assert os.listdir(tmp_path / "rep") and (tmp_path / "rep" / "accuracy.png").is_file()
     r = invoke("eval-cur", tmp_path / "sv")
     assert r.exit_code == 0 and "nan" not in r.output and "—" in r.output, r.output
+
+def test_compare_shows_probe_columns_and_flags_heads_from_different_losses(tmp_path, figures_not_drawn):
+    """On committed evidence (pmr under `fused`, vanilla under `heads`): the loss note names both losses; probe
+    accuracies in the runs' cur.json become columns of the accuracy and run tables and fields of comparison.json."""
+    import shutil
+    from pathlib import Path
+
+    evidence = shutil.copytree(Path(__file__).resolve().parents[1] / "docs" / "methods" / "pmr-lr" / "runs",
+                               tmp_path / "runs")
+    for k, cur_file in enumerate(sorted(evidence.rglob("cur.json"))):
+        cur = json.loads(cur_file.read_text())
+        cur |= {"probe_m0": 0.5 + k / 100, "probe_m1": 0.25, "probe_m0_only": 0.5, "probe_m1_only": 0.125}
+        cur_file.write_text(json.dumps(cur))
+    r = invoke("compare", "--collect", evidence, "--out", tmp_path / "c")
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    assert "**Head accuracies from different task losses**: `heads`: vanilla; `fused`: pmr." in md
+    assert "| acc_m0 | acc_m1 | probe_m0 | probe_m1 | probe_m0_only | probe_m1_only |" in md
+    assert "| acc_m0 | acc_m1 | probe_m0 | probe_m1 | probe_m0_only | probe_m1_only | u_m1_given_m0 |" in md
+    out = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert out["task_losses"] == {"heads": ["vanilla"], "fused": ["pmr"]}
+    assert sorted(r["probe_m1_only"] for r in out["runs"]) == [0.125] * len(out["runs"])

@@ -8,6 +8,7 @@ m1 = view 1 = branch 1 = head ŷ1):
     g_blending  Gradient-Blending weights from the overfitting-to-generalisation ratio (Wang et al., CVPR 2020)
     moddrop     modality dropout, one view zeroed per dropped sample (Neverova et al., TPAMI 2016)
     pmr         prototypical modal rebalance (Fan et al., CVPR 2023)
+    mmpareto    Pareto-combined multi-modal and uni-modal gradients per encoder (Wei & Hu, ICML 2024)
 
 Nothing here touches the training loop; the integrator calls these functions at the points each docstring names.
 """

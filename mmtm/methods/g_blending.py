@@ -150,6 +150,7 @@ class GBlendingPolicy(StepPolicy):
 
     name = "g-blending"
     default_loss = "fused"  # the multi-modal model's own loss; the retrospective estimator's until its first weights
+    own_loss = "blend"
 
     def __init__(self, interval: int = DEFAULT_INTERVAL, estimator: str = "published", *, epochs: int = 1,
                  steps_per_epoch: int | None = None, lr: float = 0.1, momentum: float = 0.0,

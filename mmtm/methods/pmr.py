@@ -15,8 +15,10 @@ task loss is the official code's CE on the fused output (`:178`), so this policy
 with `--loss heads` α weighs the PCE against a sum of two CEs, twice the scale.
 Defaults: α = 1.0 (argparse default; the scripts use 0.1–5.0: 1.0 for the two-image-modality CG-MNIST and most
 AVE runs, 2.0–3.0 for most CREMA-D/AVE runs, 5.0 and 0.1 once each), momentum m = 0.0 (all scripts but two in
-bash.sh, which use 0.5 and 0.2; argparse 0.2, BalanceBenchmark 0.5), window epochs 0..70 inclusive (most scripts;
-60 for CG-MNIST, 100 in two scripts and argparse). The official learning rate is 0.001 (SGD, momentum 0.9, weight
+bash.sh, which use 0.5 and 0.2; argparse 0.2, BalanceBenchmark 0.5), window epochs 0..70 inclusive of 130 (26 of the
+34 PMR lines of bash.sh; 60 of 100 for CG-MNIST, 100 in two scripts and argparse): a run of another length adds the
+PCE term over the same share, its first 71/130 of epochs (`WINDOW_SHARE`, resolved in mmtm/config.py), unless an
+end epoch is given. The official learning rate is 0.001 (SGD, momentum 0.9, weight
 decay 1e-4, batch 64); here the run's optimiser and learning rate apply, as for every policy.
 Mapping: the feature of modality i is branch i's penultimate feature — the input of its fc, flatten(avgpool(·))
 after MMTM₄, 8w-dim — captured by `branch_features`; m0 = branch 0, m1 = branch 1. These features already mix in
@@ -46,6 +48,7 @@ DEFAULT_MOMENTUM = 0.0
 MODULATION_STARTS = 0  # first epoch with the PCE term (0-based, inclusive)
 MOMENTUM_FROM_EPOCH = 2  # the first epoch whose prototypes blend in the previous ones (official code)
 MODULATION_ENDS = 70  # last one (inclusive)
+WINDOW_SHARE = 71 / 130  # the share of the run with the PCE term by default: epochs 0..70 of 130 (most scripts)
 PROTOTYPE_FRACTION = 0.1  # share of the training loader's batches the prototypes are computed from
 _DIST_SQ_FLOOR = 1e-12  # keeps sqrt's gradient finite at distance 0
 
