@@ -226,8 +226,8 @@ def test_a_failed_capture_leaves_the_stream_the_allocator_and_the_run_working(jp
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_a_run_on_the_second_gpu_captures_its_steps_there(jpeg_data, no_capture_note):
     """--device cuda:1 while cuda:0 is current: a side stream on cuda:0 made an empty graph that replayed nothing."""
-    cfg = resolve("demo", width=8, batch_size=4, policy="random", lr=0.05, amp="off", device="cuda:1",
-                  loader="torch", warmup_epochs=0)
+    cfg = resolve("demo", width=8, batch_size=4, policy="random", lr=0.05, schedule="plateau", plateau_patience=0,
+                  amp="off", device="cuda:1", loader="torch", warmup_epochs=0)
     common = dict(batch_size=4, seed=0, backend="torch", device="cuda:1", num_threads=2)
     train = two_view_loader(jpeg_data, "train", train=True, **common)
     val = two_view_loader(jpeg_data, "val", train=False, **common)
