@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli.errors import user_errors
 from cli.help import App
-from cli.values import int_list
+from cli.values import int_list, view_pair
 from loaders.errors import UserError
 from loaders.output import check_output_file
 
@@ -167,9 +167,8 @@ def bench(
 def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch size."),
            threads: int = typer.Option(2, help="Loader threads (DALI threads / DataLoader workers)."),
            split: str = typer.Option("train", help="Split to read."),
-           views: Optional[tuple[int, int]] = typer.Option(None, help="The two view indices; default: the "
-                                                                      "data's default_views (0 6 for 12 views, 0 1 "
-                                                                      "for two)."),
+           views: Optional[str] = typer.Option(None, help="The two view indices like 0,6; default: the data's "
+                                                          "default_views (0,6 for 12 views, 0,1 for two)."),
            repeats: int = typer.Option(3, help="Timed repeats; the median is reported."),
            warmup_batches: int = typer.Option(2, help="Untimed batches before each repeat."),
            max_batches: Optional[int] = typer.Option(None, help="Timed batches per repeat (default: an epoch and "
@@ -185,7 +184,7 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
       mmtm bench loader --data demo/data --threads 2 --json
     """
     path = _save_path(save, "bench-loader.json")
-    r = _run_loader(data, batch_size, threads, split=split, views=views, repeats=repeats,
+    r = _run_loader(data, batch_size, threads, split=split, views=view_pair(views), repeats=repeats,
                     warmup_batches=warmup_batches, max_batches=max_batches, device=device,
                     source_workers=source_workers)
     r["machine"] = _machine()

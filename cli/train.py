@@ -7,19 +7,8 @@ from typing import Optional
 import typer
 
 from cli.errors import user_errors
+from cli.values import view_pair
 from loaders.errors import UserError
-
-
-def _views(text: Optional[str]) -> Optional[tuple[int, int]]:
-    if text is None:
-        return None
-    try:
-        views = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"--views takes two view indices like 0,6, got {text!r}") from None
-    if len(views) != 2:
-        raise UserError(f"--views takes two view indices like 0,6, got {text!r}")
-    return views  # type: ignore[return-value]
 
 
 @user_errors
@@ -133,7 +122,7 @@ def train(
         config = run_config  # a resumed run keeps its own settings unless flags override them
     cfg = cfgmod.resolve(
         preset, config, data=str(data.resolve()) if data else None, out=str(out), policy=policy,
-        views=_views(views), single_view_on=single_view,
+        views=view_pair(views), single_view_on=single_view,
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, width=width, alpha=alpha,
         rebalance_steps=rebalance_steps, warmup_epochs=warmup_epochs, rebalance_params=rebalance_params,
         speed_window=speed_window, speed_signal=speed_signal, speed_from_epoch=speed_from_epoch,

@@ -1,0 +1,40 @@
+"""One spelling per idea across commands: integer lists take ranges everywhere, a view pair is `0,6` everywhere."""
+import json
+
+import pytest
+
+from cli.values import int_list, view_pair
+from helpers import invoke
+from loaders.errors import UserError
+
+
+def test_integer_lists_take_ranges_and_single_values():
+    assert int_list("0-3,7", "--seeds") == [0, 1, 2, 3, 7]
+    assert int_list("0-9", "--seeds") == list(range(10))
+    assert int_list("8,64", "--batch-size", least=2) == [8, 64]
+    for bad in ("3-1", "0-2,1", "a-b", "-1", "1--2", ""):
+        with pytest.raises(UserError):
+            int_list(bad, "--seeds")
+
+
+def test_compare_takes_a_seed_range(synthetic_data, tmp_path):
+    """`--seeds 0-1` means seeds 0 and 1 (the check stops at the unknown policy, before anything is trained)."""
+    r = invoke("compare", "--data", synthetic_data, "--out", tmp_path / "c", "--seeds", "0-1", "--policies", "nope")
+    assert r.exit_code == 2 and "seeds" not in r.output and "nope" in r.output, r.output
+    r = invoke("compare", "--data", synthetic_data, "--out", tmp_path / "c", "--seeds", "1-0")
+    assert r.exit_code == 2 and "--seeds" in r.output and "0-9" in r.output, r.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_train_and_bench_loader_spell_a_view_pair_alike(make_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr("mmtm.bench.loader._MIN_SECONDS", 0.01)
+    data = make_dataset(tmp_path, size=16)
+    r = invoke("bench", "loader", "--data", data, "--views", "0,6", "--batch-size", 2, "--threads", 1,
+               "--repeats", 1, "--warmup-batches", 0, "--max-batches", 1, "--device", "cpu", "--json",
+               "--save", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b.json").read_text())["config"]["views"] == [0, 6]
+    for command in (["bench", "loader", "--data", data], ["train", "--data", data, "--out", tmp_path / "r"]):
+        r = invoke(*command, "--views", "0;6")
+        assert r.exit_code == 2 and r.output.strip() == "error: --views takes two view indices like 0,6, got '0;6'"
+    assert view_pair(None) is None
