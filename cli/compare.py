@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -101,7 +102,7 @@ def compare(
     device_list = int_list(devices, "--devices") if devices else None
     _check_together(jobs, launcher, device_list, device)
     axes = parse_axes(set_ or [])
-    with _Progress() as progress, _sigterm_as_interrupt():
+    with _Progress() as progress, _sigterm_as_interrupt(), _interrupt_hint():
         path = run_comparison(
             str(data), out, seeds=seed_list, policies=policy_list, preset=preset,
             config_file=str(config) if config else None, axes=axes, baselines=baselines,
@@ -139,6 +140,17 @@ def _most_processes() -> int:
     except (OSError, ValueError):
         pid_max = 2 ** 22  # Linux's largest
     return pid_max if soft == resource.RLIM_INFINITY else min(soft, pid_max)
+
+
+@contextlib.contextmanager
+def _interrupt_hint():
+    """Ctrl-C (or SIGTERM) says how to go on: the same command keeps the runs that have their evidence."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to finish; runs with their evidence are kept, the others "
+              "resume from their last.pt", file=sys.stderr)
+        raise typer.Exit(130) from None
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """`mmtm train`: vanilla, --balanced or --random training of the two-view MMTM network."""
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Optional
 
@@ -137,7 +139,13 @@ def train(
         precise_bn=precise_bn)
     if not cfg.data:
         raise UserError("--data is required (a folder made by `mmtm prep`)")
-    row = fit(cfg, resume=resume)
+    try:
+        row = fit(cfg, resume=resume)
+    except KeyboardInterrupt:
+        last = RunFolder(cfg.out).last
+        print(f"interrupted: continue with `mmtm train --out {cfg.out} --resume`" if last.is_file() else
+              "interrupted before the first epoch ended: nothing to resume; start the run again", file=sys.stderr)
+        raise typer.Exit(130) from None
     if row:
         d_speed = "—" if cfg.single_view is not None else f"{row['d_speed']:+.4f}"  # one branch: no d_speed
         typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_speed {d_speed}")

@@ -56,6 +56,11 @@ class TrainProgress:
     def _head(self, row: dict, head: int) -> str:
         return f"m{head} {row[f'val_acc_m{head}']:.3f}" if head in self.heads else f"m{head} —"
 
+    def note(self, text: str) -> None:
+        """One line about the run as a whole (where a resume starts, a run already complete), on stderr."""
+        if self.enabled:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
     def end_epoch(self, row: dict) -> None:
         if not self.enabled:
             return

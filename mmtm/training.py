@@ -371,6 +371,16 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: TrainProgress | Non
         return _fit(cfg, run, resume=resume, progress=progress)
 
 
+def _resume_note(run: RunFolder, t: Trainer, cfg: TrainConfig) -> str:
+    """Where a resumed run goes on from, or that it has nothing left to train."""
+    if cfg.early_stop_epochs and t.full_acc_epochs >= cfg.early_stop_epochs:
+        return (f"note: {run.root} is complete: it stopped early after epoch {t.epoch - 1} ({cfg.early_stop_epochs} "
+                "epochs at 100% train accuracy); nothing to train")
+    if t.epoch >= cfg.epochs:
+        return f"note: {run.root} is complete: all {cfg.epochs} epochs are trained; nothing to train"
+    return f"note: resuming {run.root} from {run.last.name} after epoch {t.epoch - 1} ({t.epoch} of {cfg.epochs} done)"
+
+
 def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgress | None) -> dict:
     if cfg.cpu_threads is not None:  # on the CPU the results depend on it, so a run fixes it
         torch.set_num_threads(cfg.cpu_threads)
@@ -417,6 +427,8 @@ def _fit(cfg: TrainConfig, run: RunFolder, *, resume: bool, progress: TrainProgr
     context = EpochContext(t.net, t.compute, ddp, loader)
     progress = progress or TrainProgress(enabled=ddp.main, total_epochs=cfg.epochs, single_view=cfg.single_view)
     tb = TensorBoardLog(run.tb, enabled=ddp.main, purge_step=t.step if ckpt else None, hparams=to_dict(cfg))
+    if ckpt:
+        progress.note(_resume_note(run, t, cfg))
 
     row: dict = {}
     with progress:

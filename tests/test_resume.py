@@ -196,3 +196,30 @@ def test_training_a_run_folder_another_process_trains_is_refused(synthetic_data,
         holder.wait()
     assert invoke("train", "--data", synthetic_data, "--out", run, "--resume").exit_code == 0
     assert not (run / ".run.lock").exists()
+
+
+def test_an_interrupted_run_says_how_to_continue_and_the_resume_says_from_where(synthetic_data, tmp_path, monkeypatch):
+    """Ctrl-C after the first epoch's checkpoint names the command that continues; --resume says from which epoch,
+    and once the run is complete says there is nothing to train."""
+    from helpers import TINY
+    from mmtm.progress import TrainProgress
+
+    end_epoch = TrainProgress.end_epoch
+
+    def ctrl_c_after_epoch_0(self, row):
+        end_epoch(self, row)
+        if row["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    flags = ["--data", synthetic_data, "--out", run, *TINY, "--epochs", 2, "--max-steps-per-epoch", 2]
+    monkeypatch.setattr(TrainProgress, "end_epoch", ctrl_c_after_epoch_0)
+    r = invoke("train", *flags)
+    monkeypatch.undo()
+    assert r.exit_code == 130 and f"interrupted: continue with `mmtm train --out {run} --resume`" in r.output, r.output
+    r = invoke("train", *flags, "--resume")
+    assert r.exit_code == 0 and f"note: resuming {run} from last.pt after epoch 0 (1 of 2 done)" in r.output, r.output
+    assert [row["epoch"] for row in read_csv(run / "epochs.csv")] == ["0", "1"]
+    r = invoke("train", *flags, "--resume")
+    assert r.exit_code == 0, r.output
+    assert f"note: {run} is complete: all 2 epochs are trained; nothing to train" in r.output, r.output
