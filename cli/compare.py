@@ -172,14 +172,24 @@ def _sigterm_as_interrupt():
 
 class _Progress:
     """The sweep as a whole (runs done / total, time left) and each running job (epoch it is at). The bar starts at
-    the first update, so input refused before any run starts leaves the error line alone on the terminal."""
+    the first update, so input refused before any run starts leaves the error line alone on the terminal. When
+    stdout is not a terminal (CI, tee, Slurm, nohup) it prints one line per run that ends instead."""
 
     def __enter__(self):
+        import sys
+        import time
+
         self.bar = None
         self.jobs: dict[str, int] = {}
+        self.piped = not sys.stdout.isatty()
+        self.clock = time.monotonic
+        self.running: dict[str, tuple] = {}  # piped: name -> (spec, when it was first seen running)
         return self
 
     def update(self, running, done: int, total: int) -> None:
+        if self.piped:
+            self._lines(running, done, total)
+            return
         import csv
 
         if self.bar is None:
@@ -204,6 +214,19 @@ class _Progress:
             if name not in self.jobs:
                 self.jobs[name] = self.bar.add_task(f"  {name} (epochs)", total=spec.config["epochs"])
             self.bar.update(self.jobs[name], completed=epochs_done)
+
+    def _lines(self, running, done: int, total: int) -> None:
+        """One plain line per run that left the running set: finished with its evidence, or failed with its log."""
+        from mmtm.sweep import is_done
+
+        now, names = self.clock(), {s.name for s in running}
+        for name in list(self.running):
+            if name not in names:
+                spec, since = self.running.pop(name)
+                state = "done" if is_done(spec) else "failed (its job.log says why)"
+                print(f"[{done}/{total}] {name} {state} after {now - since:.0f} s", flush=True)
+        for spec in running:
+            self.running.setdefault(spec.name, (spec, now))
 
     def __exit__(self, *exc):
         if self.bar is not None:

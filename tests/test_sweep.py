@@ -3,6 +3,7 @@ unfinished, and Slurm through submitit against stand-in sbatch/sacct/srun (the r
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,10 @@ def test_two_jobs_give_the_results_of_one_job_at_a_time(data, tmp_path, figures_
     for jobs in (1, 2):
         r = invoke(*compare_args(data, tmp_path / f"jobs{jobs}", cfg, "--jobs", str(jobs)))
         assert r.exit_code == 0, r.output
+        # not a terminal: one line per run as it ends
+        ended = [line for line in r.output.splitlines() if line.startswith("[")]
+        assert sorted(re.sub(r"^\[\d/2\] | after \d+ s$", "", line) for line in ended) == \
+            ["balanced-s0 done", "vanilla-s0 done"], r.output
     for run in ("vanilla-s0", "balanced-s0"):
         assert results(tmp_path / "jobs1" / run) == results(tmp_path / "jobs2" / run), run
     one, two = (json.loads((tmp_path / f"jobs{j}" / "sweep.json").read_text()) for j in (1, 2))
