@@ -102,33 +102,33 @@ def plot_d_speed(runs: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _figure_legend(fig) -> None:
-    """One legend above the panels for every label any of them draws (none covers a curve)."""
+def _figure_legend(fig, where: str = "outside upper center", columns: int | None = None) -> None:
+    """One legend outside the panels for every label any of them draws (none covers a curve)."""
     handles = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="outside upper center", ncol=len(handles), frameon=False)
+    fig.legend(handles.values(), handles.keys(), loc=where, ncol=columns or len(handles), frameon=False)
 
 
 @styled
 def plot_d_speed_by_regular_steps(runs: list[dict], path: Path) -> Path:
     """Cumulative d_speed against the number of regular steps it rests on, every run on one axis: at equal x the
     runs are compared on equal evidence."""
-    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 3))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 3.2), layout="constrained")
     for i, run in enumerate(runs):
         d = np.array([np.nan if v is None else v for v in run["summary"]["d_speed_by_regular_step"]], dtype=float)
         ax.plot(np.arange(1, len(d) + 1), d, lw=1, color=f"C{i % 10}", label=run["name"])
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("regular steps so far")
     ax.set_ylabel(f"cumulative {D_SPEED}")
-    _legend(ax, ncol=2)
+    _figure_legend(fig, where="outside lower center", columns=4)
     return _save(fig, path)
 
 
 @styled
 def plot_speeds(runs: list[dict], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 3))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 3.4), layout="constrained")
     for i, run in enumerate(runs):
         x = _trace(run, "step")
         color = f"C{i % 10}"
@@ -136,7 +136,7 @@ def plot_speeds(runs: list[dict], path: Path) -> Path:
         ax.plot(x, _trace(run, "s_m0_m1"), color=color, lw=1, ls="--", label=f"{run['name']}: s(m0|m1)")
     ax.set_xlabel("training step")
     ax.set_ylabel("conditional learning speed (log10)")
-    _legend(ax, ncol=2)
+    _figure_legend(fig, where="outside lower center", columns=4)
     return _save(fig, path)
 
 
