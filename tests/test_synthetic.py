@@ -96,3 +96,51 @@ def test_both_variants_are_reproducible_byte_for_byte_and_recorded(tmp_path, var
     meta = open_dataset(tmp_path / "a").meta
     assert meta["synthetic"]["views_differ"] == variant
     assert meta["view_accuracy_limits"] == synthetic.view_accuracy_limits(variant, 3)
+
+
+@pytest.mark.parametrize("cls", [1, 3])
+def test_the_rear_view_shows_nothing_of_the_front_mark(monkeypatch, cls):
+    """`information`: given the rear glyph, view 6 must not depend on the front mark. Odd classes' glyphs are
+    never a rear glyph, so swapping one for another glyph changes the front alone: view 6 must stay pixel for
+    pixel the same (the renderer scales each mesh by its extent, which a front mark must not set)."""
+    from loaders.prep.render import Renderer
+
+    renderer = Renderer(32)
+    try:
+        names = synthetic.class_names(10)
+        for obj in (1, 2, 3):
+            before = renderer.render(*synthetic.make_mesh(cls, 10, obj, seed=10))
+            for other in (5, 7):
+                with monkeypatch.context() as m:
+                    m.setitem(synthetic.GLYPHS, names[cls], synthetic.GLYPHS[names[other]])
+                    after = renderer.render(*synthetic.make_mesh(cls, 10, obj, seed=10))
+                assert (before[0] != after[0]).any()        # the front did change
+                assert np.array_equal(before[6], after[6])  # the rear did not
+    finally:
+        renderer.release()
+
+
+def test_best_view_accuracy_is_the_best_rule_of_each_views_marks():
+    names = synthetic.class_names(10)
+    objects = [(c, o) for c in range(10) for o in range(1, 21)]
+    best = synthetic.best_view_accuracy("information", 10, objects, seed=10)
+    # Brute force from the marks drawn on the meshes: the best class for each rear glyph, counted.
+    by_rear: dict[str, list[int]] = {}
+    for c, o in objects:
+        by_rear.setdefault(synthetic.marks(c, 10, o, seed=10)[1], []).append(c)
+    expected = sum(max(cs.count(c) for c in set(cs)) for cs in by_rear.values()) / len(objects)
+    assert best["6"] == pytest.approx(expected)
+    assert abs(best["6"] - synthetic.view_accuracy_limits("information", 10)["6"]) < 0.1  # near the design's 0.40
+    assert best["0"] == 1.0 and best["3"] is None
+    assert synthetic.best_view_accuracy("ease", 10, objects, seed=10)["6"] == 1.0
+    assert {synthetic.marks(c, 10, 1, seed=10)[0] for c in range(10)} == set(names)
+
+
+def test_dataset_json_records_each_splits_best_view_accuracy(tmp_path):
+    prepare_synthetic(tmp_path / "d", seed=3, workers=1, **(TINY | {"classes": 4, "per_class": 10}))
+    ds = open_dataset(tmp_path / "d")
+    best = ds.meta["best_view_accuracy"]
+    assert set(best) == {"train", "val", "test"}
+    for split, recorded in best.items():
+        objects = [(synthetic.class_names(4).index(r.cls), int(r.object.rsplit("_", 1)[1])) for r in ds.rows(split)]
+        assert recorded == synthetic.best_view_accuracy("information", 4, objects, seed=3)
