@@ -10,8 +10,8 @@ it twice:
     sometimes wrong: its best attainable accuracy is about 0.40 with 10 classes (`view_accuracy_limits`; on a
     finite split, `best_view_accuracy`), while view 0 alone can reach 1. The views differ in how much they say.
     The renderer scales and centres each mesh by its extent, so a front mark that stood out further would
-    shrink or shift the whole object in view 6 as well: eight invisible anchor vertices (`ANCHOR_MARGIN`) fix the
-    extent from the body alone, and view 6 shows nothing of the front mark.
+    shrink or shift the whole object in view 6 as well: eight invisible anchor vertices around the marks (`ANCHOR_*`)
+    fix the extent from the body alone, and view 6 shows nothing of the front mark.
   - `ease`: the class's own glyph, every time, so view 6 alone can reach 1 like view 0; but it is harder to learn:
     smaller (`EASE_REAR_SCALE` of the face against the front's `FRONT_SCALE`), in lower relief, placed more loosely,
     among `EASE_CLUTTER` class-independent distractor studs. The views say the same; they differ in how easily
@@ -36,9 +36,14 @@ FRONT_SCALE = 0.9    # glyph size relative to the smaller side of the front face
 TILT_DEG = 40.0
 REAR_SCALE = 0.65
 VARIANTS = ("information", "ease")
-# `information`: how far the anchors lie beyond the body, per axis (x, y, z), in units of the mark size: beyond the
-# farthest any mark reaches (measured: 0.51 in front, 0.40 behind, 0.07 below; `_anchored` checks it).
-ANCHOR_MARGIN = (0.1, 0.6, 0.1)
+# `information`: the box whose corners anchor the renderer's extent: across the face ±ANCHOR_WIDTH of the markable
+# width, out from the front and rear faces ANCHOR_FRONT and ANCHOR_REAR of the mark size, ANCHOR_HEIGHT of it below
+# and above the markable region: the most any glyph reaches at the extreme draws of scale, depth and placement, so
+# every mark lies inside (`_anchored` checks it). The objects are drawn about a fifth smaller than without anchors.
+ANCHOR_WIDTH = 0.57
+ANCHOR_FRONT = 0.54
+ANCHOR_REAR = 0.42
+ANCHOR_HEIGHT = 0.22
 # The `ease` rear mark: smaller, shallower and looser than the front one, among distractor studs.
 EASE_REAR_SCALE = 0.7
 EASE_RELIEF = 0.8      # its relief depth relative to a normal mark's
@@ -156,7 +161,7 @@ def _make(class_index: int, classes: int, object_index: int, seed: int, views_di
         raise ValueError(f"views_differ must be one of {', '.join(VARIANTS)}, not {views_differ!r}")
     rng = np.random.default_rng([seed, class_index, object_index] + ([] if views_differ == "information" else [1]))
     parts, front_y, rear_y, face_width, face_bottom, face_top = _body(rng)
-    body = np.min([p.bounds[0] for p in parts], axis=0), np.max([p.bounds[1] for p in parts], axis=0)
+    body_vertices = sum(len(p.vertices) for p in parts)
     size = min(face_width, face_top - face_bottom)
     centre_v = (face_bottom + face_top) / 2
 
@@ -181,7 +186,9 @@ def _make(class_index: int, classes: int, object_index: int, seed: int, views_di
 
     mesh = trimesh.util.concatenate(parts)
     if views_differ == "information":
-        mesh = _anchored(mesh, *body, size)
+        half = ANCHOR_WIDTH * face_width
+        mesh = _anchored(mesh, np.array([-half, front_y - ANCHOR_FRONT * size, face_bottom - ANCHOR_HEIGHT * size]),
+                         np.array([half, rear_y + ANCHOR_REAR * size, face_top + ANCHOR_HEIGHT * size]), body_vertices)
     yaw = np.radians(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG))
     mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 0, 1]))
     return mesh, (front, rear)
@@ -217,15 +224,15 @@ def _body(rng: np.random.Generator) -> tuple[list, float, float, float, float, f
     return parts, -half_depth, half_depth, face_width * 0.9, -height / 2 + 0.05, height / 2 - 0.2
 
 
-def _anchored(mesh, body_low: np.ndarray, body_high: np.ndarray, size: float):
-    """`mesh` plus the 8 corners of the body's box grown by ANCHOR_MARGIN·size, each as a zero-area face: nothing
-    is drawn, but the renderer's extent (and so its scale and centre) becomes the body's, whatever the marks."""
+def _anchored(mesh, low: np.ndarray, high: np.ndarray, body_vertices: int):
+    """`mesh` plus the 8 corners of the box low..high, each as a zero-area face: nothing is drawn, but as the box
+    holds every mark, the renderer's extent (and so its scale and centre) comes from the body and the box alone,
+    whatever the marks. The marks are the vertices after the first `body_vertices`; one outside the box is refused."""
     import trimesh
 
-    margin = np.asarray(ANCHOR_MARGIN) * size
-    low, high = body_low - margin, body_high + margin
-    if (mesh.bounds[0] < low).any() or (mesh.bounds[1] > high).any():
-        raise ValueError("a mark reaches beyond the anchors; ANCHOR_MARGIN is too small")
+    marks = mesh.vertices[body_vertices:]
+    if (marks < low).any() or (marks > high).any():
+        raise ValueError("a mark reaches outside the anchor box; raise the ANCHOR_* constants")
     corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
     n = len(mesh.vertices)
     return trimesh.Trimesh(np.vstack([mesh.vertices, corners]),
