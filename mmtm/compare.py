@@ -51,7 +51,7 @@ IMBALANCE = ("d_util", "d_util_last", "u_m1_given_m0", "u_m0_given_m1", "d_util_
 PAIRED = (("acc", "acc", False), ("acc_last", "acc_last", False), ("|d_util|", "d_util", True),
           ("|d_util_last|", "d_util_last", True), ("|d_speed_equal|", "d_speed_equal", True),
           ("|d_speed_stage|", "d_speed_stage", True))
-# The comparison the balanced algorithm stands or falls by, named before any data: (policy, reference, measure).
+# The comparison the paper's claim stands or falls by, fixed for every comparison: (policy, reference, measure).
 PRIMARY = ("balanced", "vanilla", "|d_util|")
 MCNEMAR_LEVEL = 0.05
 MCNEMAR_COLUMN = "McNemar (acc): A/B better"
@@ -419,9 +419,10 @@ def render(doc: dict) -> str:
         + "\n## Imbalance\n\n"
         + markdown_table(_described_cells(doc["imbalance"], IMBALANCE), [*cols, "policy", "seeds", *IMBALANCE])
         + (("\n## Paired differences (same seed)\n\n"
-            + (f"Primary comparison, named before any data: {main['comparison']} in {main['measure']} (best.pt)"
-               + (f" in cell {main['cell']}" if main["cell"] else "") + f": {stats.fmt_paired(main)}. Every other "
-               "test here is exploratory.\n\n" if main else "")
+            + (f"Primary comparison (the paper's claim; mmtm fixes it for every comparison): {main['comparison']} "
+               f"in {main['measure']} (best.pt)" + (f" in cell {main['cell']}" if main["cell"] else "")
+               + f": {stats.fmt_paired(main)}. Its raw p is the confirmatory test; every other test here is "
+               "exploratory, judged by its Holm p.\n\n" if main else "")
             + "Per seed, policy − reference (within a cell; across cells, a policy against itself in the first cell): "
             "mean [95% t-interval] p (sign-flip permutation test: exact over all 2^n sign patterns up to "
             f"{stats.EXACT_SIGN_FLIPS} seeds, Monte Carlo beyond; — for one seed) (Holm: adjusted over this table's "
