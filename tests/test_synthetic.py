@@ -144,3 +144,14 @@ def test_dataset_json_records_each_splits_best_view_accuracy(tmp_path):
     for split, recorded in best.items():
         objects = [(synthetic.class_names(4).index(r.cls), int(r.object.rsplit("_", 1)[1])) for r in ds.rows(split)]
         assert recorded == synthetic.best_view_accuracy("information", 4, objects, seed=3)
+
+
+def test_the_anchors_hold_every_mark_and_only_the_information_variant_has_them(monkeypatch):
+    vertices, faces = synthetic.make_mesh(3, 10, 1, seed=10)
+    degenerate = (faces[:, 0] == faces[:, 1]) & (faces[:, 1] == faces[:, 2])
+    assert degenerate.sum() == 8 and set(faces[degenerate, 0]) == set(range(len(vertices) - 8, len(vertices)))
+    _, ease_faces = synthetic.make_mesh(3, 10, 1, seed=10, views_differ="ease")
+    assert not ((ease_faces[:, 0] == ease_faces[:, 1]) & (ease_faces[:, 1] == ease_faces[:, 2])).any()
+    monkeypatch.setattr(synthetic, "ANCHOR_FRONT", 0.05)  # a box the front mark sticks out of: refused
+    with pytest.raises(ValueError, match="anchor box"):
+        synthetic.make_mesh(3, 10, 1, seed=10)
