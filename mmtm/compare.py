@@ -9,9 +9,12 @@ data. The runs are launched by mmtm/sweep.py (here N at a time, or on Slurm); ea
 comparison byte for byte from committed evidence, without checkpoints.
 
 Statistics (mmtm/stats.py): per policy mean ± sample std and a 95% t-interval over seeds; per pair of policies the
-per-seed differences' mean, t-interval, exact sign-flip permutation p and how many seeds share the sign; McNemar's
-exact test per seed on the test objects; per run, a bootstrap interval over its test objects; across runs, the
-rank correlation of d_speed with d_util. Both checkpoints (best.pt, last.pt) are reported side by side.
+per-seed differences' mean, t-interval, sign-flip permutation p, its Holm adjustment over the whole paired table,
+and how many seeds share the sign, with PRIMARY named as the one confirmatory test; McNemar's exact test per seed on
+the test objects, counted by direction; per run, Wilson and bootstrap intervals over its test objects; the rank
+correlation of d_speed with d_util within each policy, stratified by policy, and across all runs. Both checkpoints
+(best.pt, last.pt) are reported side by side. comparison.json holds the numbers (docs/comparison-schema.md);
+comparison.md is rendered from it.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from loaders.atomic import atomic_write_text, hold, release
 from loaders.dataset import SPLITS, DatasetError, data_digest, open_dataset
 from loaders.errors import UserError
@@ -34,8 +39,8 @@ from mmtm import evidence, plots, stats
 from mmtm.config import TrainConfig, as_field_type, resolve, to_dict
 from mmtm.environment import facts
 from mmtm.registry import POLICIES
-from mmtm.report import (BASELINES, PROXY_COLUMNS, cell_label, kind, markdown_table, proxy_table, summary_rows,
-                         write_plots)
+from mmtm.report import (BASELINES, PROXY_COLUMNS, PROXY_NOTE, cell_label, kind, markdown_table, proxy_cells,
+                         proxy_table, summary_rows, view_best, write_plots)
 from mmtm.run import RunFolder
 from mmtm.sweep import (RunSpec, changes, check_launcher, is_done, job_log, launch_local, launch_slurm, mps_note,
                         thread_share)
@@ -55,6 +60,11 @@ IMBALANCE = ("d_util", "d_util_last", "u_m1_given_m0", "u_m0_given_m1", "d_util_
 PAIRED = (("acc", "acc", False), ("acc_last", "acc_last", False), ("|d_util|", "d_util", True),
           ("|d_util_last|", "d_util_last", True), ("|d_speed_equal|", "d_speed_equal", True),
           ("|d_speed_stage|", "d_speed_stage", True))
+# The comparison the paper's claim stands or falls by, fixed for every comparison: (policy, reference, measure).
+PRIMARY = ("balanced", "vanilla", "|d_util|")
+MCNEMAR_LEVEL = 0.05
+MCNEMAR_COLUMN = "McNemar (acc): A/B better"
+SCHEMA_VERSION = 1  # of comparison.json; docs/comparison-schema.md
 
 
 # ------------------------------------------------------------------------------------------------------ the grid
@@ -324,33 +334,35 @@ def canonical(rows: list[dict]) -> list[dict]:
 
 
 def aggregate(rows: list[dict], metrics: tuple[str, ...]) -> list[dict]:
-    """Per (cell, policy): seeds, and `mean ± std [95% t-interval]` of each metric."""
+    """Per (cell, policy): seeds, and per metric `stats.describe` over seeds (n, mean, sd, t-interval)."""
     table = []
     for cell, policy in dict.fromkeys((r["cell"], r["policy"]) for r in rows):
         sel = [r for r in rows if (r["cell"], r["policy"]) == (cell, policy)]
         table.append({"cell": cell, "policy": policy, "seeds": len(sel),
-                      **{m: stats.fmt_mean_std_ci([r[m] for r in sel]) for m in metrics}})
+                      **{m: stats.describe([r[m] for r in sel]) for m in metrics}})
     return table
 
 
-def _paired_row(objects: dict, mine: list[dict], theirs: list[dict], cell: str, label: str) -> dict:
-    """One row of the paired table: runs `mine` against `theirs`, seed by seed."""
+def _paired_row(objects: dict, mine: list[dict], theirs: list[dict], cell: str, policy: str, reference: str,
+                label: str) -> dict:
+    """One row of the paired table: runs `mine` against `theirs`, seed by seed (Holm's p added by paired_table)."""
     def by_seed(sel: list[dict], key: str, magnitude: bool) -> dict[int, float]:
         return {r["seed"]: abs(r[key]) if magnitude else r[key] for r in sel}
 
     a, b = {r["seed"]: r for r in mine}, {r["seed"]: r for r in theirs}
-    ps = [stats.mcnemar_p([int(c) for c in objects[(a[s]["cell"], a[s]["run"])]],
-                          [int(c) for c in objects[(b[s]["cell"], b[s]["run"])]]) for s in sorted(set(a) & set(b))]
-    return {"cell": cell, "comparison": label,
-            **{name: stats.fmt_paired(stats.paired(by_seed(mine, key, mag), by_seed(theirs, key, mag)))
-               for name, key, mag in PAIRED},
-            "McNemar p<0.05 (acc)": f"{sum(p < 0.05 for p in ps)}/{len(ps)}"}
+    tests = [stats.mcnemar([int(c) for c in objects[(a[s]["cell"], a[s]["run"])]],
+                           [int(c) for c in objects[(b[s]["cell"], b[s]["run"])]]) for s in sorted(set(a) & set(b))]
+    significant = [t for t in tests if t["p"] < MCNEMAR_LEVEL]
+    return {"cell": cell, "comparison": label, "policy": policy, "reference": reference,
+            **{name: stats.paired(by_seed(mine, key, mag), by_seed(theirs, key, mag)) for name, key, mag in PAIRED},
+            "mcnemar": {"a_better": sum(t["only_a"] > t["only_b"] for t in significant),
+                        "b_better": sum(t["only_b"] > t["only_a"] for t in significant), "n": len(tests)}}
 
 
 def paired_table(rows: list[dict], objects: dict[str, str]) -> list[dict]:
-    """Seed-by-seed differences of each PAIRED measure, with how many seeds McNemar's test on the test objects
-    (best.pt) finds a difference at p < 0.05: within each cell, every policy against each reference it is not;
-    across cells, each policy in every cell against itself in the first cell."""
+    """Seed-by-seed differences of each PAIRED measure, and per seed McNemar's test on the test objects (best.pt):
+    within each cell, every policy against each reference it is not; across cells, each policy in every cell
+    against itself in the first cell. Every p-value of the table is one family for Holm's adjustment (`p_holm`)."""
     table = []
     two_view = [r for r in rows if r["policy"] not in BASELINES]
     cells_in_order = list(dict.fromkeys(r["cell"] for r in two_view))
@@ -362,39 +374,54 @@ def paired_table(rows: list[dict], objects: dict[str, str]) -> list[dict]:
                 if policy == ref or (ref == "balanced" and policy == "vanilla"):
                     continue
                 table.append(_paired_row(objects, [r for r in in_cell if r["policy"] == policy],
-                                         [r for r in in_cell if r["policy"] == ref], cell, f"{policy} − {ref}"))
+                                         [r for r in in_cell if r["policy"] == ref], cell, policy, ref,
+                                         f"{policy} − {ref}"))
     first = cells_in_order[0] if cells_in_order else ""
     for cell in cells_in_order[1:]:
         for policy in dict.fromkeys(r["policy"] for r in two_view if r["cell"] == cell):
             base = [r for r in two_view if r["cell"] == first and r["policy"] == policy]
             if base:
                 table.append(_paired_row(objects, [r for r in two_view if r["cell"] == cell
-                                                         and r["policy"] == policy], base, cell,
+                                                         and r["policy"] == policy], base, cell, policy, policy,
                                          f"{policy}: {cell} − {first}"))
+    tests = [(row, label) for row in table for label, _, _ in PAIRED]
+    for (row, label), adjusted in zip(tests, stats.holm([row[label]["p"] for row, label in tests])):
+        row[label]["p_holm"] = adjusted
     return table
 
 
-def baseline_table(rows: list[dict]) -> list[dict]:
-    """Per cell and view: the single-view runs' test accuracy and epochs to reach 90% of it."""
+def primary(paired: list[dict]) -> dict | None:
+    """The PRIMARY comparison's row and measure in the first cell, if the comparison has it."""
+    policy, reference, measure = PRIMARY
+    row = next((r for r in paired if (r["policy"], r["reference"]) == (policy, reference)), None)
+    return None if row is None else {"cell": row["cell"], "comparison": row["comparison"], "measure": measure,
+                                     "checkpoint": "best.pt", **row[measure]}
+
+
+def baseline_table(rows: list[dict], best: list | None, views: list[int]) -> list[dict]:
+    """Per cell and view: the single-view runs' test accuracy and epochs to reach 90% of it, beside the best
+    classifier of that view's mark on the test objects (`best`, the run's views' in order; None if not recorded)."""
     table = []
     for cell, kind in dict.fromkeys((r["cell"], r["policy"]) for r in rows if r["policy"] in BASELINES):
         sel = [r for r in rows if (r["cell"], r["policy"]) == (cell, kind)]
-        table.append({"cell": cell, "view alone": kind, "seeds": len(sel),
-                      "acc": stats.fmt_mean_std_ci([r["acc"] for r in sel]),
-                      "acc_last": stats.fmt_mean_std_ci([r["acc_last"] for r in sel]),
-                      "epochs to 90% of acc": stats.fmt_mean_std_ci([r["epochs_to_90"] for r in sel], digits=1)})
+        slot = BASELINES.index(kind)
+        table.append({"cell": cell, "view alone": kind, "view": views[slot], "seeds": len(sel),
+                      "best_view_accuracy": best[slot] if best else None,
+                      "acc": stats.describe([r["acc"] for r in sel]),
+                      "acc_last": stats.describe([r["acc_last"] for r in sel]),
+                      "epochs_to_90": stats.describe([r["epochs_to_90"] for r in sel])})
     return table
 
 
 def cost_table(rows: list[dict]) -> list[dict]:
-    """Training minutes per run by (cell, policy), and against vanilla's."""
+    """Training minutes per run by (cell, policy), and against vanilla's (None without vanilla)."""
     table = []
     for cell, policy in dict.fromkeys((r["cell"], r["policy"]) for r in rows):
         mine = [r["minutes"] for r in rows if (r["cell"], r["policy"]) == (cell, policy)]
         base = [r["minutes"] for r in rows if (r["cell"], r["policy"]) == (cell, "vanilla")]
         mean = sum(mine) / len(mine)
-        table.append({"cell": cell, "policy": policy, "minutes per run": f"{mean:.2f}",
-                      "× vanilla": f"{mean / (sum(base) / len(base)):.2f}" if base else "—"})
+        table.append({"cell": cell, "policy": policy, "minutes_per_run": mean,
+                      "x_vanilla": mean / (sum(base) / len(base)) if base else None})
     return table
 
 
@@ -431,8 +458,20 @@ def view_pair_table(rows: list[dict], configs: dict[str, dict]) -> list[dict]:
     return table
 
 
+def _json_ready(value):
+    """nan → None (JSON has no nan), tuples → lists, numpy numbers → Python's: what json.loads gives back."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
-    """comparison.md, comparison.json and the figures, from the runs' evidence alone."""
+    """comparison.json (numbers, docs/comparison-schema.md), the figures, and comparison.md rendered from that
+    JSON, all from the runs' evidence alone."""
     rows, n_equal, stage = summary_rows(runs)
     probed = any("probe_m0" in (run["cur"] or {}) for run in runs)
     for r, run in zip(rows, runs):
@@ -449,86 +488,128 @@ def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
     two_view = [r for r in rows if r["policy"] not in BASELINES]
     first = runs[0]
     seeds = sorted({r["seed"] for r in rows})
-    policies = list(dict.fromkeys(r["policy"] for r in rows))
     cell_names = list(dict.fromkeys(r["cell"] for r in rows))
-    dataset = first["summary"].get("dataset", {})
     figures = write_plots([run for run in runs if run["config"]["seed"] == seeds[0]
                            and cell_label(run) == cell_names[0]], [r for r in rows if r["cell"] == cell_names[0]], out)
     figures.append(plots.plot_cur_by_policy(two_view, out / "cur_by_policy.png"))
     if any("views=" in c for c in cell_names):
         figures.append(plots.plot_view_pairs(view_pair_table(rows, {f"{cell_label(r)}/{r['name']}": r["config"]
                                                                     for r in runs}), out / "view_pairs.png"))
-    accuracy = aggregate(rows, accuracy_columns)
-    imbalance = aggregate(two_view, IMBALANCE)
+    best = view_best(first)
     paired = paired_table(rows, objects)
-    proxy = proxy_table(rows)
-    baselines = baseline_table(rows)
-    cost = cost_table(rows)
+    doc = _json_ready({
+        "schema_version": SCHEMA_VERSION, "data": first["config"]["data"],
+        "dataset": first["summary"].get("dataset", {}),
+        "views": first["config"]["views"], "view_limits": first["summary"].get("view_limits"), "view_best": best,
+        "preset": first["summary"].get("preset"), "policies": list(dict.fromkeys(r["policy"] for r in rows)),
+        "seeds": seeds, "cells": cell_names, "equal_regular_steps": n_equal, "stage_epoch": stage + 1,
+        "accuracy": aggregate(rows, accuracy_columns),
+        "baselines": baseline_table(rows, best, first["config"]["views"]),
+        "imbalance": aggregate(two_view, IMBALANCE), "primary": primary(paired), "paired": paired,
+        "proxy": proxy_table(rows), "cost": cost_table(rows), "sweep": sweep,
+        "runs": [{k: v for k, v in r.items() if k != "run_id"} for r in rows], "figures": [p.name for p in figures],
+        **({"task_losses": losses} if len(losses) > 1 else {})})
+    atomic_write_text(out / "comparison.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out / "comparison.md", render(doc))
+    return out / "comparison.md"
+
+
+def _described_cells(table: list[dict], measures, digits: dict | None = None) -> list[dict]:
+    return [r | {m: stats.fmt_described(r[m], (digits or {}).get(m, 3)) for m in measures} for r in table]
+
+
+def render(doc: dict) -> str:
+    """comparison.md from comparison.json's content alone."""
+    dataset, views, cell_names = doc["dataset"], doc["views"], doc["cells"]
     synthetic = dataset.get("synthetic")
     what = (f"the built-in synthetic set (`{synthetic.get('views_differ', 'information')}` variant: "
             f"{dataset.get('classes')} classes, chance {1 / dataset['classes']:.2f}, {dataset.get('image_size')} px, "
             f"{dataset.get('counts', {}).get('test')} test objects)" if synthetic else
             f"`{dataset.get('source', 'unknown')}` data ({dataset.get('classes')} classes, "
             f"{dataset.get('counts', {}).get('test')} test objects)")
-    limits = first["summary"].get("view_limits")
+    limits, best = doc["view_limits"], doc["view_best"]
+    probed = any("probe_m0" in r for r in doc["runs"])
+    accuracy_columns = (*ACCURACY, *PROBE) if probed else ACCURACY
     cols = ["cell"] if any(cell_names) else []
-    text = (
+    paired, proxy = doc["paired"], doc["proxy"]
+    n_tests = sum(r[label]["p"] is not None for r in paired for label, _, _ in PAIRED)
+    main = doc["primary"]
+    baselines = [r | {"best classifier of its mark": stats.fmt_num(r["best_view_accuracy"])}
+                 for r in _described_cells(doc["baselines"], ("acc", "acc_last"))
+                 ] if doc["baselines"] else []
+    for shown, raw in zip(baselines, doc["baselines"]):
+        shown["epochs to 90% of acc"] = stats.fmt_described(raw["epochs_to_90"], 1)
+    paired_cells = [r | {label: stats.fmt_paired(r[label]) for label, _, _ in PAIRED}
+                    | {MCNEMAR_COLUMN: f"{r['mcnemar']['a_better']}/{r['mcnemar']['b_better']} of {r['mcnemar']['n']}"}
+                    for r in paired]
+    sweep = doc["sweep"]
+    return (
         "# mmtm comparison\n\n"
-        f"Data: {what}, `{first['config']['data']}`, views {first['config']['views']}. Preset "
-        f"`{first['summary'].get('preset')}`; policies {policies}; seeds {seeds}; {len(rows)} runs"
-        + (f"; grid cells {cell_names}" if any(cell_names) else "") + ". Test split. "
-        + (f"Attainable accuracy of each view alone, by the data's design: view {first['config']['views'][0]}: "
-           f"{limits[0]}, view {first['config']['views'][1]}: {limits[1]}. " if limits and None not in limits else "")
+        f"Data: {what}, `{doc['data']}`, views {views}. Preset `{doc['preset']}`; policies {doc['policies']}; seeds "
+        f"{doc['seeds']}; {len(doc['runs'])} runs" + (f"; grid cells {cell_names}" if any(cell_names) else "")
+        + ". Test split. "
+        + (f"Attainable accuracy of each view alone, by the data's design: view {views[0]}: {limits[0]}, view "
+           f"{views[1]}: {limits[1]}. " if limits and None not in limits else "")
+        + (f"The best classifier of each view's mark scores, on these test objects, view {views[0]}: "
+           f"{stats.fmt_num(best[0])}, view {views[1]}: {stats.fmt_num(best[1])}. "
+           if best and None not in best else "")
         + "`acc`, A(f0) = `acc_m0`, A(f1) = `acc_m1`, u(·|·), `d_util`: best-validation checkpoint (best.pt); "
         "`acc_last`, `d_util_last`: last checkpoint (last.pt). `d_util_floor`: how close to 0 |d_util| can get given "
-        "the views' attainable accuracy (0: no floor); `d_util_above_floor`: |d_util| − that floor, what a policy "
-        "could still close. d_speed (d_CLS), cumulative: `d_speed_equal` after "
-        f"{n_equal} regular steps in every run (the fewest any run made), `d_speed_stage` at the end of epoch "
-        f"{stage + 1} (half of training), `d_speed_final` after the last step.\n\n"
-        "Cells: mean ± sample std [95% t-interval, df = n − 1] over seeds; `[—]` for one seed.\n\n"
-        "## Accuracy\n\n" + markdown_table(accuracy, [*cols, "policy", "seeds", *accuracy_columns])
-        + (f"\n**Head accuracies from different task losses**: {losses_note(losses)}. Under `fused` the heads ŷ0, ŷ1 "
-           "are not trained as classifiers (only their mean is), so A(f0), A(f1) do not compare across these "
-           "policies; the linear probes of `mmtm eval-cur --probe` (`probe_m0`, `probe_m1`) do.\n"
-           if len(losses) > 1 else "")
+        "this run's A(f1) and u(m1|m0) (and A(f0), u(m0|m1)), if a head with the cross-modal flow off scores no more "
+        "than the best classifier of its view's mark (0: no floor; — where the data records no such accuracy); "
+        "`d_util_above_floor`: |d_util| − that floor. d_speed (d_CLS), cumulative: `d_speed_equal` after "
+        f"{doc['equal_regular_steps']} regular steps in every run (the fewest any run made), `d_speed_stage` at the "
+        f"end of epoch {doc['stage_epoch']} (half of training), `d_speed_final` after the last step. Every number is "
+        "also in comparison.json (docs/comparison-schema.md).\n\n"
+        "Cells: mean ± sample std [95% t-interval, df = n − 1] over seeds; `[—]` for one seed or no spread.\n\n"
+        "## Accuracy\n\n"
+        + markdown_table(_described_cells(doc["accuracy"], accuracy_columns), [*cols, "policy", "seeds",
+                                                                              *accuracy_columns])
+        + (f"\n**Head accuracies from different task losses**: {losses_note(doc['task_losses'])}. Under `fused` the "
+           "heads ŷ0, ŷ1 are not trained as classifiers (only their mean is), so A(f0), A(f1) do not compare across "
+           "these policies; the linear probes of `mmtm eval-cur --probe` (`probe_m0`, `probe_m1`) do.\n"
+           if "task_losses" in doc else "")
         + (("\n## Each view alone (single-view baselines)\n\nThe same ResNet-18 branch trained on one view with the "
             "same protocol: the accuracy each view can give on this data, against which A(f0) and A(f1) above are "
-            "judged. Epochs to 90%: the first epoch whose validation accuracy reached 90% of the run's test "
-            "accuracy.\n\n" + markdown_table(baselines, [*cols, "view alone", "seeds", "acc", "acc_last",
-                                                           "epochs to 90% of acc"])) if baselines else "")
-        + "\n## Imbalance\n\n" + markdown_table(imbalance, [*cols, "policy", "seeds", *IMBALANCE])
-        + (("\n## Paired differences (same seed)\n\nper seed, policy − reference (within a cell; across cells, a "
-            "policy against itself in the first cell): mean [95% t-interval] p (exact sign-flip permutation test "
-            "over all 2^n sign patterns) k/n (seeds sharing the sign of the mean). For |·| a negative difference "
-            "means more balanced than the reference. McNemar: seeds in which the two runs' test predictions "
-            "(best.pt) differ at p < 0.05.\n\n"
-            + markdown_table(paired, [*cols, "comparison", *(label for label, _, _ in PAIRED),
-                                      "McNemar p<0.05 (acc)"])) if paired else "")
-        + "\n## Does d_speed predict d_util?\n\nSpearman's rank correlation across all two-view runs (policies × "
-        "seeds), 95% Fisher-z interval (Bonett-Wright standard error).\n\n"
-        + markdown_table(proxy, [*cols, *PROXY_COLUMNS])
-        + "\n## Cost\n\n" + markdown_table(cost, [*cols, "policy", "minutes per run", "× vanilla"])
+            "judged, beside the best classifier of that view's mark on the test objects (— where the data does not "
+            "record it): a network above it sees more than the mark. Epochs to 90%: the first epoch whose "
+            "validation accuracy reached 90% of the run's test accuracy.\n\n"
+            + markdown_table(baselines, [*cols, "view alone", "seeds", "acc", "best classifier of its mark",
+                                         "acc_last", "epochs to 90% of acc"])) if baselines else "")
+        + "\n## Imbalance\n\n"
+        + markdown_table(_described_cells(doc["imbalance"], IMBALANCE), [*cols, "policy", "seeds", *IMBALANCE])
+        + (("\n## Paired differences (same seed)\n\n"
+            + (f"Primary comparison (the paper's claim; mmtm fixes it for every comparison): {main['comparison']} "
+               f"in {main['measure']} (best.pt)" + (f" in cell {main['cell']}" if main["cell"] else "")
+               + f": {stats.fmt_paired(main)}. Its raw p is the confirmatory test; every other test here is "
+               "exploratory, judged by its Holm p.\n\n" if main else "")
+            + "Per seed, policy − reference (within a cell; across cells, a policy against itself in the first cell): "
+            "mean [95% t-interval] p (sign-flip permutation test: exact over all 2^n sign patterns up to "
+            f"{stats.EXACT_SIGN_FLIPS} seeds, Monte Carlo beyond; — for one seed) (Holm: adjusted over this table's "
+            f"{n_tests} tests, every row and measure, as one family) k/n (seeds sharing the sign of the mean). For |·| "
+            "a negative difference means more balanced than the reference. McNemar (acc): per seed, McNemar's exact "
+            "test on the test objects that exactly one of the two networks (best.pt) gets right; `A/B of n`: the "
+            f"seeds in which the policy's (A) or the reference's (B) network is right on significantly more of them "
+            f"(p < {MCNEMAR_LEVEL}). It compares two trained networks, so it counts network-to-network variation as "
+            "well as any effect of the policy; the policy's effect on accuracy is tested in the `acc` column.\n\n"
+            + markdown_table(paired_cells, [*cols, "comparison", *(label for label, _, _ in PAIRED), MCNEMAR_COLUMN]))
+           if paired else "")
+        + "\n## Does d_speed predict d_util?\n\n" + PROXY_NOTE + "\n\n"
+        + markdown_table(proxy_cells(proxy), [*cols, *PROXY_COLUMNS])
+        + "\n## Cost\n\n"
+        + markdown_table([r | {"minutes per run": f"{r['minutes_per_run']:.2f}", "× vanilla": stats.fmt_num(
+            r["x_vanilla"], 2)} for r in doc["cost"]], [*cols, "policy", "minutes per run", "× vanilla"])
         + (f"\nSweep: {sweep['runs_launched']} of {sweep['runs']} runs launched by the last command "
            f"({sweep['launcher']} launcher, {sweep['concurrent']} at a time): {sweep['wall_minutes']} min of wall time "
            f"for {sweep['sum_of_job_minutes']} min of their job time (speed-up {sweep['speedup']}, parallel "
            f"efficiency {sweep['parallel_efficiency']}).\n" if sweep else "")
-        + "\n## Runs\n\nPer run, in brackets: a 95% percentile-bootstrap interval over its test objects (from "
-        "cur.json).\n\n"
-        + markdown_table(rows, [*cols, "run", "acc", "acc_ci", "acc_last", "acc_m0", "acc_m1",
-                                *(PROBE if probed else ()), "u_m1_given_m0",
-                                "u_m0_given_m1", "d_util", "d_util_ci", "d_util_last", "d_speed_equal",
-                                "d_speed_stage", "d_speed_final", "regular_steps", "rebalance_steps", "epochs",
-                                "launcher", "host", "device"])
-        + f"\nPlots of seed {seeds[0]}'s runs{' in ' + cell_names[0] if cell_names[0] else ''}, u(·|·) of every run by "
-        "policy" + (", d_util and d_speed per pair of views" if any("views=" in c for c in cell_names) else "")
-        + ":\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
-    atomic_write_text(out / "comparison.md", text)
-    atomic_write_text(out / "comparison.json", json.dumps(
-        {"data": first["config"]["data"], "dataset": dataset, "view_limits": limits,
-         "preset": first["summary"].get("preset"), "policies": policies, "seeds": seeds, "cells": cell_names,
-         "equal_regular_steps": n_equal, "stage_epoch": stage + 1,
-         "runs": [{k: v for k, v in r.items() if k != "run_id"} for r in rows], "accuracy": accuracy,
-         "imbalance": imbalance, "paired": paired, "proxy": proxy, "baselines": baselines, "cost": cost,
-         "sweep": sweep, **({"task_losses": losses} if len(losses) > 1 else {})}, indent=2) + "\n")
-    return out / "comparison.md"
-
+        + "\n## Runs\n\nPer run, in brackets, 95% intervals over its test objects (from cur.json's per-object "
+        "outcomes): Wilson score for accuracies, percentile bootstrap for d_util.\n\n"
+        + markdown_table(doc["runs"], [*cols, "run", "acc", "acc_ci", "acc_last", "acc_m0", "acc_m1",
+                                       *(PROBE if probed else ()), "u_m1_given_m0", "u_m0_given_m1", "d_util",
+                                       "d_util_ci", "d_util_last", "d_speed_equal",
+                                       "d_speed_stage", "d_speed_final", "regular_steps", "rebalance_steps", "epochs",
+                                       "launcher", "host", "device"])
+        + f"\nPlots of seed {doc['seeds'][0]}'s runs{' in ' + cell_names[0] if cell_names[0] else ''}, u(·|·) of every "
+        "run by policy" + (", d_util and d_speed per pair of views" if any("views=" in c for c in cell_names) else "")
+        + ":\n\n" + "".join(f"![{name.removesuffix('.png')}]({name})\n" for name in doc["figures"]))

@@ -16,6 +16,8 @@ best.pt and last.pt, which `load` checks) and summary.json, a digest of steps.cs
                               not mixed
     view_limits               the attainable accuracy of the run's two views alone, from dataset.json (null when the
                               dataset does not record them)
+    view_best                 per split, the accuracy of the best classifier of each of the run's two views' marks
+                              on that split's objects, from dataset.json (absent when the dataset does not record it)
     job                       where and how the run was made: launcher, host, device, threads, seconds
     cell, preset              the sweep's grid cell (axis values) and preset, for tables grouped by axis
 
@@ -40,6 +42,7 @@ from mmtm.config import from_dict, to_dict
 SUMMARY_JSON = "summary.json"
 EVIDENCE = (CONFIG_JSON, EPOCHS_CSV, CUR_JSON, CUR_LAST_JSON, SUMMARY_JSON)
 TRACE_EVERY = 10
+BEST = "best_view_accuracy"  # dataset.json: per split, the best classifier of each view's marks (synthetic sets)
 TRACE_FIELDS = ("d_speed", "d_speed_window", "d_speed_step", "s_m1_m0", "s_m0_m1", "d_speed_signal")
 
 
@@ -83,6 +86,8 @@ def digest(run_dir: str | os.PathLike, *, job: dict | None = None, cell: dict | 
         "rebalance_m1_steps": sum(s["mode"] == "rebalance_m1" for s in steps),
         "first_rebalance": {"step": int(first["step"]), "mode": first["mode"]} if first else None,
         "view_limits": [limits.get(str(v)) for v in config.views] if limits else None,
+        **({"view_best": {split: [best.get(str(v)) for v in config.views] for split, best in meta[BEST].items()}}
+           if BEST in meta else {}),
         "dataset": {k: meta[k] for k in ("source", "synthetic", "image_size", "counts") if k in meta}
         | ({"classes": len(meta["classes"])} if "classes" in meta else {}),
         "data_digest": run.data_digest(),

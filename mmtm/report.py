@@ -20,7 +20,9 @@ STAGE = 0.5  # d_speed_stage: at the end of the epoch that completes this fracti
 BASELINES = ("single-view0", "single-view1")  # what `kind` calls the single-view runs
 PROXY = (("d_speed_final", "d_util"), ("d_speed_stage", "d_util"), ("d_speed_final", "d_util_last"),
          ("d_speed_stage", "d_util_last"))
-PROXY_COLUMNS = ["d_speed", "d_util", "n", "Spearman ρ [95% CI]", "p"]
+PROXY_COLUMNS = ["runs", "d_speed", "d_util", "n", "Spearman ρ [95% CI]", "p"]
+POOLED = "across policies (includes policy effects)"
+STRATIFIED = "within policies (mean ρ, stratified permutation)"
 # What a single-view run does not have (one branch: no cross-modal flow to turn off, no second branch to compare
 # speeds with): None in its row, `—` in a table.
 TWO_VIEW_ONLY = ("u_m1_given_m0", "u_m0_given_m1", "d_util", "d_util_last", "d_util_ci", "d_util_floor",
@@ -50,14 +52,31 @@ def _num(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def d_util_floor(acc_m0: float, acc_m1: float, u10: float, u01: float, limits) -> float:
-    """How close to 0 the data lets |d_util| get, given a run's accuracies: a view alone reaches at most its
-    attainable accuracy c, so u(m0|m1) ≥ 1 − c1/A(f1) and d_util ≤ u(m1|m0) − (1 − c1/A(f1)); likewise for view 0.
-    0 when neither bound binds; nan without recorded limits."""
-    if not limits or None in limits or any(math.isnan(x) for x in (acc_m0, acc_m1, u10, u01)) or not acc_m0 * acc_m1:
+def d_util_floor(acc_m0: float, acc_m1: float, u10: float, u01: float, best) -> float:
+    """How close to 0 |d_util| can get given this run's A(f1) and u(m1|m0) (and A(f0), u(m0|m1)): head 1 with the
+    cross-modal flow off sees view 1 alone, and the best classifier of view 1's mark scores c1 on these objects
+    (`best`, from dataset.json), so u(m0|m1) ≥ 1 − c1/A(f1) and d_util ≤ u(m1|m0) − (1 − c1/A(f1)); likewise for
+    view 0. 0 when neither bound binds; nan where the dataset records no best accuracy. A network can beat c1 only
+    by a chance alignment, on these objects, of what its view shows besides the mark with the class."""
+    if not best or None in best or any(math.isnan(x) for x in (acc_m0, acc_m1, u10, u01)) or not acc_m0 * acc_m1:
         return math.nan
-    c0, c1 = limits
+    c0, c1 = best
     return max(0.0, (1 - c1 / acc_m1) - u10, (1 - c0 / acc_m0) - u01)
+
+
+def view_best(run: dict) -> list | None:
+    """The best accuracy of each of the run's views' marks on the split its CUR was measured on (None if not
+    recorded)."""
+    return run["summary"].get("view_best", {}).get((run["cur"] or {}).get("split", "test"))
+
+
+def run_intervals(cur: dict) -> dict:
+    """The per-run intervals of `stats.object_intervals`, recomputed from cur.json's per-object outcomes, so every
+    table uses the current method whichever version wrote the file; cur.json's own where it keeps no outcomes."""
+    objects = {k: v for k, v in cur.get("objects", {}).items() if k != "index"}
+    if not objects.get("fused"):
+        return cur.get("intervals", {})
+    return stats.object_intervals({k: [int(c) for c in v] for k, v in objects.items()})
 
 
 def epochs_to_reach(run: dict, share: float = 0.9) -> float:
@@ -81,7 +100,7 @@ def summary_rows(runs: list[dict]) -> tuple[list[dict], int, int]:
     for r in runs:
         cur, last, s = r["cur"] or {}, r["cur_last"] or {}, r["summary"]
         by_regular = s["d_speed_by_regular_step"]
-        intervals = cur.get("intervals", {})
+        intervals = run_intervals(cur)
         acc_m0, acc_m1 = _num(cur.get("acc_m0")), _num(cur.get("acc_m1"))
         u10, u01 = _num(cur.get("u_m1_given_m0")), _num(cur.get("u_m0_given_m1"))
         job = s.get("job", {})
@@ -91,7 +110,7 @@ def summary_rows(runs: list[dict]) -> tuple[list[dict], int, int]:
             "acc_m0": acc_m0, "acc_m1": acc_m1, "u_m1_given_m0": u10, "u_m0_given_m1": u01,
             "d_util": _num(cur.get("d_util")), "d_util_last": _num(last.get("d_util")),
             "acc_ci": intervals.get("acc"), "d_util_ci": intervals.get("d_util"),
-            "d_util_floor": (floor := d_util_floor(acc_m0, acc_m1, u10, u01, s.get("view_limits"))),
+            "d_util_floor": (floor := d_util_floor(acc_m0, acc_m1, u10, u01, view_best(r))),
             "d_util_above_floor": abs(_num(cur.get("d_util"))) - floor,
             "d_speed_equal": _num(by_regular[n_equal - 1]) if 0 < n_equal <= len(by_regular) else math.nan,
             "d_speed_stage": _num(float(r["epochs"][stage]["d_speed"])) if stage < len(r["epochs"]) else math.nan,
@@ -110,9 +129,9 @@ def summary_rows(runs: list[dict]) -> tuple[list[dict], int, int]:
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(v):
         if isinstance(v, float):
-            return "nan" if math.isnan(v) else f"{v:.4f}"
+            return stats.fmt_num(v, 4)
         if isinstance(v, list) and len(v) == 2 and all(isinstance(x, float) for x in v):
-            return f"[{v[0]:.3f}, {v[1]:.3f}]"
+            return f"[{stats.fmt_num(v[0])}, {stats.fmt_num(v[1])}]"
         return "—" if v is None else str(v)
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |",
              "|" + "---|" * len(columns)]
@@ -121,17 +140,47 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def proxy_table(rows: list[dict]) -> list[dict]:
-    """Per cell: Spearman's ρ across all two-view runs (policies × seeds) of d_speed (final, and at half of
-    training) with d_util (best.pt and last.pt)."""
+    """Per cell and pair of measures (d_speed final or at half of training; d_util of best.pt or last.pt): Spearman's
+    ρ within each policy over its seeds (independent runs: where the paper uses d_speed, within one training
+    policy), the mean within-policy ρ with a policy-stratified permutation p, and ρ across all two-view runs, which
+    mixes the policies' shifts of both measures (and its runs sharing a seed are not independent). Numbers:
+    `rho`, `ci_low`/`ci_high` (None without an interval), `p`, `p_error` (its Monte Carlo error, 0 when exact)."""
     table = []
     for cell in dict.fromkeys(r["cell"] for r in rows):
         sel = [r for r in rows if r["cell"] == cell and r["policy"] not in BASELINES]
+        policies = list(dict.fromkeys(r["policy"] for r in sel))
         for x, y in PROXY:
-            s = stats.spearman([r[x] for r in sel], [r[y] for r in sel])
-            ci = "[—]" if s["ci"] is None else f"[{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}]"
-            table.append({"cell": cell, "d_speed": x, "d_util": y, "n": s["n"],
-                          "Spearman ρ [95% CI]": f"{s['rho']:+.2f} {ci}", "p": stats.fmt_p(s["p"])})
+            def row(runs: str, s: dict) -> dict:
+                ci = s.get("ci") or (None, None)
+                return {"cell": cell, "runs": runs, "d_speed": x, "d_util": y, "n": s["n"], "rho": s["rho"],
+                        "ci_low": ci[0], "ci_high": ci[1], "p": s["p"], "p_error": s["p_error"]}
+            for policy in policies:
+                mine = [r for r in sel if r["policy"] == policy]
+                table.append(row(f"within {policy}", stats.spearman([r[x] for r in mine], [r[y] for r in mine])))
+            if len(policies) > 1:
+                table.append(row(STRATIFIED, stats.stratified_spearman([r[x] for r in sel], [r[y] for r in sel],
+                                                                       [r["policy"] for r in sel])))
+                table.append(row(POOLED, stats.spearman([r[x] for r in sel], [r[y] for r in sel])))
     return table
+
+
+def proxy_cells(table: list[dict]) -> list[dict]:
+    """`proxy_table` rows as printed: ρ [95% Fisher-z interval] and p."""
+    out = []
+    for r in table:
+        ci = "[—]" if stats.missing(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        rho = "—" if stats.missing(r["rho"]) else f"{stats.fmt_num(r['rho'], 2, True)} {ci}"
+        out.append(r | {"Spearman ρ [95% CI]": rho, "p": stats.fmt_p(r["p"], r["p_error"])})
+    return out
+
+
+PROXY_NOTE = ("Spearman's rank correlation of d_speed with d_util: within each policy over its seeds (independent "
+              "runs; the paper uses d_speed within one training policy), p exact over all orderings up to "
+              f"{stats.EXACT_SPEARMAN} runs, Monte Carlo ({stats.PERMUTATIONS} orderings, ± its standard error) "
+              "beyond; the mean within-policy ρ, with p from permuting d_util within each policy; and across all "
+              "two-view runs, which includes the policies' shifts of both measures (runs sharing a seed are not "
+              "independent there, so its interval is only indicative). 95% Fisher-z interval (Bonett-Wright "
+              "standard error), none at |ρ| = 1 or below 4 runs.")
 
 
 def write_plots(runs: list[dict], rows: list[dict], out: Path) -> list[Path]:
@@ -171,8 +220,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
             f"{n_equal} regular steps in every run (the fewest any run made), `d_speed_stage` at the end of epoch "
             f"{stage + 1} (half of training), `d_speed_final` after the last step.\n\n"
             + markdown_table(rows, SUMMARY_COLUMNS)
-            + "\nDoes d_speed predict d_util? Spearman's rank correlation across the two-view runs, 95% Fisher-z "
-            "interval:\n\n" + markdown_table(proxy_table(rows), PROXY_COLUMNS) + "\n"
+            + "\nDoes d_speed predict d_util? " + PROXY_NOTE + "\n\n"
+            + markdown_table(proxy_cells(proxy_table(rows)), PROXY_COLUMNS) + "\n"
             + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
     atomic_write_text(out / "summary.md", text)
     return out / "summary.md"

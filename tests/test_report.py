@@ -7,8 +7,9 @@ import os
 import pytest
 
 from helpers import invoke
-from mmtm.compare import aggregate, paired_table, parse_axes
-from mmtm.report import d_util_floor, summary_rows
+from mmtm import stats
+from mmtm.compare import aggregate, paired_table, parse_axes, render
+from mmtm.report import POOLED, STRATIFIED, d_util_floor, proxy_table, summary_rows
 
 
 def test_report_writes_plots_and_summary(trained_runs, tmp_path):
@@ -19,7 +20,8 @@ def test_report_writes_plots_and_summary(trained_runs, tmp_path):
     assert {"d_speed.png", "speeds.png", "accuracy.png", "cur.png", "d_speed_vs_d_util.png", "summary.md"} <= names
     text = (tmp_path / "rep" / "summary.md").read_text()
     assert "| vanilla | vanilla |" in text and "| balanced | balanced |" in text
-    assert "| d_speed | d_util | n | Spearman ρ [95% CI] | p |" in text and "| d_speed_stage | d_util_last |" in text
+    assert "| runs | d_speed | d_util | n | Spearman ρ [95% CI] | p |" in text
+    assert "| within vanilla | d_speed_stage | d_util_last |" in text and f"| {POOLED} |" in text
     assert not (trained_runs / "vanilla" / "summary.json").exists()  # report only reads run folders
 
 
@@ -33,23 +35,71 @@ def test_aggregate_and_paired_differences_per_policy():
             row("balanced", 1, 0.8, 0.3)]
     vanilla, balanced = aggregate(rows, ("acc", "d_util"))
     assert (vanilla["policy"], vanilla["seeds"], balanced["policy"]) == ("vanilla", 2, "balanced")
-    assert vanilla["acc"].startswith("0.850 ± 0.071 [")  # t-interval with 1 df: 0.85 ± 12.706·0.05
-    assert vanilla["acc"].endswith("[0.215, 1.485]")
+    # t-interval with 1 df: 0.85 ± 12.706·0.05
+    assert stats.fmt_described(vanilla["acc"]) == "0.850 ± 0.071 [0.215, 1.485]"
+    assert vanilla["acc"]["n"] == 2 and vanilla["acc"]["ci_low"] == pytest.approx(0.85 - 12.7062 * 0.05, abs=1e-4)
     objects = {("", f"{p}-s{s}"): "1100" if p == "vanilla" else "1111" for p in ("vanilla", "balanced")
                for s in (0, 1)}
     (paired,) = paired_table(rows, objects)
     # per seed: acc +0.05, −0.10; |d_util| 0.1−0.4 = −0.3, 0.3−0.2 = +0.1; |d_speed_equal| 0, 0
     assert paired["comparison"] == "balanced − vanilla"
-    assert paired["acc"].startswith("-0.025 [") and paired["acc"].endswith("p=1.000 1/2")
-    assert paired["|d_util|"].startswith("-0.100 [")
-    assert paired["McNemar p<0.05 (acc)"] == "0/2"  # two discordant objects only
+    assert paired["acc"]["mean"] == pytest.approx(-0.025) and paired["acc"]["p"] == 1.0 and paired["acc"]["k"] == 1
+    assert stats.fmt_paired(paired["|d_util|"]).startswith("-0.100 [")
+    assert paired["mcnemar"] == {"a_better": 0, "b_better": 0, "n": 2}  # two discordant objects only
 
 
-def test_the_d_util_floor_from_the_views_limits():
-    # the rear view alone reaches at most 0.4; A(f1) = 0.8 → u(m0|m1) ≥ 0.5; with u(m1|m0) = 0.1, |d_util| ≥ 0.4
+def test_holm_runs_over_the_whole_paired_table_and_mcnemar_counts_each_direction():
+    rows = [row(p, s, acc, d) for s in range(5)
+            for p, acc, d in (("vanilla", 0.8, -0.5 - 0.01 * s), ("balanced", 0.8, -0.1), ("random", 0.8, -0.3))]
+    # seed 0: balanced right on 12 objects vanilla misses; seed 1: random right on 12 that vanilla misses
+    objects = {("", f"{p}-s{s}"): "0" * 12 for p in ("vanilla", "balanced", "random") for s in range(5)}
+    objects[("", "balanced-s0")] = objects[("", "random-s1")] = "1" * 12
+    table = paired_table(rows, objects)
+    family = [r[label]["p"] for r in table for label in ("acc", "acc_last", "|d_util|", "|d_util_last|",
+                                                         "|d_speed_equal|", "|d_speed_stage|")]
+    adjusted = [r[label]["p_holm"] for r in table for label in ("acc", "acc_last", "|d_util|", "|d_util_last|",
+                                                                "|d_speed_equal|", "|d_speed_stage|")]
+    assert len(family) == 18 and adjusted == stats.holm(family)
+    by = {r["comparison"]: r for r in table}
+    assert by["balanced − vanilla"]["|d_util|"]["p"] == 2 / 32  # every seed more balanced: exact 2/2^5
+    assert by["balanced − vanilla"]["|d_util|"]["p_holm"] > by["balanced − vanilla"]["|d_util|"]["p"]
+    assert by["balanced − vanilla"]["mcnemar"] == {"a_better": 1, "b_better": 0, "n": 5}
+    assert by["random − balanced"]["mcnemar"] == {"a_better": 1, "b_better": 1, "n": 5}  # s0 for B, s1 for A
+
+
+def test_proxy_rows_within_each_policy_stratified_and_pooled():
+    rows = []
+    for s in range(5):  # within each policy d_util rises with d_speed; balanced shifts both
+        rows.append(row("vanilla", s, 0.9, -0.5 + 0.05 * s) | {"d_speed_final": 0.1 * s, "d_speed_stage": 0.1 * s})
+        rows.append(row("balanced", s, 0.9, 0.4 + 0.05 * s) | {"d_speed_final": -1 + 0.1 * s,
+                                                                "d_speed_stage": -1 + 0.1 * s})
+    table = [r for r in proxy_table(rows) if (r["d_speed"], r["d_util"]) == ("d_speed_final", "d_util")]
+    by = {r["runs"]: r for r in table}
+    assert list(by) == ["within vanilla", "within balanced", STRATIFIED, POOLED]
+    assert by["within vanilla"]["rho"] == 1.0 and by["within vanilla"]["p"] == pytest.approx(2 / 120)  # exact, n = 5
+    assert by["within vanilla"]["ci_low"] is None and by["within vanilla"]["p_error"] == 0.0
+    assert by[STRATIFIED]["rho"] == 1.0 and by[STRATIFIED]["n"] == 10
+    assert by[POOLED]["rho"] < 0  # the policies' shift reverses the pooled ranking
+
+
+def test_the_d_util_floor_from_the_best_classifier_of_each_views_mark():
+    # the rear mark's best classifier scores 0.4 on these objects; A(f1) = 0.8 → u(m0|m1) ≥ 0.5; with
+    # u(m1|m0) = 0.1, |d_util| ≥ 0.4
     assert d_util_floor(0.9, 0.8, 0.1, 0.7, [1.0, 0.4]) == pytest.approx(0.4)
     assert d_util_floor(0.9, 0.8, 0.1, 0.7, [1.0, 1.0]) == 0.0           # equally informative views: no floor
     assert math.isnan(d_util_floor(0.9, 0.8, 0.1, 0.7, None))
+
+
+def test_the_floor_uses_the_split_the_cur_was_measured_on():
+    run = run_of([0.5, 0.2], 0, [0.5, 0.4])
+    run["cur"] = {"acc_m0": 0.9, "acc_m1": 0.8, "u_m1_given_m0": 0.1, "u_m0_given_m1": 0.7, "d_util": -0.6,
+                  "split": "test"}
+    run["summary"] |= {"view_limits": [1.0, 0.4], "view_best": {"test": [1.0, 0.44], "val": [1.0, 0.3]}}
+    (r,), _, _ = summary_rows([run])
+    assert r["d_util_floor"] == pytest.approx(1 - 0.44 / 0.8 - 0.1)  # the test split's 0.44, not the design's 0.4
+    del run["summary"]["view_best"]
+    (r,), _, _ = summary_rows([run])
+    assert math.isnan(r["d_util_floor"])  # no recorded best classifier: no floor, rather than a wrong one
 
 
 def run_of(regular_d, rebalanced, epochs_d):
@@ -122,6 +172,8 @@ def test_compare_trains_each_policy_and_baseline_and_resumes(tiny_compare):
     assert "| balanced − vanilla |" in text and "## Each view alone" in text and "| single-view1 | 2 |" in text
     summary = json.loads((out / "comparison.json").read_text())
     assert len(summary["runs"]) == 8 and summary["paired"][0]["comparison"] == "balanced − vanilla"
+    assert summary["primary"]["comparison"] == "balanced − vanilla" and summary["primary"]["measure"] == "|d_util|"
+    assert "Primary comparison" in text and "(Holm " in text and "A/B better" in text
     assert [b["view alone"] for b in summary["baselines"]] == ["single-view0", "single-view1"]
     assert summary["equal_regular_steps"] == min(r["regular_steps"] for r in summary["runs"]
                                                  if not r["policy"].startswith("single"))
@@ -158,7 +210,38 @@ def test_paired_across_cells_sets_each_policy_against_itself_in_the_first_cell()
     labels = [p["comparison"] for p in paired_table(rows, objects)]
     assert labels == ["pmr − vanilla", "pmr − vanilla", "vanilla: lr=0.001 − lr=0.05", "pmr: lr=0.001 − lr=0.05"]
     across = paired_table(rows, objects)[-1]
-    assert across["acc"].startswith("-0.100 [") and across["cell"] == "lr=0.001"
+    assert across["acc"]["mean"] == pytest.approx(-0.1) and across["cell"] == "lr=0.001"
+
+
+MEASURE_KEYS = {"mean", "sd", "ci_low", "ci_high", "n"}
+
+
+def numbers_only(value) -> bool:
+    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def test_comparison_json_holds_numbers_in_its_schema_and_renders_the_markdown(tiny_compare):
+    out, _ = tiny_compare
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["schema_version"] == 1
+    for table, measures in (("accuracy", ("acc", "acc_last", "acc_m0", "acc_m1")),
+                            ("imbalance", ("d_util", "d_util_floor", "d_speed_final")),
+                            ("baselines", ("acc", "acc_last", "epochs_to_90"))):
+        for r in doc[table]:
+            for m in measures:
+                assert set(r[m]) == MEASURE_KEYS and all(numbers_only(v) for v in r[m].values()), (table, m)
+    assert all(b["best_view_accuracy"] == doc["view_best"][i] for i, b in enumerate(doc["baselines"]))
+    for r in doc["paired"]:
+        for m in ("acc", "acc_last", "|d_util|", "|d_util_last|", "|d_speed_equal|", "|d_speed_stage|"):
+            assert set(r[m]) == MEASURE_KEYS | {"p", "p_error", "p_holm", "k"}
+            assert all(numbers_only(v) for v in r[m].values())
+        assert set(r["mcnemar"]) == {"a_better", "b_better", "n"}
+    for r in doc["proxy"]:
+        assert all(numbers_only(r[k]) for k in ("n", "rho", "ci_low", "ci_high", "p", "p_error"))
+    assert all(numbers_only(r["minutes_per_run"]) for r in doc["cost"])
+    text = json.dumps({k: doc[k] for k in ("accuracy", "imbalance", "paired", "proxy", "baselines", "cost")})
+    assert "±" not in text and "NaN" not in (out / "comparison.json").read_text()
+    assert render(doc) == (out / "comparison.md").read_text()  # the markdown is made from the JSON alone
 
 
 def test_a_run_copied_into_a_grid_cell_takes_that_cell(tiny_compare, tmp_path):

@@ -142,3 +142,62 @@ def test_a_shortcut_agreement_fraction_is_recorded_and_holds_per_object(tmp_path
     with pytest.raises(UserError, match=r"--shortcut-agreement must be in \[0, 1\]"):
         prepare_synthetic(tmp_path / "x", views_differ="shortcut", shortcut_agreement=1.5, **TINY)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("cls", [1, 3])
+def test_the_rear_view_shows_nothing_of_the_front_mark(monkeypatch, cls):
+    """`information`: given the rear glyph, view 6 must not depend on the front mark. Odd classes' glyphs are
+    never a rear glyph, so swapping one for another glyph changes the front alone: view 6 must stay pixel for
+    pixel the same (the renderer scales each mesh by its extent, which a front mark must not set)."""
+    from loaders.prep.render import Renderer
+
+    renderer = Renderer(32)
+    try:
+        names = synthetic.class_names(10)
+        for obj in (1, 2, 3):
+            before = renderer.render(*synthetic.make_mesh(cls, 10, obj, seed=10))
+            for other in (5, 7):
+                with monkeypatch.context() as m:
+                    m.setitem(synthetic.GLYPHS, names[cls], synthetic.GLYPHS[names[other]])
+                    after = renderer.render(*synthetic.make_mesh(cls, 10, obj, seed=10))
+                assert (before[0] != after[0]).any()        # the front did change
+                assert np.array_equal(before[6], after[6])  # the rear did not
+    finally:
+        renderer.release()
+
+
+def test_best_view_accuracy_is_the_best_rule_of_each_views_marks():
+    names = synthetic.class_names(10)
+    objects = [(c, o) for c in range(10) for o in range(1, 21)]
+    best = synthetic.best_view_accuracy("information", 10, objects, seed=10)
+    # Brute force from the marks drawn on the meshes: the best class for each rear glyph, counted.
+    by_rear: dict[str, list[int]] = {}
+    for c, o in objects:
+        by_rear.setdefault(synthetic.marks(c, 10, o, seed=10)[1], []).append(c)
+    expected = sum(max(cs.count(c) for c in set(cs)) for cs in by_rear.values()) / len(objects)
+    assert best["6"] == pytest.approx(expected)
+    assert abs(best["6"] - synthetic.view_accuracy_limits("information", 10)["6"]) < 0.1  # near the design's 0.40
+    assert best["0"] == 1.0 and best["3"] is None
+    assert synthetic.best_view_accuracy("ease", 10, objects, seed=10)["6"] == 1.0
+    assert {synthetic.marks(c, 10, 1, seed=10)[0] for c in range(10)} == set(names)
+
+
+def test_dataset_json_records_each_splits_best_view_accuracy(tmp_path):
+    prepare_synthetic(tmp_path / "d", seed=3, workers=1, **(TINY | {"classes": 4, "per_class": 10}))
+    ds = open_dataset(tmp_path / "d")
+    best = ds.meta["best_view_accuracy"]
+    assert set(best) == {"train", "val", "test"}
+    for split, recorded in best.items():
+        objects = [(synthetic.class_names(4).index(r.cls), int(r.object.rsplit("_", 1)[1])) for r in ds.rows(split)]
+        assert recorded == synthetic.best_view_accuracy("information", 4, objects, seed=3)
+
+
+def test_the_anchors_hold_every_mark_and_only_the_information_variant_has_them(monkeypatch):
+    vertices, faces = synthetic.make_mesh(3, 10, 1, seed=10)
+    degenerate = (faces[:, 0] == faces[:, 1]) & (faces[:, 1] == faces[:, 2])
+    assert degenerate.sum() == 8 and set(faces[degenerate, 0]) == set(range(len(vertices) - 8, len(vertices)))
+    _, ease_faces = synthetic.make_mesh(3, 10, 1, seed=10, views_differ="ease")
+    assert not ((ease_faces[:, 0] == ease_faces[:, 1]) & (ease_faces[:, 1] == ease_faces[:, 2])).any()
+    monkeypatch.setattr(synthetic, "ANCHOR_MARGIN", (0.1, 0.05, 0.1))  # a box the front mark sticks out of: refused
+    with pytest.raises(ValueError, match="beyond the anchors"):
+        synthetic.make_mesh(3, 10, 1, seed=10)

@@ -154,8 +154,9 @@ def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAUL
                       shortcut_agreement: float | None = None) -> dict:
     """Generate and render the procedural set (loaders/prep/synthetic.py) in the variant `views_differ`. `seed`
     seeds both generation and the validation split; the last `test_fraction` of each class's objects form the
-    official test split. dataset.json records the variant, its parameters and each view's attainable accuracy
-    (`shortcut`: per split too, and the fraction of each split's objects whose rear mark names their class)."""
+    official test split. dataset.json records the variant, its parameters and each view's attainable accuracy: in
+    the design (`view_accuracy_limits`; `shortcut`: per split too) and on each split's objects
+    (`best_view_accuracy`; `shortcut`: also the fraction of each split's objects whose rear mark names their class)."""
     _check_options(image_size, encoding, val_fraction, workers)
     if not 2 <= classes <= synthetic.MAX_CLASSES:
         raise UserError(f"--classes must be 2..{synthetic.MAX_CLASSES} for the synthetic set, not {classes}")
@@ -176,12 +177,20 @@ def prepare_synthetic(out: str | os.PathLike, *, classes: int = synthetic.DEFAUL
                for cls in names for i in range(per_class)]
     job = _Job(SYNTHETIC, image_size, encoding, classes=classes, seed=seed, views_differ=views_differ,
                shortcut_agreement=agreement)
+    # No synthetic object is ever dropped, so these are the splits _build writes.
+    train, val = split_train_val([o for o in objects if o.split == "train"], val_fraction, seed)
+    best = {split: synthetic.best_view_accuracy(
+        views_differ, classes, [(names.index(o.cls), int(o.name.rsplit("_", 1)[1])) for o in members], seed)
+        for split, members in (("train", train), ("val", val), ("test", [o for o in objects if o.split == "test"]))}
     extra = {"synthetic": {"classes": classes, "per_class": per_class, "seed": seed, "test_fraction": test_fraction,
                            **synthetic.variant_parameters(views_differ, agreement)},
-             "view_accuracy_limits": synthetic.view_accuracy_limits(views_differ, classes)}
+             "view_accuracy_limits": synthetic.view_accuracy_limits(views_differ, classes),
+             "best_view_accuracy": best}
     if views_differ == "shortcut":
         extra["view_accuracy_limits_by_split"] = synthetic.shortcut_limits_by_split(classes, agreement)
         extra["shortcut_agreement_by_split"] = _shortcut_agreement(objects, names, job, val_fraction)
+        for split, agree in extra["shortcut_agreement_by_split"].items():
+            best[split]["6"] = agree  # the best classifier of the rear mark names the class it shows
     return _build(out, objects, sorted(names), job, None, skipped=[], val_fraction=val_fraction, seed=seed,
                   workers=workers, skip_bad=False, progress=progress, source=SYNTHETIC, extra=extra)
 

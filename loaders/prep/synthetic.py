@@ -7,8 +7,11 @@ it twice:
 - the **rear mark** (on the +Y face, seen by view 6), by variant (`VARIANTS`):
   - `information` (the default): a small glyph shared by a pair of classes, and in `REAR_NOISE` of the objects
     replaced by a random class pair's glyph. View 6 alone cannot tell the two classes of a pair apart and is
-    sometimes wrong: its best attainable accuracy is about 0.40 with 10 classes (`view_accuracy_limits`), while
-    view 0 alone can reach 1. The views differ in how much they say.
+    sometimes wrong: its best attainable accuracy is about 0.40 with 10 classes (`view_accuracy_limits`; on a
+    finite split, `best_view_accuracy`), while view 0 alone can reach 1. The views differ in how much they say.
+    The renderer scales and centres each mesh by its extent, so a front mark that stood out further would
+    shrink or shift the whole object in view 6 as well: eight invisible anchor vertices (`ANCHOR_MARGIN`) fix the
+    extent from the body alone, and view 6 shows nothing of the front mark.
   - `ease`: the class's own glyph, every time, so view 6 alone can reach 1 like view 0; but it is harder to learn:
     smaller (`EASE_REAR_SCALE` of the face against the front's `FRONT_SCALE`), in lower relief, placed more loosely,
     among `EASE_CLUTTER` class-independent distractor studs. The views say the same; they differ in how easily
@@ -40,6 +43,10 @@ TILT_DEG = 40.0
 REAR_SCALE = 0.65
 VARIANTS = ("information", "ease", "shortcut")
 SHORTCUT_AGREEMENT = 1.0   # `shortcut`: fraction of train/val objects whose rear mark names their class
+# `information`: how far the anchors lie beyond the body, per axis (x, y, z), in units of the mark size: beyond the
+# farthest any mark reaches (measured: 0.51 in front, 0.40 behind, 0.07 below; `_anchored` checks it). The objects
+# are drawn about a third smaller than without anchors.
+ANCHOR_MARGIN = (0.1, 0.6, 0.1)
 # The `ease` rear mark: smaller, shallower and looser than the front one, among distractor studs.
 EASE_REAR_SCALE = 0.7
 EASE_RELIEF = 0.8      # its relief depth relative to a normal mark's
@@ -140,6 +147,33 @@ def shortcut_class(class_index: int, classes: int, object_index: int, seed: int,
     return other + (other >= class_index)
 
 
+def best_view_accuracy(views_differ: str, classes: int, objects: list[tuple[int, int]],
+                       seed: int) -> dict[str, float | None]:
+    """The accuracy on `objects` ((class index, object index) pairs) of the best classifier of what each view's
+    mark says, per view index, like `view_accuracy_limits` but for this finite sample: it knows every object's
+    marks, so for the `information` rear it predicts, for each rear glyph, the class most of its objects carry.
+    A network given one view cannot beat this on these objects unless the view shows more than its mark."""
+    limits: dict[str, float | None] = {str(v): None for v in range(12)}
+    limits["0"] = limits["6"] = 1.0
+    if views_differ == "information":
+        counts: dict[tuple[int, int], int] = {}
+        for c, o in objects:
+            key = (rear_pair(c, classes, o, seed), c)
+            counts[key] = counts.get(key, 0) + 1
+        best: dict[int, int] = {}
+        for (pair, _), n in counts.items():
+            best[pair] = max(best.get(pair, 0), n)
+        limits["6"] = sum(best.values()) / len(objects)
+    return limits
+
+
+def rear_pair(class_index: int, classes: int, object_index: int, seed: int) -> int:
+    """`information`: the class pair (2k, 2k+1) whose glyph the rear carries, the object's own or, in REAR_NOISE
+    of the objects, a random pair's; from its own random stream, so it is known without building the mesh."""
+    rng = np.random.default_rng([seed, class_index, object_index, 2])
+    return class_index // 2 if rng.random() >= REAR_NOISE else int(rng.integers((classes + 1) // 2))
+
+
 def make_mesh(class_index: int, classes: int, object_index: int, seed: int,
               views_differ: str = "information", **shortcut) -> tuple[np.ndarray, np.ndarray]:
     """Object `object_index` of class `class_index` (position in `class_names(classes)`): vertices, faces.
@@ -163,6 +197,7 @@ def _make(class_index: int, classes: int, object_index: int, seed: int, views_di
         return _make_shortcut(class_index, classes, object_index, seed, **shortcut)
     rng = np.random.default_rng([seed, class_index, object_index] + ([] if views_differ == "information" else [1]))
     parts, front_y, rear_y, face_width, face_bottom, face_top = _body(rng)
+    body = np.min([p.bounds[0] for p in parts], axis=0), np.max([p.bounds[1] for p in parts], axis=0)
     size = min(face_width, face_top - face_bottom)
     centre_v = (face_bottom + face_top) / 2
 
@@ -172,8 +207,7 @@ def _make(class_index: int, classes: int, object_index: int, seed: int, views_di
 
     if views_differ == "information":
         # Rear: the glyph of the class pair (2k, 2k+1), sometimes a random pair's instead.
-        pairs = (classes + 1) // 2
-        pair = class_index // 2 if rng.random() >= REAR_NOISE else int(rng.integers(pairs))
+        pair = rear_pair(class_index, classes, object_index, seed)
         rear_u, rear_v = rng.uniform(-0.15, 0.15) * face_width, centre_v + rng.uniform(-0.15, 0.15) * size
         rear = _GLYPH_NAMES[2 * pair]
         parts += _glyph(rear, REAR_SCALE * size * rng.uniform(0.8, 1.2), rear_u, rear_v, rear_y, side=1, rng=rng)
@@ -187,6 +221,8 @@ def _make(class_index: int, classes: int, object_index: int, seed: int, views_di
         parts += _studs(EASE_CLUTTER, face_width, centre_v, size, rear_y, rng)
 
     mesh = trimesh.util.concatenate(parts)
+    if views_differ == "information":
+        mesh = _anchored(mesh, *body, size)
     yaw = np.radians(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG))
     mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 0, 1]))
     return mesh, (front, rear)
@@ -245,6 +281,21 @@ def _body(rng: np.random.Generator) -> tuple[list, float, float, float, float, f
                      .apply_transform(translation_matrix([rng.uniform(-0.2, 0.2) * width, 0, height / 2 + 0.1])))
     # Marks stay 0.2 below the top edge so the elevated camera on the other side cannot see over it.
     return parts, -half_depth, half_depth, face_width * 0.9, -height / 2 + 0.05, height / 2 - 0.2
+
+
+def _anchored(mesh, body_low: np.ndarray, body_high: np.ndarray, size: float):
+    """`mesh` plus the 8 corners of the body's box grown by ANCHOR_MARGIN·size, each as a zero-area face: nothing
+    is drawn, but the renderer's extent (and so its scale and centre) becomes the body's, whatever the marks."""
+    import trimesh
+
+    margin = np.asarray(ANCHOR_MARGIN) * size
+    low, high = body_low - margin, body_high + margin
+    if (mesh.bounds[0] < low).any() or (mesh.bounds[1] > high).any():
+        raise ValueError("a mark reaches beyond the anchors; ANCHOR_MARGIN is too small")
+    corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    n = len(mesh.vertices)
+    return trimesh.Trimesh(np.vstack([mesh.vertices, corners]),
+                           np.vstack([mesh.faces, np.repeat(n + np.arange(8)[:, None], 3, axis=1)]), process=False)
 
 
 def _studs(count: int, face_width: float, centre_v: float, size: float, face_y: float,
