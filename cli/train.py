@@ -112,6 +112,7 @@ def train(
         mmtm train --data data/mn40 --out runs/ddp --balanced  # 2 procs
     """
     from mmtm import config as cfgmod
+    from loaders.device import resolve_device
     from mmtm.run import RunFolder
     from mmtm.training import fit
 
@@ -139,6 +140,9 @@ def train(
         precise_bn=precise_bn)
     if not cfg.data:
         raise UserError("--data is required (a folder made by `mmtm prep`)")
+    if not resume and preset == "paper" and config is None and str(resolve_device(cfg.device)) == "cpu":
+        print(f"note: --preset paper trains up to {cfg.epochs} epochs of a width-{cfg.width} ResNet-18 per view, "
+              "minutes per epoch on a CPU; --preset demo is sized for one", file=sys.stderr)
     try:
         row = fit(cfg, resume=resume)
     except KeyboardInterrupt:

@@ -38,3 +38,17 @@ def test_train_and_bench_loader_spell_a_view_pair_alike(make_dataset, tmp_path, 
         r = invoke(*command, "--views", "0;6")
         assert r.exit_code == 2 and r.output.strip() == "error: --views takes two view indices like 0,6, got '0;6'"
     assert view_pair(None) is None
+
+
+def test_the_paper_preset_on_a_cpu_says_it_is_sized_for_a_gpu(make_dataset, tmp_path):
+    """The help's flow uses the demo preset; train's default (paper) on a CPU prints one note before it starts."""
+    r = invoke("--help")
+    assert "--preset demo" in " ".join(r.output.split())
+    data = make_dataset(tmp_path, size=16)
+    r = invoke("train", "--data", data, "--out", tmp_path / "p", "--device", "cpu", "--epochs", 1, "--width", 4,
+               "--batch-size", 4, "--threads", 0, "--loader", "torch", "--max-steps-per-epoch", 1)
+    notes = [line for line in r.output.splitlines() if line.startswith("note: --preset paper")]
+    assert r.exit_code == 0 and len(notes) == 1 and "--preset demo" in notes[0], r.output
+    r = invoke("train", "--data", data, "--out", tmp_path / "d", "--preset", "demo", "--device", "cpu", "--epochs", 1,
+               "--width", 4, "--batch-size", 4, "--threads", 0, "--loader", "torch", "--max-steps-per-epoch", 1)
+    assert r.exit_code == 0 and "note: --preset paper" not in r.output, r.output
