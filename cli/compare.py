@@ -85,7 +85,7 @@ def compare(
     from mmtm.compare import DEFAULT_POLICIES, collect as collect_comparison, parse_axes, run_comparison
 
     if collect is not None:
-        typer.echo(f"wrote {collect_comparison(collect, out)}")
+        _finish(collect_comparison(collect, out))
         return
     if data is None:
         raise UserError("--data is required (a folder made by `mmtm prep`), unless --collect names runs")
@@ -114,7 +114,17 @@ def compare(
             wait=not no_wait, progress=progress.update, retrain_changed=retrain_changed, epochs=epochs,
             loader=loader, device=device or ("cuda" if device_list else None))
     if path is not None:
-        typer.echo(f"wrote {path}")
+        _finish(path)
+
+
+def _finish(path: Path) -> None:
+    """The summary table, then where every file is."""
+    import json
+
+    from mmtm.compare import terminal_summary
+
+    typer.echo(terminal_summary(json.loads((path.parent / "comparison.json").read_text())))
+    typer.echo(f"wrote {path} (tables), {path.parent / 'comparison.json'} (numbers) and the figures beside them")
 
 
 def _check_together(jobs: Optional[int], launcher: str, devices: Optional[list[int]], device: Optional[str]) -> None:

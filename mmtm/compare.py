@@ -613,3 +613,29 @@ def render(doc: dict) -> str:
         + f"\nPlots of seed {doc['seeds'][0]}'s runs{' in ' + cell_names[0] if cell_names[0] else ''}, u(·|·) of every "
         "run by policy" + (", d_util and d_speed per pair of views" if any("views=" in c for c in cell_names) else "")
         + ":\n\n" + "".join(f"![{name.removesuffix('.png')}]({name})\n" for name in doc["figures"]))
+
+
+def terminal_summary(doc: dict) -> str:
+    """What `compare` prints at its end, from comparison.json's content: per policy accuracy, d_util, the final
+    d_speed and the re-balancing steps; each view alone; the primary comparison; which sign means which view."""
+    cols = ["cell"] if any(doc["cells"]) else []
+    imbalance = {(r["cell"], r["policy"]): r for r in doc["imbalance"]}
+    rows = []
+    for r in doc["accuracy"]:
+        i = imbalance.get((r["cell"], r["policy"]))
+        steps = (f"{stats.fmt_num(i['rebalance_m0_steps']['mean'], 0)}/{stats.fmt_num(i['rebalance_m1_steps']['mean'], 0)}"
+                 if i else "—")
+        rows.append({**{c: r[c] for c in cols}, "policy": r["policy"], "seeds": r["seeds"],
+                     "acc": stats.fmt_described(r["acc"]), "d_util": stats.fmt_described(i["d_util"]) if i else "—",
+                     "d_speed_final": stats.fmt_described(i["d_speed_final"]) if i else "—",
+                     "re-balancing steps m0/m1": steps})
+    view0, view1 = doc["views"]
+    lines = [markdown_table(rows, [*cols, "policy", "seeds", "acc", "d_util", "d_speed_final",
+                                   "re-balancing steps m0/m1"]).rstrip("\n"),
+             f"d_util, d_speed < 0: the network leans on view {view0} (m0); > 0: on view {view1} (m1). "
+             "mean ± sd [95% t-interval] over seeds."]
+    main = doc["primary"]
+    if main:
+        lines.append(f"primary comparison, {main['comparison']} in {main['measure']} (best.pt)"
+                     + (f", cell {main['cell']}" if main["cell"] else "") + f": {stats.fmt_paired(main)}")
+    return "\n".join(lines)

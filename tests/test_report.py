@@ -311,3 +311,23 @@ def test_compare_shows_probe_columns_and_flags_heads_from_different_losses(tmp_p
     out = json.loads((tmp_path / "c" / "comparison.json").read_text())
     assert out["task_losses"] == {"heads": ["vanilla"], "fused": ["pmr"]}
     assert sorted(r["probe_m1_only"] for r in out["runs"]) == [0.125] * len(out["runs"])
+
+
+def test_compare_ends_with_a_summary_table_the_sign_and_the_primary_comparison(tmp_path, figures_not_drawn):
+    """The terminal gets the result, not only a file name: per policy acc, d_util, d_speed, re-balancing steps, what
+    the sign means, the primary comparison, and where the files are — the numbers those of comparison.json."""
+    from pathlib import Path
+
+    from mmtm import stats
+
+    r = invoke("compare", "--collect", Path(__file__).resolve().parents[1] / "docs" / "finding" / "runs",
+               "--out", tmp_path / "c")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    balanced = next(x for x in doc["imbalance"] if x["policy"] == "balanced")
+    row = next(line for line in r.output.splitlines() if line.startswith("| balanced |"))
+    assert stats.fmt_described(balanced["d_util"]) in row
+    assert f"{balanced['rebalance_m1_steps']['mean']:.0f} |" in row
+    assert "leans on view 0 (m0); > 0: on view 6 (m1)" in r.output
+    assert f"primary comparison, balanced − vanilla in |d_util| (best.pt): {stats.fmt_paired(doc['primary'])}" in r.output
+    assert r.output.rstrip().splitlines()[-1].startswith(f"wrote {tmp_path / 'c' / 'comparison.md'} (tables)")
