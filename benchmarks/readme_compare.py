@@ -28,9 +28,13 @@ TINY = {"width": 4, "batch_size": 4, "loader": "torch", "num_threads": 0, "devic
 DEFAULT_POLICIES = ["vanilla", "balanced", "random", "flipped"]
 
 
+DOCUMENTS = ("README.md", "docs/guide.md", "docs/results.md")  # where a user copies commands from, in reading order
+
+
 def readme_commands() -> list[list[str]]:
-    """Every `mmtm compare` line of the README's bash blocks, continuation lines joined, comments dropped."""
-    text = (ROOT / "README.md").read_text()
+    """Every `mmtm compare` line of the bash blocks of the README and the guide and results pages, continuation lines
+    joined, comments dropped."""
+    text = "\n".join((ROOT / name).read_text() for name in DOCUMENTS)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
@@ -44,13 +48,18 @@ def flag(words: list[str], name: str) -> str | None:
     return words[words.index(name) + 1] if name in words else None
 
 
+def first_seed(words: list[str]) -> str:
+    """The first seed of `--seeds` (a list like 0,1,2 or a range like 0-9)."""
+    return re.split(r"[,-]", flag(words, "--seeds"))[0]
+
+
 def shrunk(words: list[str], data: Path, scratch: Path, config: Path) -> list[str]:
     words = list(words)
     for name, value in (("--data", str(data)), ("--out", str(scratch / flag(words, "--out").lstrip("/")))):
         if name in words:
             words[words.index(name) + 1] = value
     if "--seeds" in words:
-        words[words.index("--seeds") + 1] = flag(words, "--seeds").split(",")[0]
+        words[words.index("--seeds") + 1] = first_seed(words)
     if "--collect" in words:
         words[words.index("--collect") + 1] = str(ROOT / flag(words, "--collect"))
         return words
@@ -65,7 +74,7 @@ def expected(words: list[str]) -> dict:
     cells = [",".join(f"{k}={v}" for (k, _), v in zip(axes, combo))
              for combo in itertools.product(*(v for _, v in axes))]
     return {"policies": policies + (["single-view0", "single-view1"] if "--baselines" in words else []),
-            "seeds": [int(flag(words, "--seeds").split(",")[0]) if "--seeds" in words else 0],
+            "seeds": [int(first_seed(words)) if "--seeds" in words else 0],
             "cells": sorted(cells)}
 
 

@@ -104,10 +104,9 @@ def test_the_graph_sees_every_package_and_local_imports():
 
 
 def test_readme_module_map_names_every_module():
-    """Every module of loaders/, mmtm/ and cli/ has a row in README's "Where things are" (its path, or its folder
-    and its name in one row), so the map a newcomer reads matches the tree."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Where things are"):]
+    """Every module of loaders/, mmtm/ and cli/ has a row in docs/layout.md, "Where things are" (its path, or its
+    folder and its name in one row), so the map a newcomer reads matches the tree."""
+    section = (ROOT / "docs" / "layout.md").read_text()
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     missing = []
     for name, path in project_modules().items():

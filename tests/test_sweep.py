@@ -384,7 +384,8 @@ def test_each_readme_compare_command_that_trains_has_its_own_out():
     import re
     import shlex
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join((root / name).read_text() for name in ("README.md", "docs/guide.md", "docs/results.md"))
     outs = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
