@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(MAKE) system-packages
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch/torchvision pinned to the releases on this workplace's disk (see README).
+	# torch/torchvision pinned to the versions the tests run with (README, Install: other versions via pip).
 	$(PY) -m pip install -q --no-compile "torch==2.14.1" "torchvision==0.29.1"
 	# pip unpacks and byte-compiles on one core: torch's modules compile on the other while pip installs the rest,
 	# then one pass compiles what is left: 47 s instead of 63 s here (2 cores).
