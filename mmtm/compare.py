@@ -402,10 +402,10 @@ def baseline_table(rows: list[dict], best: list | None, views: list[int]) -> lis
     """Per cell and view: the single-view runs' test accuracy and epochs to reach 90% of it, beside the best
     classifier of that view's mark on the test objects (`best`, the run's views' in order; None if not recorded)."""
     table = []
-    for cell, kind in dict.fromkeys((r["cell"], r["policy"]) for r in rows if r["policy"] in BASELINES):
-        sel = [r for r in rows if (r["cell"], r["policy"]) == (cell, kind)]
-        slot = BASELINES.index(kind)
-        table.append({"cell": cell, "view alone": kind, "view": views[slot], "seeds": len(sel),
+    for cell, baseline in dict.fromkeys((r["cell"], r["policy"]) for r in rows if r["policy"] in BASELINES):
+        sel = [r for r in rows if (r["cell"], r["policy"]) == (cell, baseline)]
+        slot = BASELINES.index(baseline)
+        table.append({"cell": cell, "view alone": baseline, "view": views[slot], "seeds": len(sel),
                       "best_view_accuracy": best[slot] if best else None,
                       "acc": stats.describe([r["acc"] for r in sel]),
                       "acc_last": stats.describe([r["acc_last"] for r in sel]),
@@ -623,7 +623,7 @@ def terminal_summary(doc: dict) -> str:
     rows = []
     for r in doc["accuracy"]:
         i = imbalance.get((r["cell"], r["policy"]))
-        steps = (f"{stats.fmt_num(i['rebalance_m0_steps']['mean'], 0)}/{stats.fmt_num(i['rebalance_m1_steps']['mean'], 0)}"
+        steps = ("/".join(stats.fmt_num(i[f"rebalance_{m}_steps"]["mean"], 0) for m in ("m0", "m1"))
                  if i else "—")
         rows.append({**{c: r[c] for c in cols}, "policy": r["policy"], "seeds": r["seeds"],
                      "acc": stats.fmt_described(r["acc"]), "d_util": stats.fmt_described(i["d_util"]) if i else "—",

@@ -329,5 +329,6 @@ def test_compare_ends_with_a_summary_table_the_sign_and_the_primary_comparison(t
     assert stats.fmt_described(balanced["d_util"]) in row
     assert f"{balanced['rebalance_m1_steps']['mean']:.0f} |" in row
     assert "leans on view 0 (m0); > 0: on view 6 (m1)" in r.output
-    assert f"primary comparison, balanced − vanilla in |d_util| (best.pt): {stats.fmt_paired(doc['primary'])}" in r.output
+    primary = stats.fmt_paired(doc["primary"])
+    assert f"primary comparison, balanced − vanilla in |d_util| (best.pt): {primary}" in r.output
     assert r.output.rstrip().splitlines()[-1].startswith(f"wrote {tmp_path / 'c' / 'comparison.md'} (tables)")
