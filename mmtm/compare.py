@@ -398,15 +398,16 @@ def primary(paired: list[dict]) -> dict | None:
                                      "checkpoint": "best.pt", **row[measure]}
 
 
-def baseline_table(rows: list[dict], best: list | None, views: list[int]) -> list[dict]:
+def baseline_table(rows: list[dict], best: dict[str, list | None], views: dict[str, list[int]]) -> list[dict]:
     """Per cell and view: the single-view runs' test accuracy and epochs to reach 90% of it, beside the best
-    classifier of that view's mark on the test objects (`best`, the run's views' in order; None if not recorded)."""
+    classifier of that view's mark on the test objects (`best[cell]`, the cell's views in order; None if not
+    recorded). A grid over views has its own pair in each cell (`views[cell]`)."""
     table = []
     for cell, baseline in dict.fromkeys((r["cell"], r["policy"]) for r in rows if r["policy"] in BASELINES):
         sel = [r for r in rows if (r["cell"], r["policy"]) == (cell, baseline)]
         slot = BASELINES.index(baseline)
-        table.append({"cell": cell, "view alone": baseline, "view": views[slot], "seeds": len(sel),
-                      "best_view_accuracy": best[slot] if best else None,
+        table.append({"cell": cell, "view alone": baseline, "view": views[cell][slot], "seeds": len(sel),
+                      "best_view_accuracy": best[cell][slot] if best[cell] else None,
                       "acc": stats.describe([r["acc"] for r in sel]),
                       "acc_last": stats.describe([r["acc_last"] for r in sel]),
                       "epochs_to_90": stats.describe([r["epochs_to_90"] for r in sel])})
@@ -504,7 +505,8 @@ def write_comparison(runs: list[dict], out: Path, sweep: dict | None) -> Path:
         "preset": first["summary"].get("preset"), "policies": list(dict.fromkeys(r["policy"] for r in rows)),
         "seeds": seeds, "cells": cell_names, "equal_regular_steps": n_equal, "stage_epoch": stage + 1,
         "accuracy": aggregate(rows, accuracy_columns),
-        "baselines": baseline_table(rows, best, first["config"]["views"]),
+        "baselines": baseline_table(rows, {cell_label(r): view_best(r) for r in runs},
+                                    {cell_label(r): r["config"]["views"] for r in runs}),
         "imbalance": aggregate(two_view, IMBALANCE), "primary": primary(paired), "paired": paired,
         "proxy": proxy_table(rows), "cost": cost_table(rows), "sweep": sweep,
         "runs": [{k: v for k, v in r.items() if k != "run_id"} for r in rows], "figures": [p.name for p in figures],
@@ -629,10 +631,12 @@ def terminal_summary(doc: dict) -> str:
                      "acc": stats.fmt_described(r["acc"]), "d_util": stats.fmt_described(i["d_util"]) if i else "—",
                      "d_speed_final": stats.fmt_described(i["d_speed_final"]) if i else "—",
                      "re-balancing steps m0/m1": steps})
-    view0, view1 = doc["views"]
+    grid_of_views = any("views=" in c for c in doc["cells"])  # each cell has its own pair
+    first, second = (("the first view of its cell", "the second") if grid_of_views else
+                     (f"view {doc['views'][0]}", f"view {doc['views'][1]}"))
     lines = [markdown_table(rows, [*cols, "policy", "seeds", "acc", "d_util", "d_speed_final",
                                    "re-balancing steps m0/m1"]).rstrip("\n"),
-             f"d_util, d_speed < 0: the network leans on view {view0} (m0); > 0: on view {view1} (m1). "
+             f"d_util, d_speed < 0: the network leans on {first} (m0); > 0: on {second} (m1). "
              "mean ± sd [95% t-interval] over seeds."]
     main = doc["primary"]
     if main:

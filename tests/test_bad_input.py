@@ -419,6 +419,7 @@ CASES = [
      "val.csv"),
     ("compare --devices 99", 26, compare("--devices", "99"), "GPU 99 is not present"),
     ("compare --jobs 3000000000", 26, compare("--jobs", "3000000000"), "--jobs 3000000000"),
+    ("compare --jobs 0", 26, compare("--jobs", "0"), "--jobs must be at least 1"),
     ("compare --devices 0 --device cpu", 26, compare("--devices", "0", "--device", "cpu"), "--device"),
     ("compare --jobs 2 --launcher slurm", 26, compare("--jobs", "2", "--launcher", "slurm"), "--jobs"),
     ("compare --gpus-per-run -1", 26, compare("--launcher", "slurm", "--gpus-per-run", "-1"), "--gpus-per-run"),

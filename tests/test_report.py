@@ -332,3 +332,29 @@ def test_compare_ends_with_a_summary_table_the_sign_and_the_primary_comparison(t
     primary = stats.fmt_paired(doc["primary"])
     assert f"primary comparison, balanced − vanilla in |d_util| (best.pt): {primary}" in r.output
     assert r.output.rstrip().splitlines()[-1].startswith(f"wrote {tmp_path / 'c' / 'comparison.md'} (tables)")
+
+
+def test_a_grid_over_views_labels_each_cell_with_its_own_views(tmp_path, figures_not_drawn):
+    """Baseline rows carry their cell's view, and the summary's sign line names no one pair for a grid over views."""
+    import shutil
+    from pathlib import Path
+
+    evidence = Path(__file__).resolve().parents[1] / "docs" / "view-pairs" / "runs"
+    runs = tmp_path / "runs"
+    for cell in ("views=0-1", "views=0-6"):
+        for name in ("vanilla-s0", "balanced-s0"):
+            shutil.copytree(evidence / cell / name, runs / cell / name)
+        base = runs / cell / "single-view1-s0"  # a baseline of the cell's second view, from its vanilla run
+        shutil.copytree(evidence / cell / "vanilla-s0", base)
+        for file in ("config.json", "summary.json"):
+            record = json.loads((base / file).read_text())
+            if file == "config.json":
+                record |= {"single_view": 1, "loss": "fused"}
+            else:
+                record["name"] = "single-view1-s0"
+            (base / file).write_text(json.dumps(record))
+    r = invoke("compare", "--collect", runs, "--out", tmp_path / "c")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert {(b["cell"], b["view"]) for b in doc["baselines"]} == {("views=0-1", 1), ("views=0-6", 6)}
+    assert "leans on the first view of its cell (m0)" in r.output
