@@ -18,7 +18,7 @@ from mmtm.hardware import Compute
 from mmtm.network import build_network
 from mmtm.probe import probe_accuracies
 from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
-from mmtm.stats import OBJECT_RESAMPLES, object_intervals
+from mmtm.stats import object_intervals
 from mmtm.tensorboard_log import log_cur
 from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
 
@@ -81,7 +81,7 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
         "acc": regular["acc"], "acc_m0": regular["acc_m0"], "acc_m1": regular["acc_m1"], **cur,
         "checkpoint": str(ckpt_path), "epochs_trained": ckpt.get("epoch"), "policy": cfg.policy,
         "views": list(cfg.views), "single_view": cfg.single_view, "split": split, "n": regular["n"],
-        "data": str(data), "precision": "float32", "intervals": intervals(objects, split),
+        "data": str(data), "precision": "float32", "intervals": object_intervals(objects, split=split),
         "objects": {"index": objects.pop("index"), **{k: "".join(map(str, v)) for k, v in objects.items()}},
     }
     if probe:
@@ -90,11 +90,3 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
     log_cur(run.tb, result, checkpoint, int(ckpt["step"]))
     return result
 
-
-def intervals(objects: dict, split: str) -> dict:
-    """`object_intervals`, whose method names the objects of the split they were drawn from."""
-    found = object_intervals(objects)
-    if split != "test":  # object_intervals speaks of test objects, the split report and compare read
-        found["method"] = (f"percentile bootstrap over the {len(objects['fused'])} objects of the {split} split, "
-                           f"{OBJECT_RESAMPLES} resamples")
-    return found

@@ -267,8 +267,8 @@ def wilson(right: int, n: int, level: float = LEVEL) -> tuple[float, float]:
 
 
 def object_intervals(objects: dict[str, Sequence[int]], level: float = LEVEL, resamples: int = OBJECT_RESAMPLES,
-                     seed: int = 0) -> dict:
-    """Intervals over the test objects of one run. acc, A(f0), A(f1): Wilson score intervals. u(m1|m0), u(m0|m1),
+                     seed: int = 0, split: str = "test") -> dict:
+    """Intervals over the objects of one run's `split` (its method says which). acc, A(f0), A(f1): Wilson score intervals. u(m1|m0), u(m0|m1),
     d_util: percentile bootstrap, resampling objects with replacement (the five outcomes of an object kept
     together); where no object changes outcome when the flow is turned off, every resample gives the same u, so
     the interval is widened by the exact (Clopper-Pearson) bound on the share of objects that could change,
@@ -276,7 +276,8 @@ def object_intervals(objects: dict[str, Sequence[int]], level: float = LEVEL, re
     (f0_only/f1_only absent for a single-view run)."""
     right = {k: np.asarray(v, dtype=np.float64) for k, v in objects.items() if k != "index"}
     n = len(right["fused"])
-    out = {"method": f"Wilson score (accuracies); percentile bootstrap over the {n} test objects, {resamples} "
+    drawn = "test objects" if split == "test" else f"objects of the {split} split"
+    out = {"method": f"Wilson score (accuracies); percentile bootstrap over the {n} {drawn}, {resamples} "
                      "resamples (CURs)", "level": level}
     for key, head in (("acc", "fused"), ("acc_m0", "f0"), ("acc_m1", "f1")):
         out[key] = list(wilson(int(right[head].sum()), n, level))

@@ -84,7 +84,7 @@ def test_only_the_test_split_of_best_and_last_goes_to_cur_json_and_cur_last_json
                                                              "cur-train-best.json", "cur-val-last.json"]
     val = json.loads((run / "cur-val-last.json").read_text())
     assert val["split"] == "val" and "objects of the val split" in val["intervals"]["method"]
-    assert "test" not in val["intervals"]["method"]
+    assert "test" not in val["intervals"]["method"] and "Wilson score" in val["intervals"]["method"]
     test = json.loads((run / "cur-last.json").read_text())
     assert test["split"] == "test" and f"over the {test['n']} test objects" in test["intervals"]["method"]
 
