@@ -95,8 +95,9 @@ def compare(
         raise UserError("--policies must list at least one policy and none twice")
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
-    for flag, value in (("--jobs", 1 if jobs is None else jobs), ("--runs-per-device", runs_per_device), ("--time-min", time_min),
-                        ("--cpus-per-run", cpus_per_run), ("--array-parallelism", array_parallelism)):
+    for flag, value in (("--jobs", 1 if jobs is None else jobs), ("--runs-per-device", runs_per_device),
+                        ("--time-min", time_min), ("--cpus-per-run", cpus_per_run),
+                        ("--array-parallelism", array_parallelism)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if gpus_per_run < 0:
