@@ -270,10 +270,10 @@ def object_intervals(objects: dict[str, Sequence[int]], level: float = LEVEL, re
                      seed: int = 0, split: str = "test") -> dict:
     """Intervals over the objects of one run's `split` (its method says which). acc, A(f0), A(f1): Wilson score
     intervals. u(m1|m0), u(m0|m1), d_util: percentile bootstrap, resampling objects with replacement (the five
-    outcomes of an object kept together); where no object changes outcome when the flow is turned off, every resample gives the same u, so
-    the interval is widened by the exact (Clopper-Pearson) bound on the share of objects that could change,
-    1 − ((1 − level)/2)^(1/n), over A(f). `objects` holds 0/1 per object: fused, f0, f0_only, f1, f1_only
-    (f0_only/f1_only absent for a single-view run)."""
+    outcomes of an object kept together); where no object changes outcome when the flow is turned off, every
+    resample gives the same u, so the interval is widened by the exact (Clopper-Pearson) bound on the share of
+    objects that could change, 1 − ((1 − level)/2)^(1/n), over A(f). `objects` holds 0/1 per object: fused, f0,
+    f0_only, f1, f1_only (f0_only/f1_only absent for a single-view run)."""
     right = {k: np.asarray(v, dtype=np.float64) for k, v in objects.items() if k != "index"}
     n = len(right["fused"])
     drawn = "test objects" if split == "test" else f"objects of the {split} split"
