@@ -126,4 +126,4 @@ def prep(
           f"objects, {summary['views']} views in {summary['seconds']:.1f} s ({summary['views_per_s']:.0f} views/s)"
           + (f", {len(summary['skipped'])} skipped" if summary["skipped"] else ""))
     if src == PAIRS:
-        print(f"train on its two views with: mmtm train --data {summary['out']} --views 0,1 ...")
+        print(f"train on its two views (0 and 1, the folder's default) with: mmtm train --data {summary['out']} ...")

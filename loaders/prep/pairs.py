@@ -1,5 +1,5 @@
 """`mmtm prep pairs CSV`: any two-modality image data, given as a CSV with one object per row, into a dataset folder
-with two views per object (`num_views: 2` in dataset.json; train with `--views 0,1`).
+with two views per object (`num_views: 2` in dataset.json, so runs use views 0 and 1 by default).
 
 The CSV (docs/data.md): a header naming the columns, in any order,
 
