@@ -46,8 +46,9 @@ def splits_of(data) -> dict[str, list[str]]:
 def test_pairs_become_a_two_view_dataset_the_contract_accepts(tmp_path):
     csv = make_pairs(tmp_path / "src")
     r = prep(csv, tmp_path / "d")
-    assert "--views 0,1" in r.output
+    assert "views (0 and 1, the folder's default)" in r.output
     ds = open_dataset(tmp_path / "d")
+    assert ds.default_views == (0, 1)  # a run on the folder needs no --views
     meta = ds.meta
     assert meta["num_views"] == 2 and meta["source"] == "pairs" and meta["classes"] == list(CLASSES)
     assert meta["pairs"] == {"split": "seeded", "test_fraction": 0.2}
