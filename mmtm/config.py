@@ -196,7 +196,7 @@ PRESETS: dict[str, dict] = {
              "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 1, "precise_bn": 20},
     # The two sets where greed can cost accuracy (docs/digits-and-shortcut.md), sized so one run takes 10-20 s of one
     # core: a width-8 network, the torch loader reading in the training process (a sweep with --jobs 1 keeps to one
-    # core), BatchNorm statistics from 2 batches. `shortcut`: 5 classes at 32 px, 12 epochs of 12 steps.
+    # core), BatchNorm statistics from 2 batches. `shortcut`: 5 classes at 32 px, 12 epochs of 24 steps.
     "shortcut": {"width": 8, "epochs": 12, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "schedule": "cosine",
                  "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 0, "loader": "torch",
                  "precise_bn": 2},

@@ -18,10 +18,12 @@ it twice:
     it is learnt.
   - `shortcut`: the roles of `ease` swapped, and the rear made a shortcut. The front mark is the class's glyph drawn
     as `ease` draws its rear mark (small, shallow, loose, among studs): view 0 alone can reach 1 but learns it
-    slowly. The rear mark is large and clear, like the other variants' front mark, and names a class that agrees
-    with the label on a fraction `agreement` (default 1) of the train and validation objects (otherwise another
-    class, drawn at random) and is drawn at random, whatever the label, for every test object: view 6 alone is
-    right in training and at chance at test. The views differ in whether what they say holds at test.
+    slowly. The rear mark is large, in deep relief, and one of the glyphs most unlike each other at low resolution
+    (`SHORTCUT_GLYPHS`, each standing for one class); it names a class that agrees with the label on a fraction
+    `agreement` (default 1) of the train and validation objects (otherwise another class, drawn at random) and is
+    drawn at random, whatever the label, for every test object: view 6 alone is right in training and at chance at
+    test. Anchors (`SHORTCUT_ANCHOR_MARGIN`) keep the rear mark out of view 0's scale and centre, and the front
+    mark out of view 6's. The views differ in whether what they say holds at test.
 Each object is rotated by at most ±`YAW_JITTER_DEG` about the upright axis, so the front stays the front.
 Everything derives from (seed, class, object, variant), so a set is reproducible byte for byte and independent of
 how work is split over processes.
@@ -47,6 +49,9 @@ SHORTCUT_AGREEMENT = 1.0   # `shortcut`: fraction of train/val objects whose rea
 # farthest any mark reaches (measured: 0.51 in front, 0.40 behind, 0.07 below; `_anchored` checks it). The objects
 # are drawn about a third smaller than without anchors.
 ANCHOR_MARGIN = (0.1, 0.6, 0.1)
+# `shortcut`: below and above the body per axis (measured: its marks reach 0.36 in front, 0.76 behind, 0.09 below;
+# they stay within the faces' width).
+SHORTCUT_ANCHOR_MARGIN = ((0.0, 0.4, 0.1), (0.0, 0.8, 0.0))
 # The `ease` rear mark: smaller, shallower and looser than the front one, among distractor studs.
 EASE_REAR_SCALE = 0.7
 EASE_RELIEF = 0.8      # its relief depth relative to a normal mark's
@@ -80,6 +85,12 @@ GLYPHS: dict[str, list[tuple]] = {
 }
 MAX_CLASSES = len(GLYPHS)
 _GLYPH_NAMES = list(GLYPHS)
+# `shortcut`: the rear glyphs, those most unlike each other at a low resolution first (bars of two orientations,
+# a solid square, a ring, two bars), so that the rear mark is learnt first and fully.
+SHORTCUT_GLYPHS = ["hbar", "vbar", "block", "ring", "two_vbars"] + [
+    g for g in _GLYPH_NAMES if g not in ("hbar", "vbar", "block", "ring", "two_vbars")]
+SHORTCUT_SCALE = 1.0    # of the smaller side of the rear face
+SHORTCUT_RELIEF = 1.6   # relief depth relative to a normal mark's: the deeper, the sooner it is learnt
 
 
 def class_names(classes: int) -> list[str]:
@@ -94,7 +105,8 @@ def variant_parameters(views_differ: str, agreement: float = SHORTCUT_AGREEMENT)
     if views_differ == "shortcut":
         return {"views_differ": views_differ, "front_mark": "glyph of the class, hard to learn",
                 "front_scale": EASE_REAR_SCALE, "front_relief": EASE_RELIEF, "front_jitter": EASE_JITTER,
-                "front_clutter": EASE_CLUTTER, "rear_mark": "glyph of the shortcut class", "rear_scale": FRONT_SCALE,
+                "front_clutter": EASE_CLUTTER, "rear_mark": "glyph standing for the shortcut class",
+                "rear_glyphs": SHORTCUT_GLYPHS, "rear_scale": SHORTCUT_SCALE, "rear_relief": SHORTCUT_RELIEF,
                 "shortcut_agreement": agreement, "shortcut_at_test": "uniform over the classes"}
     if views_differ == "information":
         return {"views_differ": views_differ, "rear_mark": "glyph of the class pair", "rear_scale": REAR_SCALE,
@@ -236,6 +248,7 @@ def _make_shortcut(class_index: int, classes: int, object_index: int, seed: int,
 
     rng = np.random.default_rng([seed, class_index, object_index, 2])
     parts, front_y, rear_y, face_width, face_bottom, face_top = _body(rng)
+    body = np.min([p.bounds[0] for p in parts], axis=0), np.max([p.bounds[1] for p in parts], axis=0)
     size = min(face_width, face_top - face_bottom)
     centre_v = (face_bottom + face_top) / 2
     front = _GLYPH_NAMES[class_index]
@@ -244,10 +257,11 @@ def _make_shortcut(class_index: int, classes: int, object_index: int, seed: int,
                     centre_v + rng.uniform(-EASE_JITTER, EASE_JITTER) * size, front_y, side=-1, rng=rng,
                     relief=EASE_RELIEF)
     parts += _studs(EASE_CLUTTER, face_width, centre_v, size, front_y, rng)
-    rear = _GLYPH_NAMES[shortcut_class(class_index, classes, object_index, seed, test=test, agreement=agreement)]
-    parts += _glyph(rear, FRONT_SCALE * size * rng.uniform(0.85, 1.1),
-                    rng.uniform(-0.06, 0.06), centre_v + rng.uniform(-0.06, 0.06), rear_y, side=1, rng=rng)
-    mesh = trimesh.util.concatenate(parts)
+    rear = SHORTCUT_GLYPHS[shortcut_class(class_index, classes, object_index, seed, test=test, agreement=agreement)]
+    parts += _glyph(rear, SHORTCUT_SCALE * size * rng.uniform(0.85, 1.1),
+                    rng.uniform(-0.06, 0.06), centre_v + rng.uniform(-0.06, 0.06), rear_y, side=1, rng=rng,
+                    relief=SHORTCUT_RELIEF)
+    mesh = _anchored(trimesh.util.concatenate(parts), *body, size, margin=SHORTCUT_ANCHOR_MARGIN)
     yaw = np.radians(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG))
     mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 0, 1]))
     return mesh, (front, rear)
@@ -283,13 +297,14 @@ def _body(rng: np.random.Generator) -> tuple[list, float, float, float, float, f
     return parts, -half_depth, half_depth, face_width * 0.9, -height / 2 + 0.05, height / 2 - 0.2
 
 
-def _anchored(mesh, body_low: np.ndarray, body_high: np.ndarray, size: float):
+def _anchored(mesh, body_low: np.ndarray, body_high: np.ndarray, size: float, margin=None):
     """`mesh` plus the 8 corners of the body's box grown by ANCHOR_MARGIN·size, each as a zero-area face: nothing
     is drawn, but the renderer's extent (and so its scale and centre) becomes the body's, whatever the marks."""
     import trimesh
 
-    margin = np.asarray(ANCHOR_MARGIN) * size
-    low, high = body_low - margin, body_high + margin
+    margin = ANCHOR_MARGIN if margin is None else margin  # one (x, y, z), or (below, above)
+    margin = np.broadcast_to(np.asarray(margin, dtype=float), (2, 3)) * size
+    low, high = body_low - margin[0], body_high + margin[1]
     if (mesh.bounds[0] < low).any() or (mesh.bounds[1] > high).any():
         raise ValueError("a mark reaches beyond the anchors; ANCHOR_MARGIN is too small")
     corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
