@@ -54,6 +54,10 @@ def compare(
     retrain_changed: bool = typer.Option(False, "--retrain-changed", help="Runs in --out trained with other "
                                          "settings or data than asked for are moved to OUT/.replaced-<time>/ and "
                                          "trained again (without it they are refused)."),
+    probe: bool = typer.Option(False, "--probe", help="Also measure each branch by a linear probe on its frozen "
+                                                      "features (eval-cur --probe): the tables gain probe_m0, "
+                                                      "probe_m1. Kept runs without probes are evaluated again, "
+                                                      "not retrained."),
 ) -> None:
     """Compare training policies over seeds and grid cells: train, eval-cur (best and last checkpoint), tables and
     plots.
@@ -72,7 +76,7 @@ def compare(
     \b
     Examples:
       mmtm compare --data demo/data --out demo/compare
-      mmtm compare --data demo/data --out c1 --seeds 0 --policies vanilla,pmr
+      mmtm compare --data demo/data --out c1 --seeds 0 --policies vanilla,pmr --probe
       mmtm compare --data demo/data --out c2 --jobs 2 --baselines
       mmtm compare --data demo/data --out c3 --policies vanilla,balanced \\
         --set views=0-6,0-3,3-9 --seeds 0,1,2     # a grid of view pairs
@@ -112,7 +116,7 @@ def compare(
             launcher=launcher, jobs=jobs or 1, devices=device_list, runs_per_device=runs_per_device,
             slurm={"partition": partition, "time_min": time_min, "gpus_per_run": gpus_per_run,
                    "cpus_per_run": cpus_per_run, "array_parallelism": array_parallelism},
-            wait=not no_wait, progress=progress.update, retrain_changed=retrain_changed, epochs=epochs,
+            wait=not no_wait, progress=progress.update, retrain_changed=retrain_changed, probe=probe, epochs=epochs,
             loader=loader, device=device or ("cuda" if device_list else None))
     if path is not None:
         _finish(path)

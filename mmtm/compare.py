@@ -118,7 +118,8 @@ def cells(axes: dict[str, list]) -> list[dict]:
 
 
 def plan(data: str, out: Path, *, seeds: list[int], policies: tuple[str, ...], preset: str, config_file: str | None,
-         axes: dict[str, list], baselines: bool, overrides: dict, digest: str | None = None) -> list[RunSpec]:
+         axes: dict[str, list], baselines: bool, overrides: dict, digest: str | None = None,
+         probe: bool = False) -> list[RunSpec]:
     """Every run of the sweep, each config resolved (and so checked) before the first one starts."""
     specs = []
     for cell in cells(axes):
@@ -130,7 +131,7 @@ def plan(data: str, out: Path, *, seeds: list[int], policies: tuple[str, ...], p
                      for v in (0, 1)]
         for name, who in runs:
             cfg = resolve(preset, config_file, data=data, out=str(root / name), **{**overrides, **cell, **who})
-            specs.append(RunSpec(root / name, to_dict(cfg), label, preset, digest))
+            specs.append(RunSpec(root / name, to_dict(cfg), label, preset, digest, probe))
     return specs
 
 
@@ -139,15 +140,17 @@ def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tu
                    preset: str = "demo", config_file: str | None = None, axes: dict[str, list] | None = None,
                    baselines: bool = False, launcher: str = "local", jobs: int = 1, devices: list[int] | None = None,
                    runs_per_device: int = 1, slurm: dict | None = None, wait: bool = True, progress=None,
-                   retrain_changed: bool = False, **overrides) -> Path | None:
+                   retrain_changed: bool = False, probe: bool = False, **overrides) -> Path | None:
     """Plan and check every run and the launcher, then (holding OUT's lock) launch, and write the comparison; None
     when Slurm jobs were left running (--no-wait). A run folder in `out` of other settings or data than planned is
-    refused, or with `retrain_changed` moved aside and trained again."""
+    refused, or with `retrain_changed` moved aside and trained again. With `probe`, eval-cur also fits the linear
+    probes (mmtm/probe.py); a kept run without them is evaluated again, not retrained."""
     out = check_output_folder(out)
     data = str(Path(data).resolve())  # runs record an absolute path, so eval-cur works from any folder
     digest = check_data(data)
     specs = plan(data, out, seeds=seeds, policies=policies, preset=preset, config_file=config_file, axes=axes or {},
-                 baselines=baselines, overrides={k: v for k, v in overrides.items() if v is not None}, digest=digest)
+                 baselines=baselines, overrides={k: v for k, v in overrides.items() if v is not None}, digest=digest,
+                 probe=probe)
     check_launcher(launcher, devices)
     with owning(out):
         return _sweep(specs, out, launcher=launcher, jobs=jobs, devices=devices, runs_per_device=runs_per_device,

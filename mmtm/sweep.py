@@ -58,6 +58,7 @@ class RunSpec:
     cell: dict = field(default_factory=dict)
     preset: str = ""
     data_digest: str | None = None  # of the data folder when the sweep was planned (loaders.dataset.data_digest)
+    probe: bool = False  # eval-cur with the linear probes (mmtm/probe.py) as well
 
     @property
     def name(self) -> str:
@@ -84,7 +85,15 @@ def job_config(config: dict, threads: int) -> dict:
 def is_done(spec: RunSpec) -> bool:
     from mmtm.evidence import is_summarised
 
-    return is_summarised(spec.dir)
+    return is_summarised(spec.dir) and not (spec.probe and needs_probe(spec.dir))
+
+
+def needs_probe(run_dir: Path) -> bool:
+    """Whether a cur file of the run lacks the linear probes (`eval-cur --probe`)."""
+    from mmtm.run import RunFolder
+
+    run = RunFolder(run_dir)
+    return any("probe_m0" not in json.loads(path.read_text()) for path in (run.cur, run.cur_last) if path.is_file())
 
 
 def _short(digest: str | None) -> str:
@@ -117,19 +126,20 @@ def write_job(spec: RunSpec, *, launcher: str, threads: int | None, device: str 
     config = job_config(spec.config, threads) if threads else spec.config
     atomic_write_text(path, json.dumps({"config": config, "cell": spec.cell, "preset": spec.preset,
                                         "data_digest": spec.data_digest, "launcher": launcher, "threads": threads,
-                                        "device": device}, indent=2) + "\n")
+                                        "device": device, "probe": spec.probe}, indent=2) + "\n")
     return path
 
 
 def run_job(job_json: str | os.PathLike) -> None:
-    """The job: train or resume, eval-cur on best.pt and last.pt, summary.json (which marks the run done)."""
+    """The job: train or resume, eval-cur on best.pt and last.pt (with the probes if the sweep asks), summary.json
+    (which marks the run done). A finished run that only lacks the probes keeps its training time in summary.json."""
     import torch
 
     from loaders.device import resolve_device
     from mmtm.config import from_dict
     from mmtm.eval_cur import evaluate_cur
-    from mmtm.evidence import summarise
-    from mmtm.run import RunFolder
+    from mmtm.evidence import SUMMARY_JSON, is_summarised, summarise
+    from mmtm.run import RunFolder, read_json
     from mmtm.training import fit
 
     job = json.loads(Path(job_json).read_text())
@@ -145,18 +155,23 @@ def run_job(job_json: str | os.PathLike) -> None:
         found = changes(run.root, job["config"], digest)
         if found:
             raise UserError(f"{run.root}: holds a run of other settings ({'; '.join(found)}); it is not resumed")
+        probe = job.get("probe", False)
+        trained = read_json(run.root / SUMMARY_JSON)["job"] if is_summarised(run.root) else None
         fit(cfg, resume=run.last.is_file())
         for which in ("best", "last"):
             result, ckpt = run.cur_for(which), run.checkpoint(which)
-            if not (result.is_file() and result.stat().st_mtime >= ckpt.stat().st_mtime):
-                evaluate_cur(run.root, checkpoint=which)
+            if not (result.is_file() and result.stat().st_mtime >= ckpt.stat().st_mtime
+                    and not (probe and "probe_m0" not in read_json(result))):
+                evaluate_cur(run.root, checkpoint=which, probe=probe)
         device = str(resolve_device(cfg.device))
         if device.startswith("cuda"):
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
             device += f" ({torch.cuda.get_device_name(0)}, CUDA_VISIBLE_DEVICES={visible})"
+        seconds = round(time.perf_counter() - started, 1)
         summarise(run.root, cell=job["cell"], preset=job["preset"],
-                  job={"launcher": job["launcher"], "host": socket.gethostname(), "device": device,
-                       "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1)})
+                  job=({**trained, "probe_seconds": seconds} if trained else
+                       {"launcher": job["launcher"], "host": socket.gethostname(), "device": device,
+                        "threads": torch.get_num_threads(), "seconds": seconds}))
     finally:
         run.release()
 

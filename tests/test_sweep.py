@@ -404,3 +404,28 @@ def test_collect_into_its_own_folder_twice_counts_each_run_once(tmp_path, figure
         r = invoke("compare", "--collect", x, "--out", x)
         assert r.exit_code == 0, r.output
         assert (x / "comparison.json").read_bytes() == (committed / "comparison.json").read_bytes()
+
+
+def test_probe_adds_each_branchs_probe_and_evaluates_kept_runs_again_without_retraining(
+        synthetic_data, tmp_path, figures_not_drawn):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(SHORT))
+    out = tmp_path / "o"
+    args = ["compare", "--data", synthetic_data, "--out", out, "--policies", "vanilla", "--seeds", "0", "--config",
+            cfg, "--epochs", "1"]
+    assert invoke(*args).exit_code == 0
+    run = out / "vanilla-s0"
+    assert "probe_m0" not in json.loads((run / "cur.json").read_text())
+    weights, trained = (run / "last.pt").stat().st_mtime_ns, json.loads((run / "summary.json").read_text())["job"]
+    r = invoke(*args, "--probe")
+    assert r.exit_code == 0, r.output
+    for name in ("cur.json", "cur-last.json"):
+        cur = json.loads((run / name).read_text())
+        assert 0 <= cur["probe_m0"] <= 1 and 0 <= cur["probe_m1"] <= 1, name
+    assert (run / "last.pt").stat().st_mtime_ns == weights  # evaluated again, not retrained
+    job = json.loads((run / "summary.json").read_text())["job"]
+    assert job["seconds"] == trained["seconds"] and job["probe_seconds"] > 0  # the training time is kept
+    table = json.loads((out / "comparison.json").read_text())
+    assert "probe_m0" in table["runs"][0] and "probe_m0" in (out / "comparison.md").read_text()
+    r = invoke(*args, "--probe")
+    assert "1 of 1 runs kept" in r.output, r.output
