@@ -4,8 +4,8 @@ The ranks' agreement on step, d_speed and the policy's state is checked by train
 (it stops with an error otherwise), so these runs also cover what each policy shares across ranks: OGM-GE's
 summed scores and noise, PMR's summed prototypes, G-Blending's summed split losses, MMPareto's
 averaged per-loss gradients (its last step's weights are in its state), AGM's summed response losses (its running
-scores and coefficients are in its state), OPM's summed scores and shared draws (its last q is in its state); the balanced run, d_speed and
-the re-balancing steps. The balanced run goes through torchrun itself; the others' ranks are forked from the job
+scores and coefficients are in its state), OPM's summed scores and shared draws (its last q is in its state); the
+balanced run, d_speed and the re-balancing steps. The balanced run goes through torchrun itself; the others' ranks are forked from the job
 server (tests/helpers.py) with the variables torchrun sets."""
 import json
 import math
@@ -64,7 +64,8 @@ def two_epochs(data, out, policy) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["ogm-ge", "pmr", "g-blending", "mmpareto", "agm", "opm"])  # balanced: the torchrun test below
+# balanced: the torchrun test below
+@pytest.mark.parametrize("policy", ["ogm-ge", "pmr", "g-blending", "mmpareto", "agm", "opm"])
 def test_two_process_ddp_on_gloo(synthetic_data, tmp_path, policy):
     out = tmp_path / "ddp"
     port = str(free_port())

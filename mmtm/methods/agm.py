@@ -26,6 +26,8 @@ are updated on every step as there.
 Deviations: the official code also runs a pass with both modalities zeroed whose output nothing uses (not run
 here); under DDP the per-sample losses are summed over ranks first, so every rank uses the same k (the official
 code runs one process or DataParallel, which sees the whole batch); the scores stay on the device (no host sync).
+Cost: two more forward passes of the network a step, and backward through both (the official code's, plus the
+unused third forward it makes).
 """
 from __future__ import annotations
 

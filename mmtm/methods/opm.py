@@ -9,12 +9,17 @@ probability q = q_base·(1 + λ·tanh(ρ − 1)), ρ its score over the other's 
 [0, 1] (`calcu_q`, `:58-72`); then with probability p_exe (`:34`) each sample's feature of modality i (the encoder's
 pooled output, the fusion layer's input) is kept with probability 1 − q_i and every feature is divided by 1 − θ,
 θ = Σ d_i q_i / Σ d_i over the feature widths d_i (`execute_drop`, `:31-55`); otherwise nothing is dropped or
-scaled. The fused output of the dropped features is trained with CE alone (`main.py:104, 114`).
+scaled. The fused output of the dropped features is trained with CE alone (`main.py:104, 114`). One more gradient
+comes with it: the scaling's backward (`custom_autograd`, `:9-21`) returns θ itself as θ's gradient, and θ carries
+the scores' graph (q is built from them, and they from the features with the fusion weights detached), so on a step
+that drops, each encoder's features also get θ·∂θ/∂(their scores), as if θ²/2 were added to the loss; it is kept
+here (`theta_term`), as the authors ran it.
 Mapping: the official audio/visual encoders are this network's branches 0/1; the features are each branch's fc input
 and ŷ = ŷ0/2 + ŷ1/2 plays the concatenation layer, so a modality's share is ŷi/2 (as in mmtm/methods/ogm_ge.py) and
 a dropped feature leaves its head its bias; the scores come from the undropped features of the same forward, as
 there. With MMTM fusion a dropped feature is dropped after the fusion modules, where the official concatenation
-sits.
+sits. The heads are recomputed on the dropped features in the loss hook, in float32 (under bf16 autocast the
+forward's own heads run in bf16).
 Defaults (`main.py:42-44`, argparse, and `code/scripts/train_opm.sh`): q_base = 0.5, λ = 0.5, p_exe = 0.7; warm-up 6
 epochs (`epoch <= 5` of the 0-based epochs).
 Deviations: the draws come from the policy's own seeded generator (the official code draws the p_exe coin from
@@ -23,6 +28,7 @@ the masks, whether or not the drop runs; under DDP the scores are summed over ra
 same q and the same coin (each rank draws its masks from the same generator state, as mmtm/methods/moddrop.py
 does). The official code also removes samples whose features are all dropped and skips a batch with none left
 (`main.py:95-101`); only the dominant modality has q > 0, so that never happens and is not implemented.
+Cost: two small linear layers and one backward through them; no extra pass of the network.
 """
 from __future__ import annotations
 
@@ -140,14 +146,14 @@ class OPMPolicy(SeededPolicy):
             return super().loss(logits0, logits1, y, features, epoch)
         heads, (f0, f1) = features
         scores = true_class_scores(logits0 / 2, logits1 / 2, y)  # each branch's share of ŷ = ŷ0/2 + ŷ1/2
-        if dist.is_available() and dist.is_initialized():
+        ddp = dist.is_available() and dist.is_initialized()
+        if ddp:
             dist.all_reduce(scores)
         with torch.no_grad():
             q = drop_probabilities(scores, self.q_base, self.lam)
         keep, executed = draw(q, len(y), self.p_exe, self.generator)
         self.last_q = q
         shares = [F.linear(f.float(), head.weight.detach(), head.bias.detach()) / 2 for f, head in zip((f0, f1), heads)]
-        ddp = dist.is_available() and dist.is_initialized()
         extra = theta_term(*shares, y, scores, feature_dims(f0, f1, q), executed, self.q_base, self.lam,
                            dist.get_world_size() if ddp else 1)
         f0, f1 = drop_features(f0.float(), f1.float(), q, keep, executed)
