@@ -84,6 +84,11 @@ class TrainConfig:
     opm_lambda: float = opm.DEFAULT_LAMBDA
     opm_p_exe: float = opm.DEFAULT_P_EXE
     opm_warmup_epochs: int = opm.DEFAULT_WARMUP_EPOCHS
+    opm_ogm: str = "off"                    # the journal code's OGM options: off | ogm | ogm-ge
+    opm_ogm_coeff: str = "tanh"             # tanh (OGM's 1 − tanh(α·ρ)) | plus (OGM+: the weak modality ×4)
+    opm_ogm_alpha: float = opm.DEFAULT_OGM_ALPHA
+    opm_ogm_end_epoch: int | None = None    # last modulated epoch; None: resolved from opm_ogm_end_fraction
+    opm_ogm_end_fraction: float | None = None  # the window's end as a share of the epochs; None: the authors' (81/100)
     # reproducibility and hardware
     seed: int = 777
     device: str = "auto"                    # auto | cpu | cuda[:index]
@@ -110,7 +115,8 @@ class TrainConfig:
                               ("channels_last", CHANNELS_LAST_SETTINGS), ("cuda_graphs", CUDA_GRAPH_SETTINGS),
                               ("speed_signal", SIGNALS),
                               ("plateau_on", PLATEAU_ON), ("schedule", SCHEDULES),
-                              ("gb_estimator", g_blending.ESTIMATORS)):
+                              ("gb_estimator", g_blending.ESTIMATORS), ("opm_ogm", opm.OGM_MODES),
+                              ("opm_ogm_coeff", opm.OGM_COEFFS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if self.policy == "g-blending" and self.gb_estimator == "published" and self.loss != "fused":
@@ -136,7 +142,7 @@ class TrainConfig:
                             ("momentum", 0), ("weight_decay", 0), ("min_lr", 0), ("alpha", 0),
                             ("plateau_threshold", 0), ("speed_from_epoch", 0), ("gb_interval", 1), ("ogm_alpha", 0),
                             ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0), ("mmpareto_gamma", 0),
-                            ("agm_alpha", 0), ("opm_lambda", 0), ("opm_warmup_epochs", 0)):
+                            ("agm_alpha", 0), ("opm_lambda", 0), ("opm_warmup_epochs", 0), ("opm_ogm_alpha", 0)):
             value = getattr(self, name)
             if value is not None and not least <= value < math.inf:  # written so that nan fails too
                 raise UserError(f"{name} must be {f'at least {least}' if math.isfinite(value) else 'finite'}, "
@@ -156,7 +162,8 @@ class TrainConfig:
                             f"width {self.width}; use an mmtm_ratio of at most {4 * min(mmtm_channels(self.width))}")
         if not 0 < self.plateau_factor < 1:
             raise UserError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor}")
-        for prefix, share in (("ogm", ogm_ge.WINDOW_SHARE), ("pmr", pmr.WINDOW_SHARE), ("agm", agm.WINDOW_SHARE)):
+        for prefix, share in (("ogm", ogm_ge.WINDOW_SHARE), ("pmr", pmr.WINDOW_SHARE), ("agm", agm.WINDOW_SHARE),
+                              ("opm_ogm", opm.OGM_WINDOW_SHARE)):
             self._resolve_window(prefix, share)
         for first, last in (("ogm_start_epoch", "ogm_end_epoch"), ("pmr_start_epoch", "pmr_end_epoch")):
             if getattr(self, last) < getattr(self, first):
@@ -196,7 +203,7 @@ def window_end(fraction: float, epochs: int) -> int:
 
 # A modulation window's end, as an epoch or as a share of the run: give one; config.json records both.
 WINDOW_ENDS = (("ogm_end_epoch", "ogm_end_fraction"), ("pmr_end_epoch", "pmr_end_fraction"),
-               ("agm_end_epoch", "agm_end_fraction"))
+               ("agm_end_epoch", "agm_end_fraction"), ("opm_ogm_end_epoch", "opm_ogm_end_fraction"))
 
 PRESETS: dict[str, dict] = {
     # Wu et al.'s ModelNet40 setup (docs/science.md §5).

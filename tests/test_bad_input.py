@@ -485,6 +485,11 @@ CASES = [
     ("--opm-p-exe 2", 30, flags("--opm-p-exe", "2"), "opm_p_exe"),
     ("--opm-p-exe nan", 30, flags("--opm-p-exe", "nan"), "opm_p_exe"),
     ("--opm-warmup-epochs -1", 30, flags("--opm-warmup-epochs", "-1"), "opm_warmup_epochs"),
+    ("--opm-ogm ogm+", 30, flags("--opm-ogm", "ogm+"), "opm_ogm must be one of"),
+    ("--opm-ogm-coeff sigmoid", 30, flags("--opm-ogm-coeff", "sigmoid"), "opm_ogm_coeff"),
+    ("--opm-ogm-alpha -0.5", 30, flags("--opm-ogm-alpha", "-0.5"), "opm_ogm_alpha"),
+    ("--opm-ogm-end-epoch -2", 30, flags("--opm-ogm-end-epoch", "-2"), "opm_ogm_end_epoch"),
+    ("--opm-ogm-end-fraction 2", 30, flags("--opm-ogm-end-fraction", "2"), "opm_ogm_end_fraction"),
     ("g-blending --loss heads", 30, flags("--policy", "g-blending", "--loss", "heads"), "not be what was trained"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",

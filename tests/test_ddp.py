@@ -4,7 +4,7 @@ The ranks' agreement on step, d_speed and the policy's state is checked by train
 (it stops with an error otherwise), so these runs also cover what each policy shares across ranks: OGM-GE's
 summed scores and noise, PMR's summed prototypes, G-Blending's summed split losses, MMPareto's
 averaged per-loss gradients (its last step's weights are in its state), AGM's summed response losses (its running
-scores and coefficients are in its state), OPM's summed scores and shared draws (its last q is in its state); the
+scores and coefficients are in its state), OPM's summed scores and shared draws and noise (its last q is in its state); the
 balanced run, d_speed and the re-balancing steps. The balanced run goes through torchrun itself; the others' ranks are forked from the job
 server (tests/helpers.py) with the variables torchrun sets."""
 import json
@@ -23,7 +23,7 @@ from mmtm.jobs import start
 
 # G-Blending's estimate trains three copies: its epochs are cut to 3 steps.
 POLICY_FLAGS = {"balanced": ["--alpha", "0"], "ogm-ge": [], "pmr": [], "mmpareto": [], "agm": [],
-                "opm": ["--opm-warmup-epochs", "0"],
+                "opm": ["--opm-warmup-epochs", "0", "--opm-ogm", "ogm-ge"],
                 "g-blending": ["--gb-interval", "1", "--max-steps-per-epoch", "3"]}
 
 

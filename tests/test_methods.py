@@ -934,3 +934,83 @@ def test_opm_matches_a_transcription_of_the_official_forward_and_backward(seed, 
     for got, expected in ((m0.grad, out_1.grad), (m1.grad, out_2.grad), (2 * w0.grad, fxy_w.grad[:, :D]),
                           (2 * w1.grad, fxy_w.grad[:, D:]), (b0.grad + b1.grad, fxy_b.grad)):
         assert torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def _official_journal_ogm(performance_1, performance_2, alpha, use_ogm_plus):
+    """BML@4b3aa4f code/main.py:116-152: the journal code's OGM coefficients."""
+    relu = nn.ReLU(inplace=True)
+    tanh = nn.Tanh()
+    coeff_1, coeff_2 = None, None
+    radio_1 = performance_1 / performance_2
+    radio_2 = performance_2 / performance_1
+    if use_ogm_plus:
+        if radio_1 > 1:
+            coeff_2 = 4
+            coeff_1 = 1
+        else:
+            coeff_2 = 1
+            coeff_1 = 4
+    else:
+        if radio_1 > 1:
+            coeff_1 = 1 - tanh(alpha * relu(radio_1))
+            coeff_2 = 1
+        else:
+            coeff_1 = 1
+            coeff_2 = 1 - tanh(alpha * relu(radio_2))
+    return coeff_1, coeff_2
+
+
+@pytest.mark.parametrize("scores", [(3.0, 1.0), (1.0, 3.0), (2.0, 2.0), (1.2, 1.0), (0.4, 0.9)])
+@pytest.mark.parametrize("alpha, plus", [(1.0, False), (0.8, False), (1.0, True)])
+def test_opm_ogm_coefficients_match_the_journal_code(scores, alpha, plus):
+    from mmtm.methods import opm
+    expected = _official_journal_ogm(torch.tensor(scores[0]), torch.tensor(scores[1]), alpha, plus)
+    got = opm.ogm_coefficients(torch.tensor(scores), alpha, "plus" if plus else "tanh")
+    assert got.tolist() == pytest.approx([float(e) for e in expected], rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["ogm", "ogm-ge"])
+def test_opm_ogm_modulates_conv_gradients_as_the_journal_loop(mode):
+    """main.py:154-169 on the network's gradients (its encoder_1/encoder_2 = branch 0/1, 4-D gradients only), the
+    noise drawn from the same generator as the policy's: the policy's after_backward gives the same gradients; in
+    the warm-up, after the window or with the option off it changes nothing."""
+    from mmtm.methods import opm
+
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    x0, x1, y = torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def step(policy, epoch):
+        net.zero_grad()
+        policy.task = "fused"
+        with policy.capture(net) as features:
+            logits0, logits1 = net(x0, x1)
+        policy.loss(logits0, logits1, y, features, epoch).backward()
+        before = {n: p.grad.clone() for n, p in net.named_parameters()}
+        policy.after_backward(net, logits0, logits1, y, epoch)
+        return before, {n: p.grad.clone() for n, p in net.named_parameters()}, policy
+
+    before, got, policy = step(opm.OPMPolicy(warmup_epochs=1, seed=3, ogm=mode, ogm_alpha=0.8, ogm_ends=2), 2)
+    shares = [logits / 2 for logits in net(x0, x1)]  # the same logits again (train mode, batch statistics)
+    true_scores = [sum([torch.softmax(t, 1)[i][int(y[i].item())] for i in range(6)]) for t in shares]
+    coeff_1, coeff_2 = _official_journal_ogm(*true_scores, 0.8, False)
+    generator = torch.Generator().manual_seed(3)
+    opm.draw(policy.last_q, 6, opm.DEFAULT_P_EXE, generator)  # the masks' draws come first
+    expected = dict(before)
+    for name, grad in before.items():
+        layer_name = str(name).split('.')[0]
+        coeff = coeff_1 if layer_name == "branch0" else coeff_2 if layer_name == "branch1" else None
+        if coeff is not None and len(grad.size()) == 4:
+            if mode == "ogm-ge":
+                expected[name] = grad * coeff + torch.zeros_like(grad).normal_(0, grad.std().item() + 1e-8,
+                                                                              generator=generator)
+            else:
+                expected[name] = grad * coeff
+    assert any(not torch.equal(got[n], before[n]) for n in got)
+    for n in got:
+        assert torch.allclose(got[n], expected[n], rtol=1e-5, atol=1e-6), n
+    for policy, epoch in ((opm.OPMPolicy(warmup_epochs=1, ogm=mode), 0), (opm.OPMPolicy(warmup_epochs=0, ogm=mode,
+                                                                                        ogm_ends=1), 2),
+                          (opm.OPMPolicy(warmup_epochs=0), 1)):
+        before, got, _ = step(policy, epoch)
+        assert all(torch.equal(got[n], before[n]) for n in got)

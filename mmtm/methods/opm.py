@@ -29,6 +29,13 @@ same q and the same coin (each rank draws its masks from the same generator stat
 does). The official code also removes samples whose features are all dropped and skips a batch with none left
 (`main.py:95-101`); only the dominant modality has q > 0, so that never happens and is not implemented.
 Cost: two small linear layers and one backward through them; no extra pass of the network.
+The journal code's OGM options (`main.py:116-169`), off in its OPM script, are here too (`opm_ogm`): past the same
+warm-up and inside its window (epochs 0..80 of 100, `main.py:46-47`: the first 81%), after backward, every 4-D
+gradient of encoder i is multiplied by k_i (`ogm`), plus N(0, std + 1e-8) of the unscaled gradient for both
+encoders (`ogm-ge`); k from the same scores: the dominant modality (ρ = s0/s1 > 1: modality 0, else modality 1,
+equal scores included) 1 − tanh(α·ρ_dom), the other 1; or with OGM+ (`opm_ogm_coeff plus`, `--use_OGM_plus`) the
+other modality ×4 and the dominant ×1 (`:128-152`). Defaults α = 1.0 and the window (argparse; its OGM script uses
+0.8 and epochs 0..60). The noise comes from the policy's generator, after the masks' draws.
 """
 from __future__ import annotations
 
@@ -40,13 +47,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmtm.methods.ogm_ge import true_class_scores
+from mmtm.methods.ogm_ge import conv_params, in_window, modulate_, true_class_scores
 from mmtm.policy import SeededPolicy
 
 DEFAULT_Q_BASE = 0.5
 DEFAULT_LAMBDA = 0.5
 DEFAULT_P_EXE = 0.7
 DEFAULT_WARMUP_EPOCHS = 6  # main.py:91: warm_up = 1 if epoch <= 5
+OGM_MODES = ("off", "ogm", "ogm-ge")  # off: the OPM script (no --use_modulation); else --modulation OGM | OGM_GE
+OGM_COEFFS = ("tanh", "plus")        # plus: --use_OGM_plus
+DEFAULT_OGM_ALPHA = 1.0
+OGM_WINDOW_SHARE = 81 / 100  # epochs 0..80 of 100 (main.py:46-47)
+OGM_PLUS = 4.0               # main.py:131, 136: the weak modality's factor under OGM+
 
 
 def drop_probabilities(scores: Tensor, q_base: float = DEFAULT_Q_BASE, lam: float = DEFAULT_LAMBDA) -> Tensor:
@@ -102,22 +114,40 @@ def theta_term(shares0: Tensor, shares1: Tensor, y: Tensor, scores: Tensor, dims
     return surrogate - surrogate.detach()
 
 
+@torch.no_grad()
+def ogm_coefficients(scores: Tensor, alpha: float = DEFAULT_OGM_ALPHA, coeff: str = "tanh") -> Tensor:
+    """[k0, k1], the journal code's OGM: modality 0 dominates when s0/s1 > 1, else modality 1 (ties included);
+    `tanh`: the dominant one gets 1 − tanh(α·ρ_dom), the other 1; `plus`: the other gets 4, the dominant 1."""
+    first = scores[0] / scores[1] > 1
+    one = torch.ones_like(scores[0])
+    if coeff == "plus":
+        return torch.stack([torch.where(first, one, OGM_PLUS * one), torch.where(first, OGM_PLUS * one, one)])
+    k0 = 1 - torch.tanh(alpha * torch.relu(scores[0] / scores[1]))
+    k1 = 1 - torch.tanh(alpha * torch.relu(scores[1] / scores[0]))
+    return torch.stack([torch.where(first, k0, one), torch.where(first, one, k1)])
+
+
 class OPMPolicy(SeededPolicy):
     """OPM in the one training loop: every step regular; past the warm-up, the loss hook recomputes the two heads
-    from their dropped inputs (see the module docstring) and returns the run's task loss on those."""
+    from their dropped inputs (see the module docstring) and returns the run's task loss on those; with `ogm` on,
+    after backward the encoders' conv gradients are modulated as the journal code's OGM options do."""
 
     name = "opm"
     default_loss = "fused"
 
     def __init__(self, q_base: float = DEFAULT_Q_BASE, lam: float = DEFAULT_LAMBDA, p_exe: float = DEFAULT_P_EXE,
-                 warmup_epochs: int = DEFAULT_WARMUP_EPOCHS, seed: int = 0):
+                 warmup_epochs: int = DEFAULT_WARMUP_EPOCHS, seed: int = 0, *, ogm: str = "off",
+                 ogm_coeff: str = "tanh", ogm_alpha: float = DEFAULT_OGM_ALPHA, ogm_ends: int = 80):
         super().__init__(seed)
         self.q_base, self.lam, self.p_exe, self.warmup_epochs = q_base, lam, p_exe, warmup_epochs
+        self.ogm, self.ogm_coeff, self.ogm_alpha, self.ogm_ends = ogm, ogm_coeff, ogm_alpha, ogm_ends
         self.last_q = torch.zeros(2)  # the last step's [q0, q1]; in the state so the ranks' agreement check sees it
+        self._scores: Tensor | None = None  # this step's summed scores, for the OGM options
 
     @classmethod
     def from_config(cls, cfg) -> "OPMPolicy":
-        return cls(cfg.opm_q_base, cfg.opm_lambda, cfg.opm_p_exe, cfg.opm_warmup_epochs, cfg.seed)
+        return cls(cfg.opm_q_base, cfg.opm_lambda, cfg.opm_p_exe, cfg.opm_warmup_epochs, cfg.seed, ogm=cfg.opm_ogm,
+                   ogm_coeff=cfg.opm_ogm_coeff, ogm_alpha=cfg.opm_ogm_alpha, ogm_ends=cfg.opm_ogm_end_epoch)
 
     def to(self, device: torch.device) -> "OPMPolicy":
         self.last_q = self.last_q.to(device)
@@ -152,13 +182,24 @@ class OPMPolicy(SeededPolicy):
         with torch.no_grad():
             q = drop_probabilities(scores, self.q_base, self.lam)
         keep, executed = draw(q, len(y), self.p_exe, self.generator)
-        self.last_q = q
+        self.last_q, self._scores = q, scores
         shares = [F.linear(f.float(), head.weight.detach(), head.bias.detach()) / 2 for f, head in zip((f0, f1), heads)]
         extra = theta_term(*shares, y, scores, feature_dims(f0, f1, q), executed, self.q_base, self.lam,
                            dist.get_world_size() if ddp else 1)
         f0, f1 = drop_features(f0.float(), f1.float(), q, keep, executed)
         dropped0, dropped1 = (F.linear(f, head.weight, head.bias) for f, head in zip((f0, f1), heads))
         return super().loss(dropped0, dropped1, y, features, epoch) + extra
+
+    def after_backward(self, net, logits0: Tensor, logits1: Tensor, y: Tensor, epoch: int) -> None:
+        scores, self._scores = self._scores, None
+        if self.ogm == "off" or epoch < self.warmup_epochs or not in_window(epoch, 0, self.ogm_ends):
+            return
+        k = ogm_coefficients(scores, self.ogm_alpha, self.ogm_coeff)
+        for branch, coeff in zip((net.branch0, net.branch1), k):
+            if self.ogm == "ogm-ge":
+                modulate_(conv_params(branch), coeff, self.generator)
+            else:
+                torch._foreach_mul_([p.grad for p in conv_params(branch) if p.grad is not None], coeff)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "last_q": self.last_q}
