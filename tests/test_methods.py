@@ -1014,3 +1014,14 @@ def test_opm_ogm_modulates_conv_gradients_as_the_journal_loop(mode):
                           (opm.OPMPolicy(warmup_epochs=0), 1)):
         before, got, _ = step(policy, epoch)
         assert all(torch.equal(got[n], before[n]) for n in got)
+
+
+@pytest.mark.parametrize("epochs, agm_end, ogm_end", [(100, 19, 80), (15, 2, 11), (1, 0, 0)])
+def test_agm_and_opm_resolve_their_authors_loss_and_windows(epochs, agm_end, ogm_end):
+    """AGM updates its coefficients in epochs 1..20 of 100 (1-based: 0..19 here), the journal's OGM options modulate
+    epochs 0..80 of 100; both train CE of the fused output."""
+    from mmtm.config import resolve
+    agm_cfg, opm_cfg = resolve("demo", policy="agm", epochs=epochs), resolve("demo", policy="opm", epochs=epochs)
+    assert (agm_cfg.loss, opm_cfg.loss) == ("fused", "fused")
+    assert (agm_cfg.agm_end_epoch, agm_cfg.agm_end_fraction) == (agm_end, 0.2)
+    assert (opm_cfg.opm_ogm_end_epoch, opm_cfg.opm_ogm_end_fraction) == (ogm_end, 0.81)
