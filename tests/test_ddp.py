@@ -3,9 +3,10 @@
 The ranks' agreement on step, d_speed and the policy's state is checked by training itself after every epoch
 (it stops with an error otherwise), so these runs also cover what each policy shares across ranks: OGM-GE's
 summed scores and noise, PMR's summed prototypes, G-Blending's summed split losses, MMPareto's
-averaged per-loss gradients (its last step's weights are in its state), AGM's summed response losses (its running
-scores and coefficients are in its state), OPM's summed scores and shared draws and noise (its last q is in its state); the
-balanced run, d_speed and the re-balancing steps. The balanced run goes through torchrun itself; the others' ranks are forked from the job
+averaged per-loss gradients (its last step's weights are in its state), AGM's summed response losses and OPM's
+summed scores, common draws and noise (their running scores, coefficients and last q are in their states); the
+balanced run, d_speed and
+the re-balancing steps. The balanced run goes through torchrun itself; the others' ranks are forked from the job
 server (tests/helpers.py) with the variables torchrun sets."""
 import json
 import math
