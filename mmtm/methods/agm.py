@@ -5,10 +5,10 @@ Li, Li, Hu, Lei, Li, Zhou, "Boosting Multi-modal Model Performance with Adaptive
 comparison; the CREMA-D audio-visual ResNet-18 pair, `model/CREMAD_net.py` and `run/CREMAD_main.py`, is the case
 read here). Per batch: the network runs on both modalities (train mode) and, in eval mode, once with each modality
 zeroed (`CREMAD_net.py:57-64`); each modality's response is half the total plus its own marginal,
-out0 = (total − out[view 0 zeroed] + out[view 1 zeroed])/2, out1 likewise (`:10-17`), and out = out0 + out1 (equal
+out0 = (total − out[view 0 zeroed] + out[view 1 zeroed])/2, out1 likewise (`:7-17`), and out = out0 + out1 (equal
 to the total in value) is trained with CE (`CREMAD_main.py:64-69`). Its score s_i is the batch mean of
 −log max(softmax(out_i)[y], 1e-8) (`:130-143`); with the running averages s̄_i over every step so far (taken before
-this step's update), k0 = exp(α·min(exp(s̄1 − s̄0) − exp(s1 − s0), 10)), k1 likewise (`:145-157`), and backward
+this step's update), k0 = exp(α·min(exp(s̄1 − s̄0) − exp(s1 − s0), 10)), k1 likewise (`:145-155`), and backward
 hooks multiply the gradient reaching out0 by k0 and out1 by k1 (`CREMAD_net.py:42-55`), so the two zeroed-view
 passes get gradients too. After backward, if the fusion layer's weight gradient leaves [−1, 1], the whole model's
 gradient is clipped to norm 1 (`CREMAD_main.py:233-238`).
@@ -16,7 +16,7 @@ Mapping: the official audio/visual networks are this network's views 0/1; each o
 ŷ = (ŷ0 + ŷ1)/2, the network's fused output; the two heads' weights stand for the official fusion layer's weight in
 the clipping test. With MMTM fusion a zeroed view still reaches the other branch through the MMTMs: the response is
 still the network's output with that modality absent, which is what AGM measures (it was built for fusion that is
-not late, `CREMAD_net.py:176` `AV_Early_Classifier`).
+not late, `CREMAD_net.py:164` `AV_Early_Classifier`).
 Defaults: α = 1.0 (`utils/config.py:76`, argparse; the README's one command uses 2.5 for AV-MNIST); modulation in
 epochs 0..20 of the official 1-based epochs (`config.py:74-75`), i.e. its first 20 epochs, 0..19 here, which is
 20/100 of the README's 100 epochs (`WINDOW_SHARE`, resolved in mmtm/config.py). Outside the window the official
