@@ -23,7 +23,7 @@ def train(
     policy: Optional[str] = typer.Option(None, help="Training policy (default vanilla): the paper's vanilla, balanced, "
                                                     "random; flipped (the balanced rule re-balancing the other "
                                                     "branch, a control); other papers' ogm-ge, g-blending, "
-                                                    "moddrop, pmr, mmpareto."),
+                                                    "moddrop, pmr, mmpareto, agm, opm."),
     views: Optional[str] = typer.Option(None, help="Two view indices; default: the data's dataset.json "
                                                     "default_views, 0,6 (the paper's) for 12-view sets, 0,1 for "
                                                     "two-view sets."),
@@ -72,6 +72,24 @@ def train(
                                                                 "epochs [71/130: the authors' 0..70 of 130]."),
     mmpareto_gamma: Optional[float] = typer.Option(None, help="mmpareto: γ, the factor on the combined encoder "
                                                               "gradients [1.5]."),
+    agm_alpha: Optional[float] = typer.Option(None, help="agm: α of the coefficients exp(α·min(·, 10)) [1]."),
+    agm_end_epoch: Optional[int] = typer.Option(None, help="agm: last epoch that updates the coefficients (instead "
+                                                           "of --agm-end-fraction)."),
+    agm_end_fraction: Optional[float] = typer.Option(None, help="agm: the window ends after this share of the "
+                                                                "epochs [0.2: the authors' first 20 of 100]."),
+    opm_q_base: Optional[float] = typer.Option(None, help="opm: base drop probability of the dominant view [0.5]."),
+    opm_lambda: Optional[float] = typer.Option(None, help="opm: λ, how much the score ratio raises it [0.5]."),
+    opm_p_exe: Optional[float] = typer.Option(None, help="opm: chance that a batch drops at all [0.7]."),
+    opm_warmup_epochs: Optional[int] = typer.Option(None, help="opm: epochs without dropping at the start [6]."),
+    opm_ogm: Optional[str] = typer.Option(None, help="opm: the journal code's gradient modulation as well: off "
+                                                     "(default, as its OPM script), ogm or ogm-ge."),
+    opm_ogm_coeff: Optional[str] = typer.Option(None, help="opm: tanh (default: OGM's 1 − tanh(α·ρ) on the dominant "
+                                                           "view) or plus (OGM+: the other view ×4)."),
+    opm_ogm_alpha: Optional[float] = typer.Option(None, help="opm: α of --opm-ogm's tanh coefficient [1]."),
+    opm_ogm_end_epoch: Optional[int] = typer.Option(None, help="opm: last epoch of --opm-ogm (instead of "
+                                                               "--opm-ogm-end-fraction)."),
+    opm_ogm_end_fraction: Optional[float] = typer.Option(None, help="opm: --opm-ogm's window ends after this share "
+                                                                    "of the epochs [0.81: the authors' 0..80 of 100]."),
     gate: Optional[str] = typer.Option(None, help="MMTM gate: sigmoid (code) or 2sigmoid (paper)."),
     loss: Optional[str] = typer.Option(None, help="Task loss: heads = CE(ŷ0)+CE(ŷ1) (the Greedy paper's code), fused "
                                                   "= CE(ŷ) (OGM-GE's and PMR's code); default: the one the policy's "
@@ -134,7 +152,11 @@ def train(
         gb_estimator=gb_estimator, moddrop_p=moddrop_p,
         pmr_alpha=pmr_alpha, pmr_momentum=pmr_momentum,
         pmr_start_epoch=pmr_start_epoch, pmr_end_epoch=pmr_end_epoch,
-        pmr_end_fraction=pmr_end_fraction, mmpareto_gamma=mmpareto_gamma, gate=gate, loss=loss, seed=seed,
+        pmr_end_fraction=pmr_end_fraction, mmpareto_gamma=mmpareto_gamma, agm_alpha=agm_alpha,
+        agm_end_epoch=agm_end_epoch, agm_end_fraction=agm_end_fraction, opm_q_base=opm_q_base, opm_lambda=opm_lambda,
+        opm_p_exe=opm_p_exe, opm_warmup_epochs=opm_warmup_epochs, opm_ogm=opm_ogm, opm_ogm_coeff=opm_ogm_coeff,
+        opm_ogm_alpha=opm_ogm_alpha, opm_ogm_end_epoch=opm_ogm_end_epoch, opm_ogm_end_fraction=opm_ogm_end_fraction,
+        gate=gate, loss=loss, seed=seed,
         device=device,
         loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, amp=amp, max_steps_per_epoch=max_steps_per_epoch,
         precise_bn=precise_bn)

@@ -16,7 +16,7 @@ from loaders.errors import UserError
 from loaders.factory import BACKENDS
 from mmtm.fusion import GATES, bottleneck_units
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
-from mmtm.methods import g_blending, mmpareto, moddrop, ogm_ge, pmr
+from mmtm.methods import agm, g_blending, mmpareto, moddrop, ogm_ge, opm, pmr
 from mmtm.network import LOSSES, mmtm_channels
 from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
 from mmtm.registry import POLICIES
@@ -77,6 +77,18 @@ class TrainConfig:
     pmr_end_epoch: int | None = None        # last epoch with the PCE term; None: resolved from pmr_end_fraction
     pmr_end_fraction: float | None = None   # the window's end as a share of the epochs; None: the authors' (71/130)
     mmpareto_gamma: float = mmpareto.DEFAULT_GAMMA
+    agm_alpha: float = agm.DEFAULT_ALPHA
+    agm_end_epoch: int | None = None        # last modulated epoch; None: resolved from agm_end_fraction
+    agm_end_fraction: float | None = None   # the window's end as a share of the epochs; None: the authors' (20/100)
+    opm_q_base: float = opm.DEFAULT_Q_BASE
+    opm_lambda: float = opm.DEFAULT_LAMBDA
+    opm_p_exe: float = opm.DEFAULT_P_EXE
+    opm_warmup_epochs: int = opm.DEFAULT_WARMUP_EPOCHS
+    opm_ogm: str = "off"                    # the journal code's OGM options: off | ogm | ogm-ge
+    opm_ogm_coeff: str = "tanh"             # tanh (OGM's 1 − tanh(α·ρ)) | plus (OGM+: the weak modality ×4)
+    opm_ogm_alpha: float = opm.DEFAULT_OGM_ALPHA
+    opm_ogm_end_epoch: int | None = None    # last modulated epoch; None: resolved from opm_ogm_end_fraction
+    opm_ogm_end_fraction: float | None = None  # the window's end as a share of the epochs; None: the authors' (81/100)
     # reproducibility and hardware
     seed: int = 777
     device: str = "auto"                    # auto | cpu | cuda[:index]
@@ -103,7 +115,8 @@ class TrainConfig:
                               ("channels_last", CHANNELS_LAST_SETTINGS), ("cuda_graphs", CUDA_GRAPH_SETTINGS),
                               ("speed_signal", SIGNALS),
                               ("plateau_on", PLATEAU_ON), ("schedule", SCHEDULES),
-                              ("gb_estimator", g_blending.ESTIMATORS)):
+                              ("gb_estimator", g_blending.ESTIMATORS), ("opm_ogm", opm.OGM_MODES),
+                              ("opm_ogm_coeff", opm.OGM_COEFFS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if self.policy == "g-blending" and self.gb_estimator == "published" and self.loss != "fused":
@@ -114,6 +127,9 @@ class TrainConfig:
         if self.policy == "mmpareto" and self.loss != "fused":
             raise UserError(f"mmpareto trains CE(ŷ) + CE(ŷ0) + CE(ŷ1), its multi-modal term fused, so loss "
                             f"{self.loss!r} would not be what was trained; use loss fused")
+        if self.policy == "agm" and self.loss != "fused":
+            raise UserError(f"agm trains CE of its modulated fused output, so loss {self.loss!r} would not be what "
+                            f"was trained; use loss fused")
         if len(self.views) != 2 or self.views[0] == self.views[1]:
             raise UserError(f"--views needs two different view indices, got {self.views}")
         for v in self.views:  # the upper bound is the data's (check_views)
@@ -125,7 +141,8 @@ class TrainConfig:
                             ("max_steps_per_epoch", 1),
                             ("momentum", 0), ("weight_decay", 0), ("min_lr", 0), ("alpha", 0),
                             ("plateau_threshold", 0), ("speed_from_epoch", 0), ("gb_interval", 1), ("ogm_alpha", 0),
-                            ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0), ("mmpareto_gamma", 0)):
+                            ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0), ("mmpareto_gamma", 0),
+                            ("agm_alpha", 0), ("opm_lambda", 0), ("opm_warmup_epochs", 0), ("opm_ogm_alpha", 0)):
             value = getattr(self, name)
             if value is not None and not least <= value < math.inf:  # written so that nan fails too
                 raise UserError(f"{name} must be {f'at least {least}' if math.isfinite(value) else 'finite'}, "
@@ -145,7 +162,8 @@ class TrainConfig:
                             f"width {self.width}; use an mmtm_ratio of at most {4 * min(mmtm_channels(self.width))}")
         if not 0 < self.plateau_factor < 1:
             raise UserError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor}")
-        for prefix, share in (("ogm", ogm_ge.WINDOW_SHARE), ("pmr", pmr.WINDOW_SHARE)):
+        for prefix, share in (("ogm", ogm_ge.WINDOW_SHARE), ("pmr", pmr.WINDOW_SHARE), ("agm", agm.WINDOW_SHARE),
+                              ("opm_ogm", opm.OGM_WINDOW_SHARE)):
             self._resolve_window(prefix, share)
         for first, last in (("ogm_start_epoch", "ogm_end_epoch"), ("pmr_start_epoch", "pmr_end_epoch")):
             if getattr(self, last) < getattr(self, first):
@@ -153,6 +171,9 @@ class TrainConfig:
         if not 0 <= self.moddrop_p <= 1 or not 0 <= self.pmr_momentum < 1:
             raise UserError(f"moddrop_p must be in [0, 1] and pmr_momentum in [0, 1), got {self.moddrop_p} "
                             f"and {self.pmr_momentum}")
+        for name in ("opm_q_base", "opm_p_exe"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         check_device_name(self.device)
         return self
 
@@ -181,7 +202,8 @@ def window_end(fraction: float, epochs: int) -> int:
 
 
 # A modulation window's end, as an epoch or as a share of the run: give one; config.json records both.
-WINDOW_ENDS = (("ogm_end_epoch", "ogm_end_fraction"), ("pmr_end_epoch", "pmr_end_fraction"))
+WINDOW_ENDS = (("ogm_end_epoch", "ogm_end_fraction"), ("pmr_end_epoch", "pmr_end_fraction"),
+               ("agm_end_epoch", "agm_end_fraction"), ("opm_ogm_end_epoch", "opm_ogm_end_fraction"))
 
 PRESETS: dict[str, dict] = {
     # Wu et al.'s ModelNet40 setup (docs/science.md §5).

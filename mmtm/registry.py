@@ -2,16 +2,18 @@
 all run by the one training loop and measured by the same CLS meter and eval-cur."""
 from __future__ import annotations
 
+from mmtm.methods.agm import AGMPolicy
 from mmtm.methods.g_blending import GBlendingPolicy
 from mmtm.methods.mmpareto import MMParetoPolicy
 from mmtm.methods.moddrop import ModDropPolicy
 from mmtm.methods.ogm_ge import OGMGEPolicy
+from mmtm.methods.opm import OPMPolicy
 from mmtm.methods.pmr import PMRPolicy
 from mmtm.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, StepPolicy, VanillaPolicy
 
 POLICIES: dict[str, type[StepPolicy]] = {p.name: p for p in (
     VanillaPolicy, BalancedPolicy, RandomPolicy, FlippedPolicy, OGMGEPolicy, GBlendingPolicy, ModDropPolicy, PMRPolicy,
-    MMParetoPolicy)}
+    MMParetoPolicy, AGMPolicy, OPMPolicy)}
 
 
 def make_policy(cfg) -> StepPolicy:

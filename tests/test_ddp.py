@@ -3,7 +3,9 @@
 The ranks' agreement on step, d_speed and the policy's state is checked by training itself after every epoch
 (it stops with an error otherwise), so these runs also cover what each policy shares across ranks: OGM-GE's
 summed scores and noise, PMR's summed prototypes, G-Blending's summed split losses, MMPareto's
-averaged per-loss gradients (its last step's weights are in its state); the balanced run, d_speed and
+averaged per-loss gradients (its last step's weights are in its state), AGM's summed response losses and OPM's
+summed scores, common draws and noise (their running scores, coefficients and last q are in their states); the
+balanced run, d_speed and
 the re-balancing steps. The balanced run goes through torchrun itself; the others' ranks are forked from the job
 server (tests/helpers.py) with the variables torchrun sets."""
 import json
@@ -21,7 +23,8 @@ from mmtm.checkpoint import load_checkpoint
 from mmtm.jobs import start
 
 # G-Blending's estimate trains three copies: its epochs are cut to 3 steps.
-POLICY_FLAGS = {"balanced": ["--alpha", "0"], "ogm-ge": [], "pmr": [], "mmpareto": [],
+POLICY_FLAGS = {"balanced": ["--alpha", "0"], "ogm-ge": [], "pmr": [], "mmpareto": [], "agm": [],
+                "opm": ["--opm-warmup-epochs", "0", "--opm-ogm", "ogm-ge"],
                 "g-blending": ["--gb-interval", "1", "--max-steps-per-epoch", "3"]}
 
 
@@ -62,7 +65,8 @@ def two_epochs(data, out, policy) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["ogm-ge", "pmr", "g-blending", "mmpareto"])  # balanced: the torchrun test below
+# balanced: the torchrun test below
+@pytest.mark.parametrize("policy", ["ogm-ge", "pmr", "g-blending", "mmpareto", "agm", "opm"])
 def test_two_process_ddp_on_gloo(synthetic_data, tmp_path, policy):
     out = tmp_path / "ddp"
     port = str(free_port())

@@ -515,3 +515,513 @@ def test_mmpareto_policy_replaces_encoder_gradients_and_leaves_heads_and_mmtms_a
     assert any(n.startswith("mmtms.") for n in got) and any(".fc." in n for n in got)
     for n in got:
         assert torch.allclose(got[n], expected[n], rtol=1e-5, atol=1e-7), n
+
+
+# ---------------------------------------------------------------------------------------------------- AGM
+class _OfficialGradMod(nn.Module):
+    """lihong2303/AGM_ICCV2023@5a65542 model/CREMAD_net.py:7-55, 57-72: the response modules and the backward hooks
+    of GradMod, on outputs given (total, pad_visual_out, pad_audio_out) instead of the network that makes them."""
+
+    class _Out(nn.Module):
+        def forward(self, x):
+            return x
+
+    def __init__(self):
+        super().__init__()
+        self.m_a_o, self.m_v_o = self._Out(), self._Out()
+        self.scale_a = self.scale_v = 1.0
+        self.m_a_o.register_full_backward_hook(self.hooka)
+        self.m_v_o.register_full_backward_hook(self.hookv)
+
+    def hooka(self, m, ginp, gout):
+        gnew = ginp[0].clone()
+        return gnew * self.scale_a,
+
+    def hookv(self, m, ginp, gout):
+        gnew = ginp[0].clone()
+        return gnew * self.scale_v,
+
+    def update_scale(self, coeff_a, coeff_v):
+        self.scale_a = coeff_a
+        self.scale_v = coeff_v
+
+    def forward(self, total_out, pad_visual_out, pad_audio_out):
+        m_a = self.m_a_o(0.5 * (total_out - pad_audio_out + pad_visual_out))
+        m_v = self.m_v_o(0.5 * (total_out - pad_visual_out + pad_audio_out))
+        return m_a + m_v
+
+
+def _official_agm_step(model, total_out, pad_visual_out, pad_audio_out, label, train_score_a, train_score_v,
+                       iteration, alpha, modulate=True):
+    """run/CREMAD_main.py:64-69, 127-166 (methods AGM, multimodal): returns (coeff_a, coeff_v, train_score_a,
+    train_score_v); the loss's gradient lands on the three outputs."""
+    softmax = nn.Softmax(dim=1)
+    criterion = nn.CrossEntropyLoss()
+    out = model(total_out, pad_visual_out, pad_audio_out)
+    out_a = 0.5 * (total_out - pad_audio_out + pad_visual_out)
+    out_v = 0.5 * (total_out - pad_visual_out + pad_audio_out)
+    loss = criterion(out, label)
+    score_audio = 0.
+    score_visual = 0.
+    for k in range(out_a.size(0)):
+        if torch.isinf(torch.log(softmax(out_a)[k][label[k]])) or softmax(out_a)[k][label[k]] < 1e-8:
+            score_audio += - torch.log(torch.tensor(1e-8, dtype=out_a.dtype, device=out_a.device))
+        else:
+            score_audio += - torch.log(softmax(out_a)[k][label[k]])
+        if torch.isinf(torch.log(softmax(out_v)[k][label[k]])) or softmax(out_v)[k][label[k]] < 1e-8:
+            score_visual += - torch.log(torch.tensor(1e-8, dtype=out_v.dtype, device=out_v.device))
+        else:
+            score_visual += - torch.log(softmax(out_v)[k][label[k]])
+    score_audio = score_audio / out_a.size(0)
+    score_visual = score_visual / out_v.size(0)
+    ratio_a = math.exp(score_visual.item() - score_audio.item())
+    ratio_v = math.exp(score_audio.item() - score_visual.item())
+    optimal_ratio_a = math.exp(train_score_v - train_score_a)
+    optimal_ratio_v = math.exp(train_score_a - train_score_v)
+    coeff_a = math.exp(alpha * (min(optimal_ratio_a - ratio_a, 10)))
+    coeff_v = math.exp(alpha * (min(optimal_ratio_v - ratio_v, 10)))
+    train_score_a = train_score_a * (iteration - 1) / iteration + score_audio.item() / iteration
+    train_score_v = train_score_v * (iteration - 1) / iteration + score_visual.item() / iteration
+    if modulate:
+        model.update_scale(coeff_a, coeff_v)
+    loss.backward()
+    return model.scale_a, model.scale_v, train_score_a, train_score_v
+
+
+def _agm_batches(seed: int, steps: int = 4):
+    """Hand-made outputs (total, view 0 zeroed, view 1 zeroed) of 5 samples, 4 classes, per step; one sample's
+    true class is pushed below probability 1e-8 in a response (the official floor), and the running scores drift
+    far enough apart that the cap at 10 binds in some steps."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    batches = []
+    for step in range(steps):
+        total, zeroed0, zeroed1 = (3 * torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(3))
+        if step == 0:  # out0 = (total − zeroed0 + zeroed1)/2 right, out1 = (total − zeroed1 + zeroed0)/2 wrong
+            zeroed1 += 12 * torch.nn.functional.one_hot(y, 4)
+        if step == 1:
+            zeroed0[0, 0] += 60.0  # out0's true class of sample 0 at about e^−30
+        batches.append((total, zeroed0, zeroed1))
+    return batches, y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("alpha", [1.0, 2.5])
+def test_agm_matches_a_transcription_of_the_official_code(seed, alpha):
+    """Four consecutive steps, window on for three and then off: the coefficients, the running scores and the
+    gradients reaching the three outputs agree with the official step; after the window both keep the last k.
+    In float64, as the official arithmetic on float64 outputs: its coefficients exponentiate float32 rounding."""
+    from mmtm.methods import agm
+
+    batches, y = _agm_batches(seed)
+    official = _OfficialGradMod()
+    train_a = train_v = 0.
+    running, k = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    capped = False
+    for it, (total, zeroed0, zeroed1) in enumerate(batches, start=1):
+        modulate = it <= 3
+        leaves = [t.clone().requires_grad_() for t in (total, zeroed1, zeroed0)]  # official order: pad_visual first
+        scale_a, scale_v, train_a, train_v = _official_agm_step(official, *leaves, y, train_a, train_v, it, alpha,
+                                                                modulate)
+        mine = [t.clone().requires_grad_() for t in (total, zeroed0, zeroed1)]
+        out0, out1 = agm.modality_responses(*mine)
+        sums = agm.loss_sums(out0, out1, y)
+        scores = (sums[:2] / sums[2]).double()
+        if modulate:
+            capped |= bool(((running.flip(0) - running).exp() - (scores.flip(0) - scores).exp() > 10).any())
+            k = agm.coefficients(scores, running, alpha)
+        running = agm.update_running(running, scores, it)
+        torch.nn.functional.cross_entropy(agm.modulated_output(out0, out1, k), y).backward()
+        assert k.tolist() == pytest.approx([scale_a, scale_v], rel=1e-6, abs=1e-6)
+        assert running.tolist() == pytest.approx([train_a, train_v], rel=1e-6, abs=1e-6)
+        for got, expected in zip(mine, (leaves[0], leaves[2], leaves[1])):
+            assert torch.allclose(got.grad, expected.grad, rtol=1e-6, atol=1e-6)
+    assert capped
+
+
+def test_agm_scores_floor_a_vanishing_true_class_probability_at_1e_8():
+    from mmtm.methods import agm
+    y = torch.tensor([0, 0])
+    tiny = torch.tensor([[-50.0, 0.0], [0.0, 0.0]])  # p = e^−50 < 1e-8 counts as 1e-8; the other sample ln 2
+    sums = agm.loss_sums(tiny, torch.zeros(2, 2), y)
+    assert sums.tolist() == pytest.approx([-math.log(1e-8) + math.log(2), 2 * math.log(2), 2.0])
+
+
+def test_agm_coefficients_by_hand():
+    """k_i = exp(α·min(exp(s̄_j − s̄_i) − exp(s_j − s_i), 10)): the modality doing worse than its running share
+    (s_i above s̄_i relative to the other) gets k > 1; the cap binds at 10."""
+    from mmtm.methods import agm
+    k = agm.coefficients(torch.tensor([1.0, 0.5], dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 2.0)
+    assert k.tolist() == pytest.approx([math.exp(2 * (1 - math.exp(-0.5))), math.exp(2 * (1 - math.exp(0.5)))])
+    capped = agm.coefficients(torch.zeros(2, dtype=torch.float64), torch.tensor([0.0, 3.0], dtype=torch.float64))
+    assert capped[0].item() == pytest.approx(math.exp(10)) and capped[1].item() == pytest.approx(
+        math.exp(math.exp(-3) - 1))
+
+
+@pytest.mark.parametrize("head_grad", [0.5, 1.5, -1.5])
+def test_agm_clip_matches_the_official_conditional_clip(head_grad):
+    """CREMAD_main.py:233-238: the whole model clipped to norm 1 only when the fusion weight's gradient leaves
+    [−1, 1]."""
+    from mmtm.methods import agm
+    g = torch.Generator().manual_seed(3)
+    grads = [3 * torch.randn(4, 3, generator=g), 3 * torch.randn(5, generator=g)]
+    head = torch.full((2, 2), head_grad)
+
+    def params():
+        ps = [nn.Parameter(torch.zeros_like(t)) for t in (*grads, head)]
+        for p, t in zip(ps, (*grads, head)):
+            p.grad = t.clone()
+        return ps
+
+    official, mine = params(), params()
+    grad_max, grad_min = torch.max(official[-1].grad), torch.min(official[-1].grad)
+    if grad_max > 1 or grad_min < -1:
+        nn.utils.clip_grad_norm_(official, max_norm=1.0)
+    agm.clip_(mine, [mine[-1].grad])
+    for a, b in zip(official, mine):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-7)
+    assert (abs(head_grad) > 1) == (not torch.equal(mine[0].grad, grads[0]))
+
+
+def test_agm_policy_step_is_the_official_procedure_on_the_network():
+    """The policy in a step (capture, loss, backward, after_backward) against the official procedure by hand on a
+    copy of the network: zeroed-view passes in eval mode (BatchNorm statistics and MMTM running gates left alone),
+    the hooked sum, CE, the conditional clip. Every gradient agrees."""
+    import copy
+
+    from mmtm.methods import agm
+    from mmtm.network import fused_logits
+
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    twin = copy.deepcopy(net)
+    x0, x1, y = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    policy = agm.AGMPolicy(alpha=1.0)
+    policy.running = torch.tensor([0.9, 1.3], dtype=torch.float64)  # as after some steps
+    policy.iteration = 7
+    with policy.capture(net) as features:
+        logits0, logits1 = net(x0, x1)
+    assert not net._forward_hooks and net.training
+    policy.loss(logits0, logits1, y, features, 0).backward()
+    policy.after_backward(net, logits0, logits1, y, 0)
+
+    model = _OfficialGradMod()
+    total = fused_logits(*twin(x0, x1))
+    twin.eval()
+    pad_visual_out = fused_logits(*twin(x0, torch.zeros_like(x1)))
+    pad_audio_out = fused_logits(*twin(torch.zeros_like(x0), x1))
+    twin.train()
+    _official_agm_step(model, total, pad_visual_out, pad_audio_out, y, 0.9, 1.3, 8, 1.0)
+    grad_max = max(torch.max(b.fc.weight.grad) for b in (twin.branch0, twin.branch1))
+    grad_min = min(torch.min(b.fc.weight.grad) for b in (twin.branch0, twin.branch1))
+    if grad_max > 1 or grad_min < -1:
+        nn.utils.clip_grad_norm_(twin.parameters(), max_norm=1.0)
+    assert policy.coeff.tolist() == pytest.approx([model.scale_a, model.scale_v], rel=1e-6)
+    assert policy.iteration == 8
+    for (name, p), q in zip(net.named_parameters(), twin.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
+    for (name, b), c in zip(net.named_buffers(), twin.buffers()):
+        assert torch.equal(b, c), name
+
+
+def test_agm_keeps_the_last_coefficients_after_its_window():
+    from mmtm.methods import agm
+    policy = agm.AGMPolicy(alpha=1.0, ends=0)
+    y = torch.tensor([0, 1])
+    features = {"zeroed0": (torch.zeros(2, 2), torch.zeros(2, 2)),
+                "zeroed1": (torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.zeros(2, 2))}
+    policy.loss(torch.zeros(2, 2), torch.zeros(2, 2), y, features, epoch=0)
+    inside = policy.coeff.clone()
+    assert not torch.equal(inside, torch.ones(2, dtype=torch.float64))
+    running = policy.running.clone()
+    features["zeroed0"] = (torch.tensor([[0.0, 3.0], [3.0, 0.0]]), torch.zeros(2, 2))
+    policy.loss(torch.zeros(2, 2), torch.zeros(2, 2), y, features, epoch=1)
+    assert torch.equal(policy.coeff, inside) and not torch.equal(policy.running, running)
+
+
+# ---------------------------------------------------------------------------------------------------- OPM
+def _official_calcu_q(performance_1, performance_2, q_base, fix_lambda):
+    """GeWu-Lab/BML_TPAMI2024@4b3aa4f code/models/Classifier.py:58-72."""
+    q = torch.tensor([0.0, 0.0])
+    relu = nn.ReLU(inplace=True)
+    ratio_1 = torch.tanh(relu(performance_1 / performance_2 - 1))
+    ratio_2 = torch.tanh(relu(performance_2 / performance_1 - 1))
+    lamda = fix_lambda
+    q[0] = q_base * (1 + lamda * ratio_1) if ratio_1 > 0 else 0
+    q[1] = q_base * (1 + lamda * ratio_2) if ratio_2 > 0 else 0
+    q = torch.clip(q, 0.0, 1.0)
+    return q
+
+
+class _OfficialScale(torch.autograd.Function):
+    """Classifier.py:9-21 (custom_autograd)."""
+
+    @staticmethod
+    def forward(ctx, input, theta):
+        ctx.save_for_backward(input, theta)
+        return input / (1 - theta.item())
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, theta = ctx.saved_tensors
+        input_grad = 1 / (1 - theta.item()) * grad_output.clone()
+        return input_grad, theta
+
+
+def _official_execute_drop(fead_list, q, dim_list, exe_drop, bernoulli):
+    """Classifier.py:31-55 (Modality_drop.execute_drop), the two draws given: `exe_drop` stands for
+    `np.random.rand(1) >= 1 - p_exe`, `bernoulli` [B, 1, 2] for `Bernoulli(1 - q).sample([B, 1])`."""
+    B = fead_list[0].shape[0]
+    D = fead_list[0].shape[1]
+    if not exe_drop:
+        return fead_list, torch.ones([B], dtype=torch.int32)
+    num_mod = len(fead_list)
+    d_sum = sum(dim_list)
+    q_sum = sum(dim_list * q)
+    theta = q_sum / d_sum
+    mask = bernoulli.permute(2, 1, 0).contiguous().reshape(num_mod, B, -1)
+    concat_list = torch.stack(fead_list, dim=0)
+    concat_list = torch.mul(concat_list, mask)
+    concat_list = _OfficialScale.apply(concat_list, theta)
+    mask = torch.transpose(mask, 0, 1).squeeze(-1)
+    update_flag = torch.sum(mask, dim=1) > 0
+    cleaned_fea = torch.masked_select(concat_list, update_flag.unsqueeze(-1)).reshape(num_mod, -1, D)
+    cleaned_fea = torch.chunk(cleaned_fea, num_mod, dim=0)
+    cleaned_fea = [_.squeeze(0) for _ in cleaned_fea]
+    return cleaned_fea, update_flag
+
+
+@pytest.mark.parametrize("scores", [(3.0, 1.0), (1.0, 3.0), (2.0, 2.0), (1.2, 1.0), (5.0, 0.01), (0.4, 0.9)])
+@pytest.mark.parametrize("q_base, lam", [(0.5, 0.5), (0.9, 1.0), (0.2, 0.0)])
+def test_opm_drop_probabilities_match_the_official_calcu_q(scores, q_base, lam):
+    from mmtm.methods import opm
+    expected = _official_calcu_q(torch.tensor(scores[0]), torch.tensor(scores[1]), q_base, lam)
+    got = opm.drop_probabilities(torch.tensor(scores), q_base, lam)
+    assert torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert (got > 0).sum() == (scores[0] != scores[1])  # only the dominant view drops
+
+
+@pytest.mark.parametrize("executed", [True, False])
+@pytest.mark.parametrize("q", [(0.6, 0.0), (0.0, 0.75), (0.0, 0.0)])
+def test_opm_dropped_features_and_gradients_match_the_official_execute_drop(executed, q):
+    from mmtm.methods import opm
+    g = torch.Generator().manual_seed(1)
+    f0, f1 = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    q = torch.tensor(q)
+    keep = torch.rand(2, 6, generator=g) < (1 - q)[:, None]
+    bernoulli = keep.float().t().reshape(6, 1, 2)  # Bernoulli(1 − q).sample([B, 1]): [B, 1, modality]
+    weights = torch.randn(2, 6, 8, generator=g)  # a loss that weighs every element differently
+
+    official = [f0.clone().requires_grad_(), f1.clone().requires_grad_()]
+    (o0, o1), update_flag = _official_execute_drop(official, q, torch.tensor([8, 8]), executed, bernoulli)
+    assert bool(update_flag.all())  # never more than one view dropped: no sample is removed
+    ((o0 * weights[0]).sum() + (o1 * weights[1]).sum()).backward()
+
+    mine = [f0.clone().requires_grad_(), f1.clone().requires_grad_()]
+    kept = keep | ~torch.tensor(executed)
+    d0, d1 = opm.drop_features(*mine, q, kept, torch.tensor(executed))
+    ((d0 * weights[0]).sum() + (d1 * weights[1]).sum()).backward()
+    for got, expected in ((d0, o0), (d1, o1), (mine[0].grad, official[0].grad), (mine[1].grad, official[1].grad)):
+        assert torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_opm_draws_keep_at_1_minus_q_and_drop_in_p_exe_of_the_steps():
+    from mmtm.methods import opm
+    g = torch.Generator().manual_seed(0)
+    q = torch.tensor([0.6, 0.0])
+    runs = [opm.draw(q, 50, 0.7, g) for _ in range(400)]
+    executed = torch.stack([e for _, e in runs])
+    assert executed.float().mean().item() == pytest.approx(0.7, abs=0.05)
+    keeps = torch.stack([k for k, e in runs if e])  # [steps, 2, B]
+    assert keeps[:, 0].float().mean().item() == pytest.approx(0.4, abs=0.02) and bool(keeps[:, 1].all())
+    assert all(bool(k.all()) for k, e in runs if not e)
+    again = [opm.draw(q, 50, 0.7, torch.Generator().manual_seed(0)) for _ in range(1)]
+    assert torch.equal(again[0][0], runs[0][0])
+
+
+def test_opm_policy_step_drops_the_dominant_features_as_the_official_forward():
+    """The policy's loss against the official forward by hand: scores from each head's share ŷi/2 of the undropped
+    features (Classifier.py:112-143), q from calcu_q, the same draws, heads on the dropped features, CE(ŷ)."""
+    import torch.nn.functional as F
+
+    from mmtm.methods import opm
+
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    x0, x1, y = torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    policy = opm.OPMPolicy(warmup_epochs=1, p_exe=1.0, seed=5)
+    policy.task = "fused"  # make_policy sets the run's loss
+    with policy.capture(net) as features:
+        logits0, logits1 = net(x0, x1)
+    assert not net.branch0.fc._forward_pre_hooks
+    warm = policy.loss(logits0, logits1, y, features, epoch=0)
+    assert warm.item() == pytest.approx(F.cross_entropy((logits0 + logits1) / 2, y).item())
+    loss = policy.loss(logits0, logits1, y, features, epoch=1)
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    net.zero_grad()
+    with opm.OPMPolicy().capture(net) as captured:
+        net(x0, x1)
+    out_1, out_2 = captured[1]
+    w0, b0 = net.branch0.fc.weight.detach(), net.branch0.fc.bias.detach()
+    w1, b1 = net.branch1.fc.weight.detach(), net.branch1.fc.bias.detach()
+    t1, t2 = (out_1 @ w0.t() + b0) / 2, (out_2 @ w1.t() + b1) / 2
+    performance_1 = sum([torch.softmax(t1, 1)[i][int(y[i].item())] for i in range(t1.shape[0])])
+    performance_2 = sum([torch.softmax(t2, 1)[i][int(y[i].item())] for i in range(t2.shape[0])])
+    q = _official_calcu_q(performance_1, performance_2, 0.5, 0.5)
+    assert q.tolist() == pytest.approx(policy.last_q.tolist()) and (q > 0).sum() == 1
+    generator = torch.Generator().manual_seed(5)
+    keep, executed = opm.draw(q, 6, 1.0, generator)
+    assert bool(executed) and not bool(keep.all())
+    (c0, c1), _ = _official_execute_drop([out_1, out_2], q, torch.tensor([32, 32]), True,
+                                         keep.float().t().reshape(6, 1, 2))
+    expected = F.cross_entropy((net.branch0.fc(c0) + net.branch1.fc(c1)) / 2, y)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    expected.backward()
+    for n, p in net.named_parameters():
+        assert torch.allclose(got[n], p.grad, rtol=1e-5, atol=1e-6), n
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("executed", [True, False])
+def test_opm_matches_a_transcription_of_the_official_forward_and_backward(seed, executed):
+    """Hand-made features through the official path (Classifier.py:108-149 with a concatenation layer standing for
+    the two heads, main.py:104, 114) and this module's: the loss and the gradients on the features and the weights
+    agree, including the official custom_autograd's gradient of θ (θ itself), which reaches the features through
+    the scores."""
+    import torch.nn.functional as F
+
+    from mmtm.methods import opm
+    g = torch.Generator().manual_seed(seed)
+    B, D, C = 8, 5, 3
+    y = torch.randint(0, C, (B,), generator=g)
+    f = [torch.randn(B, D, generator=g), torch.randn(B, D, generator=g)]
+    f[seed % 2] = f[seed % 2] * 3  # one view dominant
+    w, b = torch.randn(C, 2 * D, generator=g), torch.randn(C, generator=g)
+    u = torch.rand(2, B, generator=g)
+
+    out_1, out_2 = (t.clone().requires_grad_() for t in f)
+    fxy_w, fxy_b = w.clone().requires_grad_(), b.clone().requires_grad_()
+    wd, bd = fxy_w.clone().detach(), fxy_b.clone().detach()
+    t1 = torch.mm(out_1, torch.transpose(wd[:, :D], 0, 1)) + bd / 2
+    t2 = torch.mm(out_2, torch.transpose(wd[:, D:], 0, 1)) + bd / 2
+    performance_1 = sum([torch.softmax(t1, 1)[i][int(y[i].item())] for i in range(t1.shape[0])])
+    performance_2 = sum([torch.softmax(t2, 1)[i][int(y[i].item())] for i in range(t2.shape[0])])
+    q = _official_calcu_q(performance_1, performance_2, 0.5, 0.5)
+    assert q.requires_grad  # the official q carries the scores' graph
+    bernoulli = (u < (1 - q.detach())[:, None]).float().t().reshape(B, 1, 2)
+    (c0, c1), _ = _official_execute_drop([out_1, out_2], q, torch.tensor([D, D]), executed, bernoulli)
+    official = F.cross_entropy(F.linear(torch.cat([c0, c1], dim=1), fxy_w, fxy_b), y)
+    official.backward()
+
+    # The heads that make the same ŷ = ŷ0/2 + ŷ1/2 = w[:, :D]·f0 + w[:, D:]·f1 + b: Wi twice the half, bi = b.
+    m0, m1 = (t.clone().requires_grad_() for t in f)
+    w0, w1 = (2 * w[:, :D]).requires_grad_(), (2 * w[:, D:]).requires_grad_()
+    b0, b1 = b.clone().requires_grad_(), b.clone().requires_grad_()
+    shares = [F.linear(m, wi.detach(), bi.detach()) / 2 for m, wi, bi in ((m0, w0, b0), (m1, w1, b1))]
+    scores = torch.stack([s.softmax(1).gather(1, y[:, None]).sum() for s in shares]).detach()
+    q_mine = opm.drop_probabilities(scores)
+    keep = (u < (1 - q_mine)[:, None]) | ~torch.tensor(executed)
+    extra = opm.theta_term(*shares, y, scores, opm.feature_dims(m0, m1, q_mine), torch.tensor(executed))
+    d0, d1 = opm.drop_features(m0, m1, q_mine, keep, torch.tensor(executed))
+    mine = F.cross_entropy((F.linear(d0, w0, b0) + F.linear(d1, w1, b1)) / 2, y) + extra
+    mine.backward()
+
+    assert extra.item() == 0.0
+    assert torch.allclose(q_mine, q.detach(), rtol=1e-6, atol=1e-6)
+    assert mine.item() == pytest.approx(official.item(), rel=1e-6, abs=1e-6)
+    for got, expected in ((m0.grad, out_1.grad), (m1.grad, out_2.grad), (2 * w0.grad, fxy_w.grad[:, :D]),
+                          (2 * w1.grad, fxy_w.grad[:, D:]), (b0.grad + b1.grad, fxy_b.grad)):
+        assert torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def _official_journal_ogm(performance_1, performance_2, alpha, use_ogm_plus):
+    """BML@4b3aa4f code/main.py:116-152: the journal code's OGM coefficients."""
+    relu = nn.ReLU(inplace=True)
+    tanh = nn.Tanh()
+    coeff_1, coeff_2 = None, None
+    radio_1 = performance_1 / performance_2
+    radio_2 = performance_2 / performance_1
+    if use_ogm_plus:
+        if radio_1 > 1:
+            coeff_2 = 4
+            coeff_1 = 1
+        else:
+            coeff_2 = 1
+            coeff_1 = 4
+    else:
+        if radio_1 > 1:
+            coeff_1 = 1 - tanh(alpha * relu(radio_1))
+            coeff_2 = 1
+        else:
+            coeff_1 = 1
+            coeff_2 = 1 - tanh(alpha * relu(radio_2))
+    return coeff_1, coeff_2
+
+
+@pytest.mark.parametrize("scores", [(3.0, 1.0), (1.0, 3.0), (2.0, 2.0), (1.2, 1.0), (0.4, 0.9)])
+@pytest.mark.parametrize("alpha, plus", [(1.0, False), (0.8, False), (1.0, True)])
+def test_opm_ogm_coefficients_match_the_journal_code(scores, alpha, plus):
+    from mmtm.methods import opm
+    expected = _official_journal_ogm(torch.tensor(scores[0]), torch.tensor(scores[1]), alpha, plus)
+    got = opm.ogm_coefficients(torch.tensor(scores), alpha, "plus" if plus else "tanh")
+    assert got.tolist() == pytest.approx([float(e) for e in expected], rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["ogm", "ogm-ge"])
+def test_opm_ogm_modulates_conv_gradients_as_the_journal_loop(mode):
+    """main.py:154-169 on the network's gradients (its encoder_1/encoder_2 = branch 0/1, 4-D gradients only), the
+    noise drawn from the same generator as the policy's: the policy's after_backward gives the same gradients; in
+    the warm-up, after the window or with the option off it changes nothing."""
+    from mmtm.methods import opm
+
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    x0, x1, y = torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def step(policy, epoch):
+        net.zero_grad()
+        policy.task = "fused"
+        with policy.capture(net) as features:
+            logits0, logits1 = net(x0, x1)
+        policy.loss(logits0, logits1, y, features, epoch).backward()
+        before = {n: p.grad.clone() for n, p in net.named_parameters()}
+        policy.after_backward(net, logits0, logits1, y, epoch)
+        return before, {n: p.grad.clone() for n, p in net.named_parameters()}, policy
+
+    before, got, policy = step(opm.OPMPolicy(warmup_epochs=1, seed=3, ogm=mode, ogm_alpha=0.8, ogm_ends=2), 2)
+    shares = [logits / 2 for logits in net(x0, x1)]  # the same logits again (train mode, batch statistics)
+    true_scores = [sum([torch.softmax(t, 1)[i][int(y[i].item())] for i in range(6)]) for t in shares]
+    coeff_1, coeff_2 = _official_journal_ogm(*true_scores, 0.8, False)
+    generator = torch.Generator().manual_seed(3)
+    opm.draw(policy.last_q, 6, opm.DEFAULT_P_EXE, generator)  # the masks' draws come first
+    expected = dict(before)
+    for name, grad in before.items():
+        layer_name = str(name).split('.')[0]
+        coeff = coeff_1 if layer_name == "branch0" else coeff_2 if layer_name == "branch1" else None
+        if coeff is not None and len(grad.size()) == 4:
+            if mode == "ogm-ge":
+                expected[name] = grad * coeff + torch.zeros_like(grad).normal_(0, grad.std().item() + 1e-8,
+                                                                              generator=generator)
+            else:
+                expected[name] = grad * coeff
+    assert any(not torch.equal(got[n], before[n]) for n in got)
+    for n in got:
+        assert torch.allclose(got[n], expected[n], rtol=1e-5, atol=1e-6), n
+    for policy, epoch in ((opm.OPMPolicy(warmup_epochs=1, ogm=mode), 0), (opm.OPMPolicy(warmup_epochs=0, ogm=mode,
+                                                                                        ogm_ends=1), 2),
+                          (opm.OPMPolicy(warmup_epochs=0), 1)):
+        before, got, _ = step(policy, epoch)
+        assert all(torch.equal(got[n], before[n]) for n in got)
+
+
+@pytest.mark.parametrize("epochs, agm_end, ogm_end", [(100, 19, 80), (15, 2, 11), (1, 0, 0)])
+def test_agm_and_opm_resolve_their_authors_loss_and_windows(epochs, agm_end, ogm_end):
+    """AGM updates its coefficients in epochs 1..20 of 100 (1-based: 0..19 here), the journal's OGM options modulate
+    epochs 0..80 of 100; both train CE of the fused output."""
+    from mmtm.config import resolve
+    agm_cfg, opm_cfg = resolve("demo", policy="agm", epochs=epochs), resolve("demo", policy="opm", epochs=epochs)
+    assert (agm_cfg.loss, opm_cfg.loss) == ("fused", "fused")
+    assert (agm_cfg.agm_end_epoch, agm_cfg.agm_end_fraction) == (agm_end, 0.2)
+    assert (opm_cfg.opm_ogm_end_epoch, opm_cfg.opm_ogm_end_fraction) == (ogm_end, 0.81)

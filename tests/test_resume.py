@@ -17,7 +17,8 @@ from mmtm.checkpoint import load_checkpoint
 # Each policy with flags that make it act within 4 tiny epochs of 3 steps (α = 0 re-balances: its first re-balancing
 # run crosses the stop after epoch 2; G-Blending estimates every 2 epochs). The resume must keep the step cap too.
 POLICY_FLAGS = {"vanilla": [], "balanced": ["--alpha", "0"], "random": [], "flipped": ["--alpha", "0"],
-                "ogm-ge": [], "g-blending": ["--gb-interval", "2"], "moddrop": [], "pmr": [], "mmpareto": []}
+                "ogm-ge": [], "g-blending": ["--gb-interval", "2"], "moddrop": [], "pmr": [], "mmpareto": [],
+                "agm": ["--agm-end-epoch", "3"], "opm": ["--opm-warmup-epochs", "1", "--opm-ogm", "ogm-ge"]}
 
 
 def same_run(a, b) -> None:

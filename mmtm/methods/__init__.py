@@ -9,6 +9,8 @@ m1 = view 1 = branch 1 = head ŷ1):
     moddrop     modality dropout, one view zeroed per dropped sample (Neverova et al., TPAMI 2016)
     pmr         prototypical modal rebalance (Fan et al., CVPR 2023)
     mmpareto    Pareto-combined multi-modal and uni-modal gradients per encoder (Wei & Hu, ICML 2024)
+    agm         adaptive gradient modulation from zeroed-view responses (Li et al., ICCV 2023)
+    opm         on-the-fly prediction modulation, the dominant view's features dropped (Wei et al., TPAMI 2024)
 
 Nothing here touches the training loop; the integrator calls these functions at the points each docstring names.
 """
