@@ -9,6 +9,9 @@ m1 = view 1 = branch 1 = head ŷ1):
     moddrop     modality dropout, one view zeroed per dropped sample (Neverova et al., TPAMI 2016)
     pmr         prototypical modal rebalance (Fan et al., CVPR 2023)
     mmpareto    Pareto-combined multi-modal and uni-modal gradients per encoder (Wei & Hu, ICML 2024)
+    umt         uni-modal teachers: feature distillation from single-view runs (Du et al., ICML 2023)
+    ume         uni-modal ensemble: two single-view runs' averaged logits, an evaluation (Du et al., ICML 2023)
+    relearn     Diagnosing & Re-learning, purity-gap soft re-initialisation (Wei, Li, Feng, Hu, ECCV 2024)
 
 Nothing here touches the training loop; the integrator calls these functions at the points each docstring names.
 """
