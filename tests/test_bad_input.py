@@ -507,6 +507,13 @@ CASES = [
     ("--relearn-interval 0", 30, flags("--relearn-interval", "0"), "relearn_interval"),
     ("--relearn-count -1", 30, flags("--relearn-count", "-1"), "relearn_count"),
     ("--relearn-lambda nan", 30, flags("--relearn-lambda", "nan"), "relearn_lambda"),
+    ("ume members swapped", 30, lambda tmp, data, runs: ["ume", *reversed(single_view_runs(tmp, data, "0,6").split(
+        ","))], "single_view 1"),
+    ("ume of two-view runs", 30, lambda tmp, data, runs: ["ume", runs / "vanilla", runs / "balanced"],
+     "single_view None"),
+    ("ume of a missing run", 30, lambda tmp, data, runs: ["ume", tmp / "no0", tmp / "no1"], "not found"),
+    ("ume --split nope", 30, lambda tmp, data, runs: ["ume", tmp, tmp, "--split", "nope"], "--split"),
+    ("ume --batch-size 0", 30, lambda tmp, data, runs: ["ume", tmp, tmp, "--batch-size", "0"], "--batch-size"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
                                                        "99"], "99"),

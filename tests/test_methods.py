@@ -3,6 +3,7 @@
 Expected values are worked out by hand (math, not the module under test) in each test."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -771,3 +772,5 @@ def test_ume_scores_the_average_of_two_single_view_runs_logits(synthetic_data, t
     assert (got["acc"], got["acc_m0"], got["acc_m1"]) == (right / n, right0 / n, right1 / n)
     with pytest.raises(UserError, match="single_view 1"):
         ume.ensemble_accuracy(tmp_path / "sv6", tmp_path / "sv0")
+    r = invoke("ume", tmp_path / "sv0", tmp_path / "sv6", "--json")
+    assert r.exit_code == 0 and json.loads(r.output) == got, r.output
