@@ -14,9 +14,9 @@ another length re-learns at the same shares of it, N = round(epochs·20/90) (res
 demo epochs, 67 of the paper's 300), unless an interval is given.
 Mapping: the encoder of modality m is branch m without its head fc (the official `audio_net`/`visual_net`, every
 parameter, BatchNorm's affine ones included; the heads and the MMTMs, the fusion of both views, are not
-re-initialised; running BatchNorm statistics are buffers, as there). Its feature is the input of branch m's fc (after MMTM₄, 8w-dim), the
-official encoders' pooled output. k-means runs here in torch (sklearn is not a dependency): k-means++ seeding with
-sklearn's greedy local trials, 10 restarts (sklearn's default before 1.4), at most 300 Lloyd iterations, tolerance
+re-initialised; running BatchNorm statistics are buffers, as there). Its feature is the input of branch m's fc
+(after MMTM₄, 8w-dim), the official encoders' pooled output. k-means runs here in torch (sklearn is not a
+dependency): k-means++ seeding with sklearn's greedy local trials, 10 restarts (sklearn's default before 1.4), at most 300 Lloyd iterations, tolerance
 1e-4 of the mean feature variance, from a generator seeded 0 (the official `random_state=0`); sklearn's own random
 stream differs, so the clusterings agree where the structure is clear, not draw for draw. Under DDP each rank's
 features are gathered first, so every rank clusters the same samples and re-initialises alike.
