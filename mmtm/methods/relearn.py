@@ -16,10 +16,11 @@ Mapping: the encoder of modality m is branch m without its head fc (the official
 parameter, BatchNorm's affine ones included; the heads and the MMTMs, the fusion of both views, are not
 re-initialised; running BatchNorm statistics are buffers, as there). Its feature is the input of branch m's fc
 (after MMTM₄, 8w-dim), the official encoders' pooled output. k-means runs here in torch (sklearn is not a
-dependency): k-means++ seeding with sklearn's greedy local trials, 10 restarts (sklearn's default before 1.4), at most 300 Lloyd iterations, tolerance
-1e-4 of the mean feature variance, from a generator seeded 0 (the official `random_state=0`); sklearn's own random
-stream differs, so the clusterings agree where the structure is clear, not draw for draw. Under DDP each rank's
-features are gathered first, so every rank clusters the same samples and re-initialises alike.
+dependency): k-means++ seeding with sklearn's greedy local trials, 10 restarts (sklearn's default before 1.4), at
+most 300 Lloyd iterations, tolerance 1e-4 of the mean feature variance, from a generator seeded 0 (the official
+`random_state=0`); sklearn's own random stream differs, so the clusterings agree where the structure is clear, not
+draw for draw. Under DDP each rank's features are gathered first, so every rank clusters the same samples and
+re-initialises alike.
 """
 from __future__ import annotations
 
