@@ -1,7 +1,7 @@
 """The `mmtm` Typer app: registers one module per command; no science here."""
 from __future__ import annotations
 
-from cli import bench, compare, eval_cur, info, prep, report, train
+from cli import bench, compare, eval_cur, info, prep, report, train, ume
 from cli.errors import OneLineErrors
 from cli.help import App
 
@@ -22,6 +22,7 @@ app.command("eval-cur")(eval_cur.eval_cur)
 app.command("report")(report.report)
 app.command("compare")(compare.compare)
 app.command("info")(info.info)
+app.command("ume")(ume.ume)
 app.add_typer(bench.app, name="bench")
 
 

@@ -23,7 +23,7 @@ def train(
     policy: Optional[str] = typer.Option(None, help="Training policy (default vanilla): the paper's vanilla, balanced, "
                                                     "random; flipped (the balanced rule re-balancing the other "
                                                     "branch, a control); other papers' ogm-ge, g-blending, "
-                                                    "moddrop, pmr, mmpareto, agm, opm."),
+                                                    "moddrop, pmr, mmpareto, agm, opm, umt, relearn."),
     views: Optional[str] = typer.Option(None, help="Two view indices; default: the data's dataset.json "
                                                     "default_views, 0,6 (the paper's) for 12-view sets, 0,1 for "
                                                     "two-view sets."),
@@ -90,6 +90,14 @@ def train(
                                                                "--opm-ogm-end-fraction)."),
     opm_ogm_end_fraction: Optional[float] = typer.Option(None, help="opm: --opm-ogm's window ends after this share "
                                                                     "of the epochs [0.81: the authors' 0..80 of 100]."),
+    teachers: Optional[str] = typer.Option(None, metavar="RUN0,RUN1", help="umt: the single-view runs (their "
+                                           "best.pt) of the first and second of --views on the same data, the "
+                                           "uni-modal teachers (e.g. compare's baselines)."),
+    umt_scaling: Optional[float] = typer.Option(None, help="umt: the weight of the feature distillation [10]."),
+    relearn_interval: Optional[int] = typer.Option(None, help="relearn: re-learn after every N-th epoch [20 of 90 "
+                                                              "epochs, the same share of the run: 3 of 15]."),
+    relearn_count: Optional[int] = typer.Option(None, help="relearn: how many times at most [3]."),
+    relearn_lambda: Optional[float] = typer.Option(None, help="relearn: λ of w = tanh(λ·|purity gap|) [3]."),
     gate: Optional[str] = typer.Option(None, help="MMTM gate: sigmoid (code) or 2sigmoid (paper)."),
     loss: Optional[str] = typer.Option(None, help="Task loss: heads = CE(ŷ0)+CE(ŷ1) (the Greedy paper's code), fused "
                                                   "= CE(ŷ) (OGM-GE's and PMR's code); default: the one the policy's "
@@ -157,7 +165,8 @@ def train(
         opm_p_exe=opm_p_exe, opm_warmup_epochs=opm_warmup_epochs, opm_ogm=opm_ogm, opm_ogm_coeff=opm_ogm_coeff,
         opm_ogm_alpha=opm_ogm_alpha, opm_ogm_end_epoch=opm_ogm_end_epoch, opm_ogm_end_fraction=opm_ogm_end_fraction,
         gate=gate, loss=loss, seed=seed,
-        device=device,
+        device=device, umt_teachers=_absolute_runs(teachers), umt_scaling=umt_scaling,
+        relearn_interval=relearn_interval, relearn_count=relearn_count, relearn_lambda=relearn_lambda,
         loader=loader, num_threads=threads, cuda_graphs=cuda_graphs, amp=amp, max_steps_per_epoch=max_steps_per_epoch,
         precise_bn=precise_bn)
     if not cfg.data:
@@ -175,3 +184,10 @@ def train(
     if row:
         d_speed = "—" if cfg.single_view is not None else f"{row['d_speed']:+.4f}"  # one branch: no d_speed
         typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_speed {d_speed}")
+
+
+def _absolute_runs(text: Optional[str]) -> Optional[str]:
+    """--teachers with each run folder made absolute (config.json names them wherever the run is repeated from)."""
+    if text is None:
+        return None
+    return ",".join(str(Path(p.strip()).resolve()) if p.strip() else "" for p in text.split(","))

@@ -16,7 +16,7 @@ from loaders.errors import UserError
 from loaders.factory import BACKENDS
 from mmtm.fusion import GATES, bottleneck_units
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
-from mmtm.methods import agm, g_blending, mmpareto, moddrop, ogm_ge, opm, pmr
+from mmtm.methods import agm, g_blending, mmpareto, moddrop, ogm_ge, opm, pmr, relearn, umt
 from mmtm.network import LOSSES, mmtm_channels
 from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
 from mmtm.registry import POLICIES
@@ -89,6 +89,11 @@ class TrainConfig:
     opm_ogm_alpha: float = opm.DEFAULT_OGM_ALPHA
     opm_ogm_end_epoch: int | None = None    # last modulated epoch; None: resolved from opm_ogm_end_fraction
     opm_ogm_end_fraction: float | None = None  # the window's end as a share of the epochs; None: the authors' (81/100)
+    umt_teachers: str = ""                  # umt: "RUN0,RUN1", the single-view runs of the first and second view
+    umt_scaling: float = umt.DEFAULT_SCALING
+    relearn_interval: int | None = None     # re-learn after every N-th epoch; None: the script's 20 of 90, scaled
+    relearn_count: int = relearn.DEFAULT_COUNT
+    relearn_lambda: float = relearn.DEFAULT_LAMBDA
     # reproducibility and hardware
     seed: int = 777
     device: str = "auto"                    # auto | cpu | cuda[:index]
@@ -130,6 +135,12 @@ class TrainConfig:
         if self.policy == "agm" and self.loss != "fused":
             raise UserError(f"agm trains CE of its modulated fused output, so loss {self.loss!r} would not be what "
                             f"was trained; use loss fused")
+        if (self.policy == "umt") != bool(self.umt_teachers):
+            raise UserError("policy umt needs umt_teachers (--teachers RUN0,RUN1: the single-view runs of the first "
+                            "and second of views, e.g. compare's baselines) and no other policy takes them, got "
+                            f"policy {self.policy!r} with umt_teachers {self.umt_teachers!r}")
+        if self.umt_teachers:
+            umt.parse_teachers(self.umt_teachers)
         if len(self.views) != 2 or self.views[0] == self.views[1]:
             raise UserError(f"--views needs two different view indices, got {self.views}")
         for v in self.views:  # the upper bound is the data's (check_views)
@@ -142,7 +153,8 @@ class TrainConfig:
                             ("momentum", 0), ("weight_decay", 0), ("min_lr", 0), ("alpha", 0),
                             ("plateau_threshold", 0), ("speed_from_epoch", 0), ("gb_interval", 1), ("ogm_alpha", 0),
                             ("ogm_start_epoch", 0), ("pmr_alpha", 0), ("pmr_start_epoch", 0), ("mmpareto_gamma", 0),
-                            ("agm_alpha", 0), ("opm_lambda", 0), ("opm_warmup_epochs", 0), ("opm_ogm_alpha", 0)):
+                            ("agm_alpha", 0), ("opm_lambda", 0), ("opm_warmup_epochs", 0), ("opm_ogm_alpha", 0),
+                            ("umt_scaling", 0), ("relearn_interval", 1), ("relearn_count", 0), ("relearn_lambda", 0)):
             value = getattr(self, name)
             if value is not None and not least <= value < math.inf:  # written so that nan fails too
                 raise UserError(f"{name} must be {f'at least {least}' if math.isfinite(value) else 'finite'}, "
@@ -174,6 +186,8 @@ class TrainConfig:
         for name in ("opm_q_base", "opm_p_exe"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.relearn_interval is None:
+            self.relearn_interval = relearn.interval_for(self.epochs)
         check_device_name(self.device)
         return self
 

@@ -9,11 +9,13 @@ from mmtm.methods.moddrop import ModDropPolicy
 from mmtm.methods.ogm_ge import OGMGEPolicy
 from mmtm.methods.opm import OPMPolicy
 from mmtm.methods.pmr import PMRPolicy
+from mmtm.methods.relearn import ReLearnPolicy
+from mmtm.methods.umt import UMTPolicy
 from mmtm.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, StepPolicy, VanillaPolicy
 
 POLICIES: dict[str, type[StepPolicy]] = {p.name: p for p in (
     VanillaPolicy, BalancedPolicy, RandomPolicy, FlippedPolicy, OGMGEPolicy, GBlendingPolicy, ModDropPolicy, PMRPolicy,
-    MMParetoPolicy, AGMPolicy, OPMPolicy)}
+    MMParetoPolicy, AGMPolicy, OPMPolicy, UMTPolicy, ReLearnPolicy)}
 
 
 def make_policy(cfg) -> StepPolicy:

@@ -124,6 +124,29 @@ def flags(*extra):
     return lambda tmp, data, runs: train(data, tmp, *extra)
 
 
+def single_view_runs(tmp, data, views: str) -> str:
+    """--teachers naming two fresh one-epoch single-view runs on `views` of `data`."""
+    first, second = views.split(",")
+    for view in (first, second):
+        r = invoke("train", "--data", data, "--out", tmp / f"sv{view}", *TINY, "--epochs", "1", "--views", views,
+                   "--single-view", view)
+        assert r.exit_code == 0, r.output
+    return f"{tmp / f'sv{first}'},{tmp / f'sv{second}'}"
+
+
+def teachers_on_views(views):
+    return lambda tmp, data, runs: train(data, tmp, "--policy", "umt", "--teachers",
+                                         single_view_runs(tmp, data, views))
+
+
+def teachers_on_other_data(tmp, data, runs):
+    r = invoke("prep", "synthetic", "--out", tmp / "other", "--classes", "3", "--per-class", "12", "--image-size",
+               "32", "--workers", "1")  # the same classes, other objects
+    assert r.exit_code == 0, r.output
+    teachers = single_view_runs(tmp, tmp / "other", "0,6")
+    return train(data, tmp, "--policy", "umt", "--teachers", teachers)
+
+
 def out_is_a_file(command, *, under=False):
     def setup(tmp, data, runs):
         (tmp / "f").write_text("mine")
@@ -491,6 +514,26 @@ CASES = [
     ("--opm-ogm-end-epoch -2", 30, flags("--opm-ogm-end-epoch", "-2"), "opm_ogm_end_epoch"),
     ("--opm-ogm-end-fraction 2", 30, flags("--opm-ogm-end-fraction", "2"), "opm_ogm_end_fraction"),
     ("g-blending --loss heads", 30, flags("--policy", "g-blending", "--loss", "heads"), "not be what was trained"),
+    ("umt without --teachers", 30, flags("--policy", "umt"), "umt_teachers"),
+    ("--teachers with vanilla", 30, flags("--teachers", "a,b"), "umt_teachers"),
+    ("umt --teachers of one run", 30, flags("--policy", "umt", "--teachers", "a"), "RUN0,RUN1"),
+    ("umt --teachers not runs", 30, lambda tmp, data, runs: train(data, tmp, "--policy", "umt", "--teachers",
+                                                                  f"{tmp / 'no0'},{tmp / 'no1'}"), "no best.pt"),
+    ("umt --teachers a two-view run", 30, lambda tmp, data, runs: train(
+        data, tmp, "--policy", "umt", "--teachers", f"{runs / 'vanilla'},{runs / 'vanilla'}"), "single_view None"),
+    ("umt --teachers on other views", 30, teachers_on_views("1,6"), "views [1, 6], not [0, 6]"),
+    ("umt --teachers on other data", 30, teachers_on_other_data, "data digest"),
+    ("--umt-scaling -1", 30, flags("--umt-scaling", "-1"), "umt_scaling"),
+    ("--relearn-interval 0", 30, flags("--relearn-interval", "0"), "relearn_interval"),
+    ("--relearn-count -1", 30, flags("--relearn-count", "-1"), "relearn_count"),
+    ("--relearn-lambda nan", 30, flags("--relearn-lambda", "nan"), "relearn_lambda"),
+    ("ume members swapped", 30, lambda tmp, data, runs: ["ume", *reversed(single_view_runs(tmp, data, "0,6").split(
+        ","))], "single_view 1"),
+    ("ume of two-view runs", 30, lambda tmp, data, runs: ["ume", runs / "vanilla", runs / "balanced"],
+     "single_view None"),
+    ("ume of a missing run", 30, lambda tmp, data, runs: ["ume", tmp / "no0", tmp / "no1"], "not found"),
+    ("ume --split nope", 30, lambda tmp, data, runs: ["ume", tmp, tmp, "--split", "nope"], "--split"),
+    ("ume --batch-size 0", 30, lambda tmp, data, runs: ["ume", tmp, tmp, "--batch-size", "0"], "--batch-size"),
     # 7: Click's usage errors and the DALI decoder's own lines
     ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
                                                        "99"], "99"),

@@ -4,8 +4,9 @@ The ranks' agreement on step, d_speed and the policy's state is checked by train
 (it stops with an error otherwise), so these runs also cover what each policy shares across ranks: OGM-GE's
 summed scores and noise, PMR's summed prototypes, G-Blending's summed split losses, MMPareto's
 averaged per-loss gradients (its last step's weights are in its state), AGM's summed response losses and OPM's
-summed scores, common draws and noise (their running scores, coefficients and last q are in their states); the
-balanced run, d_speed and
+summed scores, common draws and noise (their running scores, coefficients and last q are in their states),
+Re-learning's gathered features (its purities, weights and initial encoders are in its state); the balanced run,
+d_speed and
 the re-balancing steps. The balanced run goes through torchrun itself; the others' ranks are forked from the job
 server (tests/helpers.py) with the variables torchrun sets."""
 import json
@@ -75,6 +76,22 @@ def test_two_process_ddp_on_gloo(synthetic_data, tmp_path, policy):
                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for rank in (0, 1)]
     assert join_ranks(ranks) == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
     check_two_rank_run(synthetic_data, out, policy)
+
+
+@pytest.mark.slow
+def test_relearn_ranks_cluster_the_same_gathered_features(synthetic_data, tmp_path):
+    """Re-learning after epoch 1 (so a third epoch): each rank clusters every rank's features, so the purities,
+    weights and re-initialised encoders agree (training compares the ranks' policy states after every epoch)."""
+    out = tmp_path / "ddp"
+    port = str(free_port())
+    args = train_args(synthetic_data, out, "--policy", "relearn", "--relearn-interval", "1", "--threads", "1",
+                      epochs=3)
+    ranks = [start_mmtm(*args, log=tmp_path / f"rank{rank}.log",
+                        env={"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for rank in (0, 1)]
+    assert join_ranks(ranks) == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
+    state = load_checkpoint(out / "last.pt")["policy"]
+    assert len(state["weights"]) == 2 and len(state["purities"]) == 4
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 Expected values are worked out by hand (math, not the module under test) in each test."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -1025,3 +1026,261 @@ def test_agm_and_opm_resolve_their_authors_loss_and_windows(epochs, agm_end, ogm
     assert (agm_cfg.loss, opm_cfg.loss) == ("fused", "fused")
     assert (agm_cfg.agm_end_epoch, agm_cfg.agm_end_fraction) == (agm_end, 0.2)
     assert (opm_cfg.opm_ogm_end_epoch, opm_cfg.opm_ogm_end_fraction) == (ogm_end, 0.81)
+
+
+# ------------------------------------------------------------------------------------ Diagnosing & Re-learning
+def _official_purity_score(y_true, y_pred):
+    """GeWu-Lab/Diagnosing_Relearning_ECCV2024@025085e code/ours.py:63-95, line by line (sklearn's accuracy_score,
+    not installed here, is the mean of equal labels)."""
+    import numpy as np
+    y_voted_labels = np.zeros(y_true.shape)
+    labels = np.unique(y_true)
+    ordered_labels = np.arange(labels.shape[0])
+    for k in range(labels.shape[0]):
+        y_true[y_true == labels[k]] = ordered_labels[k]
+    labels = np.unique(y_true)
+    bins = np.concatenate((labels, [np.max(labels) + 1]), axis=0)
+    for cluster in np.unique(y_pred):
+        hist, _ = np.histogram(y_true[y_pred == cluster], bins=bins)
+        winner = np.argmax(hist)
+        y_voted_labels[y_pred == cluster] = winner
+    return float(np.mean(y_true == y_voted_labels))
+
+
+def _official_min_max(x):
+    """sklearn MinMaxScaler(feature_range=(-1, 1)).fit_transform (sklearn/preprocessing/_data.py: fit's data_range
+    with zeros replaced by 1, scale_ = 2 / range, min_ = -1 - data_min * scale_; transform x * scale_ + min_)."""
+    import numpy as np
+    data_min, data_max = x.min(axis=0), x.max(axis=0)
+    data_range = data_max - data_min
+    data_range[data_range == 0.0] = 1.0
+    scale = 2 / data_range
+    return x * scale + (-1 - data_min * scale)
+
+
+def _official_reinit(named_params, checkpoint, weight_audio, weight_visual):
+    """ours.py:156-166 on {name: tensor}: 'audio_net' → encoder 0, 'visual_net' → encoder 1, others untouched."""
+    out = {}
+    for name, param in named_params.items():
+        if "audio_net" in name:
+            out[name] = weight_audio * checkpoint[name] + (1 - weight_audio) * param
+        elif "visual_net" in name:
+            out[name] = weight_visual * checkpoint[name] + (1 - weight_visual) * param
+        else:
+            out[name] = param
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_relearn_purity_scaling_weight_and_reinit_match_a_transcription_of_the_official_code(seed):
+    from mmtm.methods import relearn
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (40,), generator=g)
+    clusters = torch.randint(0, 5, (40,), generator=g)
+    assert relearn.purity(labels, clusters) == pytest.approx(
+        _official_purity_score(labels.numpy().copy(), clusters.numpy()), abs=1e-12)
+    x = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    x[:, 2] = 0.7  # a constant feature
+    assert torch.allclose(relearn.min_max_scale(x), torch.from_numpy(_official_min_max(x.numpy())), atol=1e-12)
+    p = torch.rand(4, generator=g).tolist()
+    for lam in (3.0, 0.5):
+        w_audio = torch.tanh(torch.tensor(lam * abs(p[0] - p[1])))  # ours.py:122-127
+        assert relearn.relearn_weight(p[0], p[1], lam) == pytest.approx(float(w_audio), abs=1e-7)
+    params = {"audio_net.conv1.weight": torch.randn(3, 2, generator=g),
+              "visual_net.bn1.bias": torch.randn(4, generator=g), "head.weight": torch.randn(2, 2, generator=g)}
+    init = {n: torch.randn(t.shape, generator=g) for n, t in params.items()}
+    w0, w1 = relearn.relearn_weight(p[0], p[1]), relearn.relearn_weight(p[2], p[3])
+    expected = _official_reinit(params, init, torch.tensor(w0), torch.tensor(w1))
+    mine = {n: nn.Parameter(t.clone()) for n, t in params.items()}
+    relearn.soft_reinit_([mine["audio_net.conv1.weight"]], [init["audio_net.conv1.weight"]], w0)
+    relearn.soft_reinit_([mine["visual_net.bn1.bias"]], [init["visual_net.bn1.bias"]], w1)
+    for n in params:
+        assert torch.allclose(mine[n].detach(), expected[n], atol=1e-6), n
+
+
+def test_relearn_happens_after_the_official_epochs():
+    """ours.py:378-427 with the script's flags (20, 3 of 90): after epochs 20, 40, 60 and no other."""
+    from mmtm.methods import relearn
+    official, flag_reinit = [], 0
+    for epoch in range(90):
+        if (epoch % 20 == 0) & (epoch > 0):
+            flag_reinit += 1
+            if flag_reinit <= 3:
+                official.append(epoch)
+    assert official == [20, 40, 60]
+    assert [e for e in range(90) if relearn.relearns_after(e, 20, 3)] == official
+    assert relearn.interval_for(90) == 20 and relearn.interval_for(15) == 3 and relearn.interval_for(1) == 1
+
+
+def test_relearn_kmeans_finds_separated_clusters_and_their_purity():
+    """k-means recovers well-separated blobs (any labelling of them): purity 1; labels mixed within blobs lower it
+    to the majority share."""
+    from mmtm.methods import relearn
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]])
+    blob = torch.arange(4).repeat_interleave(25)
+    x = centres[blob] + 0.5 * torch.randn(100, 3, generator=g)
+    clusters = relearn.kmeans(relearn.min_max_scale(x), 4)
+    assert len(set(zip(blob.tolist(), clusters.tolist()))) == 4  # one cluster per blob
+    assert relearn.clustering_purity(x, blob, 4) == 1.0
+    mixed = blob.clone()
+    mixed[::5] = (mixed[::5] + 1) % 4  # a fifth of each blob labelled as the next
+    assert relearn.clustering_purity(x, mixed, 4) == pytest.approx(0.8)
+
+
+def test_relearn_policy_reinitialises_encoders_only_by_their_purity_gaps(synthetic_data):
+    """The policy before the epoch after a re-learning epoch: each encoder (branch without fc) moves to
+    w·θ_init + (1−w)·θ with its own w = tanh(3·|P_train − P_val|) from features of the whole splits; heads and MMTMs
+    stay; the epoch before does nothing."""
+    from loaders.factory import two_view_loader
+    from mmtm.hardware import Compute
+    from mmtm.policy import EpochContext
+    from mmtm.methods import relearn
+
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    compute = Compute.of(torch.device("cpu"), amp="off", channels_last="off")
+    loaders = {}
+
+    def loader(split, train):
+        if (split, train) not in loaders:
+            loaders[split, train] = two_view_loader(str(synthetic_data), split, views=(0, 6), batch_size=4,
+                                                    train=train, seed=0, backend="torch", device=compute.device,
+                                                    num_threads=0)
+        return loaders[split, train]
+
+    context = EpochContext(net, compute, None, loader)
+    policy = relearn.ReLearnPolicy(interval=1, count=1)
+    policy.start_epoch(0, context)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1)  # "training"
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    policy.start_epoch(1, context)  # epoch 0 is no re-learning epoch
+    assert policy.weights is None and all(torch.equal(p, before[n]) for n, p in net.named_parameters())
+    (train0, train1), train_y = relearn.encoder_features(context, "train", True, 1)
+    (val0, val1), val_y = relearn.encoder_features(context, "val", False, 1)
+    assert len(train_y) == 31 // 4 * 4 and len(val_y) == 8  # the whole splits (training batches drop the last)
+    purities = [relearn.clustering_purity(f, y, 3) for f, y in ((train0, train_y), (val0, val_y), (train1, train_y),
+                                                                (val1, val_y))]
+    policy.start_epoch(2, context)
+    assert policy.purities == purities and 0 < max(policy.weights)
+    for n, p in net.named_parameters():
+        branch = n.split(".")[0]
+        if branch in ("branch0", "branch1") and ".fc." not in f".{n.split('.', 1)[1]}":
+            w = policy.weights[int(branch[-1])]
+            assert torch.allclose(p, w * (before[n] - 0.1) + (1 - w) * before[n], atol=1e-6), n
+        else:
+            assert torch.equal(p, before[n]), n
+    assert policy.weights == pytest.approx([math.tanh(3 * abs(policy.purities[0] - policy.purities[1])),
+                                            math.tanh(3 * abs(policy.purities[2] - policy.purities[3]))])
+
+
+# ------------------------------------------------------------------------------------------------- UMT, UME
+def _official_umt_loss(out, label, student: dict, teacher: dict, scaling):
+    """GeWu-Lab/BalanceBenchmark@4c1482f balancemm/trainer/UMT_trainer.py:132-144 (inside the window), on
+    {modality: feature}; the teacher outputs as they come out of `torch.no_grad()`."""
+    criterion = nn.CrossEntropyLoss()
+    MSE = nn.MSELoss()
+    loss = criterion(out, label)
+    for modality in teacher.keys():
+        out_unimodal = teacher[modality]
+        loss += scaling * MSE(out_unimodal, student[modality])
+    return loss
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("scaling", [10.0, 0.3])
+def test_umt_loss_matches_a_transcription_of_balancebenchmark(seed, scaling):
+    from mmtm.methods import umt
+    from mmtm.network import fused_logits
+    g = torch.Generator().manual_seed(seed)
+    logits0, logits1 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.randint(0, 4, (6,), generator=g)
+    student = [torch.randn(6, 8, generator=g, requires_grad=True) for _ in range(2)]
+    teacher = [torch.randn(6, 8, generator=g) for _ in range(2)]
+    mine = umt.umt_loss(logits0, logits1, y, student, teacher, scaling)
+    expected = _official_umt_loss(fused_logits(logits0, logits1), y, {"audio": student[0], "visual": student[1]},
+                                  {"audio": teacher[0], "visual": teacher[1]}, scaling)
+    assert torch.allclose(mine, expected, rtol=1e-6, atol=1e-6)
+    g_mine = torch.autograd.grad(mine, student)
+    g_expected = torch.autograd.grad(expected, student)
+    for a, b in zip(g_mine, g_expected):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_umt_policy_distils_each_branch_towards_its_frozen_teachers_head_input():
+    """The policy in a step against the formula done by hand: branch m's fc input is pulled towards the fc input of
+    the single-view network on view m, run in eval mode on the same views; the teachers get no gradient."""
+    import torch.nn.functional as F
+    from mmtm.hardware import Compute
+    from mmtm.methods import umt
+    from mmtm.network import SingleViewNet
+
+    torch.manual_seed(0)
+    net = TwoViewMMTMNet(num_classes=3, width=4)
+    teachers = [SingleViewNet(3, width=4, slot=m) for m in (0, 1)]
+    for t in teachers:
+        t.eval().requires_grad_(False)
+    x0, x1, y = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    policy = umt.UMTPolicy([], 10.0)
+    policy.teachers, policy.compute, policy.task = teachers, Compute.of(torch.device("cpu"), amp="off"), "fused"
+    v0, v1 = policy.inputs(x0, x1, 0)
+    with policy.capture(net) as features:
+        logits0, logits1 = net(v0, v1)
+    loss = policy.loss(logits0, logits1, y, features, 0)
+
+    def head_in(resnet, x):
+        h = resnet.layer1(resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(x)))))
+        return torch.flatten(resnet.avgpool(resnet.layer4(resnet.layer3(resnet.layer2(h)))), 1)
+
+    captured = {}
+    hooks = [b.fc.register_forward_pre_hook(lambda mod, inp, m=m: captured.__setitem__(m, inp[0]))
+             for m, b in enumerate((net.branch0, net.branch1))]
+    logits0, logits1 = net(x0, x1)
+    for h in hooks:
+        h.remove()
+    teacher = [head_in(teachers[0].branch, x0), head_in(teachers[1].branch, x1)]
+    expected = F.cross_entropy((logits0 + logits1) / 2, y) + 10 * sum(
+        F.mse_loss(teacher[m], captured[m]) for m in (0, 1))
+    assert torch.allclose(loss, expected, rtol=1e-6)
+    loss.backward()
+    assert all(p.grad is None for t in teachers for p in t.parameters())
+    assert not any(t.training for t in teachers)
+
+
+def test_ume_scores_the_average_of_two_single_view_runs_logits(synthetic_data, tmp_path):
+    """UME on two single-view runs: the accuracy of their averaged logits, computed by hand from their best.pt,
+    and each member's own accuracy beside it; members in the wrong order are refused."""
+    from helpers import TINY, invoke
+    from loaders.errors import UserError
+    from loaders.factory import two_view_loader
+    from mmtm.checkpoint import load_checkpoint
+    from mmtm.methods import ume
+    from mmtm.network import SingleViewNet
+
+    for view in (0, 6):
+        r = invoke("train", "--data", synthetic_data, "--out", tmp_path / f"sv{view}", "--epochs", 2, *TINY,
+                   "--single-view", view)
+        assert r.exit_code == 0, r.output
+    got = ume.ensemble_accuracy(tmp_path / "sv0", tmp_path / "sv6")
+    nets = []
+    for m, view in enumerate((0, 6)):
+        nets.append(SingleViewNet(3, width=4, slot=m))
+        nets[m].load_state_dict(load_checkpoint(tmp_path / f"sv{view}" / "best.pt")["model"])
+        nets[m].eval()
+    right = right0 = right1 = n = 0
+    with torch.no_grad():
+        for b in two_view_loader(str(synthetic_data), "test", views=(0, 6), batch_size=5, train=False, seed=0,
+                                 backend="torch", device=torch.device("cpu"), num_threads=0):
+            l0, l1 = nets[0](b.view0, b.view1)[0], nets[1](b.view0, b.view1)[0]
+            right += int((((l0 + l1) / 2).argmax(1) == b.label).sum())
+            right0 += int((l0.argmax(1) == b.label).sum())
+            right1 += int((l1.argmax(1) == b.label).sum())
+            n += len(b.label)
+    assert got["n"] == n == 9
+    assert (got["acc"], got["acc_m0"], got["acc_m1"]) == (right / n, right0 / n, right1 / n)
+    with pytest.raises(UserError, match="single_view 1"):
+        ume.ensemble_accuracy(tmp_path / "sv6", tmp_path / "sv0")
+    r = invoke("ume", tmp_path / "sv0", tmp_path / "sv6", "--json")
+    assert r.exit_code == 0 and json.loads(r.output) == got, r.output

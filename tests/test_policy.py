@@ -89,6 +89,6 @@ def test_vanilla_and_the_registry_build_policies_from_the_config():
     assert random_policy.name == "random"
     assert run(random_policy, [0.0] * 20, 1) == run(RandomPolicy(seed=4), [0.0] * 20, 1)
     assert set(POLICIES) == {"vanilla", "balanced", "random", "flipped", "ogm-ge", "g-blending", "moddrop", "pmr",
-                            "mmpareto", "agm", "opm"}
+                            "mmpareto", "agm", "opm", "umt", "relearn"}
     assert isinstance(make_policy(resolve("paper", policy="flipped")), FlippedPolicy)
     assert all(name == cls.name for name, cls in POLICIES.items())

@@ -18,7 +18,8 @@ from mmtm.checkpoint import load_checkpoint
 # run crosses the stop after epoch 2; G-Blending estimates every 2 epochs). The resume must keep the step cap too.
 POLICY_FLAGS = {"vanilla": [], "balanced": ["--alpha", "0"], "random": [], "flipped": ["--alpha", "0"],
                 "ogm-ge": [], "g-blending": ["--gb-interval", "2"], "moddrop": [], "pmr": [], "mmpareto": [],
-                "agm": ["--agm-end-epoch", "3"], "opm": ["--opm-warmup-epochs", "1", "--opm-ogm", "ogm-ge"]}
+                "agm": ["--agm-end-epoch", "3"], "opm": ["--opm-warmup-epochs", "1", "--opm-ogm", "ogm-ge"],
+                "relearn": ["--relearn-interval", "1"]}
 
 
 def same_run(a, b) -> None:
@@ -36,10 +37,25 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(synthetic_data, tm
     """Every policy's state (its RNG, counters, prototypes, blend weights), the CLS meter, the optimiser, the
     schedule and the data order survive a stop right after epoch 2's checkpoint: the run resumed from last.pt
     ends bit for bit like one never stopped."""
+    resumes_exactly(synthetic_data, tmp_path, monkeypatch, ["--policy", policy, *POLICY_FLAGS[policy]])
+
+
+def test_a_resumed_umt_run_ends_exactly_like_an_uninterrupted_one(synthetic_data, tmp_path, monkeypatch):
+    """UMT keeps no state of its own: its teachers, loaded again from their run folders, must teach alike."""
+    from helpers import TINY
+    for view in (0, 6):
+        r = invoke("train", "--data", synthetic_data, "--out", tmp_path / f"sv{view}", *TINY, "--epochs", 1,
+                   "--single-view", view)
+        assert r.exit_code == 0, r.output
+    resumes_exactly(synthetic_data, tmp_path, monkeypatch,
+                    ["--policy", "umt", "--teachers", f"{tmp_path / 'sv0'},{tmp_path / 'sv6'}"])
+
+
+def resumes_exactly(synthetic_data, tmp_path, monkeypatch, policy_flags) -> None:
     from helpers import TINY
     from mmtm import training
 
-    flags = ["--policy", policy, *POLICY_FLAGS[policy], *TINY, "--epochs", 4, "--max-steps-per-epoch", 3]
+    flags = [*policy_flags, *TINY, "--epochs", 4, "--max-steps-per-epoch", 3]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert invoke("train", "--data", synthetic_data, "--out", full, *flags).exit_code == 0
     save = training.save_checkpoint

@@ -11,6 +11,9 @@ m1 = view 1 = branch 1 = head ŷ1):
     mmpareto    Pareto-combined multi-modal and uni-modal gradients per encoder (Wei & Hu, ICML 2024)
     agm         adaptive gradient modulation from zeroed-view responses (Li et al., ICCV 2023)
     opm         on-the-fly prediction modulation, the dominant view's features dropped (Wei et al., TPAMI 2024)
+    umt         uni-modal teachers: feature distillation from single-view runs (Du et al., ICML 2023)
+    ume         uni-modal ensemble: two single-view runs' averaged logits, an evaluation (Du et al., ICML 2023)
+    relearn     Diagnosing & Re-learning, purity-gap soft re-initialisation (Wei, Li, Feng, Hu, ECCV 2024)
 
 Nothing here touches the training loop; the integrator calls these functions at the points each docstring names.
 """
