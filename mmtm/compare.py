@@ -130,8 +130,15 @@ def plan(data: str, out: Path, *, seeds: list[int], policies: tuple[str, ...], p
             runs += [(f"single-view{v}-s{s}", dict(policy="vanilla", single_view=v, seed=s)) for s in seeds
                      for v in (0, 1)]
         for name, who in runs:
+            after = []
+            if who["policy"] == "umt":  # its teachers: this seed's single-view runs, trained first
+                if not baselines:
+                    raise UserError("policy umt needs --baselines: its teachers are the single-view runs of the same "
+                                    "seed and cell")
+                after = [root / f"single-view{v}-s{who['seed']}" for v in (0, 1)]
+                who = {**who, "umt_teachers": ",".join(map(str, after))}
             cfg = resolve(preset, config_file, data=data, out=str(root / name), **{**overrides, **cell, **who})
-            specs.append(RunSpec(root / name, to_dict(cfg), label, preset, digest, probe))
+            specs.append(RunSpec(root / name, to_dict(cfg), label, preset, digest, probe, after))
     return specs
 
 

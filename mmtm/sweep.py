@@ -59,6 +59,7 @@ class RunSpec:
     preset: str = ""
     data_digest: str | None = None  # of the data folder when the sweep was planned (loaders.dataset.data_digest)
     probe: bool = False  # eval-cur with the linear probes (mmtm/probe.py) as well
+    after: list[Path] = field(default_factory=list)  # runs that must be done before this one starts (UMT's teachers)
 
     @property
     def name(self) -> str:
@@ -86,6 +87,13 @@ def is_done(spec: RunSpec) -> bool:
     from mmtm.evidence import is_summarised
 
     return is_summarised(spec.dir) and not (spec.probe and needs_probe(spec.dir))
+
+
+def is_ready(spec: RunSpec) -> bool:
+    """Whether every run `spec` waits for is done."""
+    from mmtm.evidence import is_summarised
+
+    return all(is_summarised(d) for d in spec.after)
 
 
 def needs_probe(run_dir: Path) -> bool:
@@ -193,8 +201,9 @@ def mps_note(devices: list[int], runs_per_device: int) -> str | None:
 
 def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | None = None, runs_per_device: int = 1,
                  progress=None) -> list[str]:
-    """Run every spec not yet done, `jobs` at a time (or len(devices)·runs_per_device on GPUs); returns the names of
-    runs whose job failed (their log: `job_log`). `progress(running, done, total)` is called as jobs move."""
+    """Run every spec not yet done, `jobs` at a time (or len(devices)·runs_per_device on GPUs), each once the runs it
+    waits for are done; returns the names of runs whose job failed, or that waited for a run that failed (their log:
+    `job_log`). `progress(running, done, total)` is called as jobs move."""
     todo = [s for s in specs if not is_done(s)]
     # slots for the runs to do only: --jobs may be far more than there are runs, not its threads' share
     slots = [str(d) for d in devices for _ in range(runs_per_device)] if devices else [None] * min(jobs, len(todo))
@@ -203,9 +212,9 @@ def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | No
     free, failed, done = list(range(len(slots))), [], len(specs) - len(todo)
     try:
         while todo or running:
-            while todo and free:
+            while free and (spec := next((s for s in todo if is_ready(s)), None)) is not None:
+                todo.remove(spec)
                 slot = free.pop(0)
-                spec = todo.pop(0)
                 device = slots[slot]
                 job = write_job(spec, launcher="local", threads=threads, device=device)
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -223,6 +232,9 @@ def launch_local(specs: list[RunSpec], *, jobs: int = 1, devices: list[int] | No
                 done += 1
                 if proc.exitcode != 0 or not is_done(spec):
                     failed.append(name)
+            if todo and not running and not any(map(is_ready, todo)):  # what they wait for failed
+                failed += [s.name for s in todo]
+                todo = []
             if progress is not None:
                 progress([s for _, s, _ in running.values()], done, len(specs))
     except BaseException:
@@ -267,16 +279,20 @@ def check_launcher(launcher: str, devices: list[int] | None) -> None:
 def launch_slurm(specs: list[RunSpec], out: Path, *, wait: bool, partition: str | None, time_min: int,
                  gpus_per_run: int, cpus_per_run: int, array_parallelism: int, poll_s: float = 30.0,
                  progress=None) -> dict:
-    """Submit the runs not yet done (and not queued or running) as one Slurm job array through submitit; with
-    `wait`, poll until every job has ended. Returns {"submitted", "active", "failed"} run names."""
+    """Submit the runs not yet done (and not queued or running) whose waited-for runs are done as one Slurm job array
+    through submitit; with `wait`, poll until every job has ended, then submit those that waited. Returns
+    {"submitted", "active", "failed"} run names."""
     import submitit
 
     folder = out / ".submitit"
     record_path = out / SLURM_RECORD
     record: dict[str, str] = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    todo, active = [], []
+    todo, active, waiting = [], [], []
     for spec in specs:
         if is_done(spec):
+            continue
+        if not is_ready(spec):
+            waiting.append(spec)
             continue
         state = submitit.SlurmJob(folder, record[spec.name]).watcher.get_state(record[spec.name], mode="force") \
             if spec.name in record else None
@@ -312,6 +328,10 @@ def launch_slurm(specs: list[RunSpec], out: Path, *, wait: bool, partition: str 
             if ended == set(watch):
                 break
             time.sleep(poll_s)
+        if waiting and any(map(is_ready, waiting)):
+            return launch_slurm(specs, out, wait=wait, partition=partition, time_min=time_min,
+                                gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
+                                array_parallelism=array_parallelism, poll_s=poll_s, progress=progress)
     failed = [s.name for s in specs if wait and not is_done(s)]
     return {"submitted": [s.name for s in todo], "active": [s.name for s in active], "failed": failed}
 

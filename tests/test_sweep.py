@@ -429,3 +429,20 @@ def test_probe_adds_each_branchs_probe_and_evaluates_kept_runs_again_without_ret
     assert "probe_m0" in table["runs"][0] and "probe_m0" in (out / "comparison.md").read_text()
     r = invoke(*args, "--probe")
     assert "1 of 1 runs kept" in r.output, r.output
+
+
+def test_umt_in_a_sweep_is_taught_by_its_seeds_baselines_trained_first(synthetic_data, tmp_path, figures_not_drawn):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(SHORT))
+    out = tmp_path / "o"
+    args = ["compare", "--data", synthetic_data, "--out", out, "--policies", "umt", "--seeds", "0", "--config", cfg,
+            "--epochs", "1", "--jobs", "2"]
+    line = one_error_line(invoke(*args))
+    assert "policy umt needs --baselines" in line and not out.exists()
+    r = invoke(*args, "--baselines")
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "umt-s0" / "config.json").read_text())
+    assert config["umt_teachers"] == f"{out / 'single-view0-s0'},{out / 'single-view1-s0'}"
+    ended = [re.sub(r"^\[\d/3\] | done after \d+ s$", "", line) for line in r.output.splitlines()
+             if line.startswith("[")]
+    assert ended[-1] == "umt-s0", r.output  # with two jobs at once it still waited for both teachers
