@@ -26,7 +26,8 @@ def compare(
                                                       "vanilla, balanced, random and flipped)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=V1,V2", help="A grid axis over a config "
                                                                  "setting, crossed with policies and seeds "
-                                                                 "(views as 0-6; repeatable); runs go to OUT/KEY=V/."),
+                                                                 "(view pairs as --views writes them: views=0,6,0,3 is "
+                                                                 "0,6 and 0,3; repeatable); runs go to OUT/KEY=V/."),
     baselines: bool = typer.Option(False, "--baselines", help="Also train each view alone (the single-view "
                                                               "baselines) for every seed and cell."),
     preset: str = typer.Option("demo", help="demo (2-core CPU), shortcut or digits (those sets on a 2-core CPU, "
@@ -75,7 +76,7 @@ def compare(
       mmtm compare --data demo/data --out c1 --seeds 0 --policies vanilla,pmr
       mmtm compare --data demo/data --out c2 --jobs 2 --baselines
       mmtm compare --data demo/data --out c3 --policies vanilla,balanced \\
-        --set views=0-6,0-3,3-9 --seeds 0,1,2     # a grid of view pairs
+        --set views=0,6,0,3,3,9 --seeds 0,1,2     # 3 view pairs
       mmtm compare --data data/mn40 --out c4 --preset paper --device cuda \\
         --devices 0,1 --runs-per-device 4          # 8 runs at once
       mmtm compare --data data/mn40 --out c5 --preset paper --launcher slurm \\

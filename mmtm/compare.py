@@ -25,6 +25,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,19 +70,31 @@ SCHEMA_VERSION = 1  # of comparison.json; docs/comparison-schema.md
 
 # ------------------------------------------------------------------------------------------------------ the grid
 def _axis_value(name: str, text: str):
-    """One value of a grid axis, typed like the config field (views as `0-6`)."""
+    """One value of a grid axis, typed like the config field."""
     kind = {f.name: f.type for f in TrainConfig.__dataclass_fields__.values()}[name]
-    if kind == "tuple[int, int]":
-        parts = text.split("-")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise UserError(f"--set {name}: views are written like 0-6, got {text!r}")
-        return tuple(int(p) for p in parts)
     base = kind.removesuffix(" | None")
     try:
         value = {"int": int, "float": float, "str": str}[base](text)
     except ValueError:
         raise UserError(f"--set {name}: {text!r} is not {'a whole number' if base == 'int' else 'a number'}") from None
     return as_field_type(name, value, kind)
+
+
+def _view_pairs(name: str, text: str) -> list[tuple[int, int]]:
+    """A grid axis of view pairs, written as `--views` writes one: `0,6,0,3` is the pairs 0,6 and 0,3. The older
+    `0-6,0-3` still reads, with a note giving the new spelling."""
+    if "-" in text:
+        pairs = [p.strip().split("-") for p in text.split(",") if p.strip()]
+        if not all(len(p) == 2 and all(v.strip().isdigit() for v in p) for p in pairs):
+            raise UserError(f"--set {name} takes view pairs written like --views, 0,6,0,3 for 0,6 and 0,3, "
+                            f"got {text!r}")
+        print(f"note: --set {name}={text} is written --set {name}={','.join(v.strip() for p in pairs for v in p)} "
+              "now (view pairs as --views writes them)", file=sys.stderr)
+        return [(int(a), int(b)) for a, b in pairs]
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or len(parts) % 2 or not all(p.isdigit() for p in parts):
+        raise UserError(f"--set {name} takes view pairs written like --views, 0,6,0,3 for 0,6 and 0,3, got {text!r}")
+    return [(int(a), int(b)) for a, b in zip(parts[::2], parts[1::2])]
 
 
 def parse_axes(settings: list[str]) -> dict[str, list]:
@@ -101,7 +114,8 @@ def parse_axes(settings: list[str]) -> dict[str, list]:
                             "--baselines)")
         if key in axes:
             raise UserError(f"--set {key} is given twice; list all its values in one --set")
-        parsed = [_axis_value(key, v.strip()) for v in values.split(",") if v.strip()]
+        parsed = (_view_pairs(key, values) if key == "views" else
+                  [_axis_value(key, v.strip()) for v in values.split(",") if v.strip()])
         if len(set(parsed)) != len(parsed):
             raise UserError(f"--set {key}: a value repeats in {values!r}")
         axes[key] = parsed

@@ -6,6 +6,7 @@ import pytest
 from cli.values import int_list, view_pair
 from helpers import invoke
 from loaders.errors import UserError
+from mmtm.compare import parse_axes
 
 
 def test_integer_lists_take_ranges_and_single_values():
@@ -52,3 +53,16 @@ def test_the_paper_preset_on_a_cpu_says_it_is_sized_for_a_gpu(make_dataset, tmp_
     r = invoke("train", "--data", data, "--out", tmp_path / "d", "--preset", "demo", "--device", "cpu", "--epochs", 1,
                "--width", 4, "--batch-size", 4, "--threads", 0, "--loader", "torch", "--max-steps-per-epoch", 1)
     assert r.exit_code == 0 and "note: --preset paper" not in r.output, r.output
+
+
+def test_a_grid_of_view_pairs_is_written_as_views_is(capsys):
+    """`--set views=` takes pairs as `--views` writes one (0,6), two by two; the old `0-6` reads with a note."""
+    assert parse_axes(["views=0,6"]) == {"views": [view_pair("0,6")]}
+    assert parse_axes(["views=0,6,0,3"]) == {"views": [(0, 6), (0, 3)]}
+    assert capsys.readouterr().err == ""
+    assert parse_axes(["views=0-6,0-3"]) == {"views": [(0, 6), (0, 3)]}
+    assert capsys.readouterr().err == ("note: --set views=0-6,0-3 is written --set views=0,6,0,3 now (view pairs as "
+                                       "--views writes them)\n")
+    for bad in ("0,6,3", "0;6", "0-6-3"):
+        with pytest.raises(UserError, match="like --views, 0,6,0,3"):
+            parse_axes([f"views={bad}"])
