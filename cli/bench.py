@@ -142,7 +142,7 @@ def bench(
     ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (from `mmtm prep`)."),
     batch_size: int = typer.Option(32, help="Batch size."),
-    threads: int = typer.Option(2, help="Loader threads."),
+    threads: int = typer.Option(2, "--loader-threads", help="Loader threads."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (training bench)."),
     preset: str = typer.Option("demo", help="Model size of the training bench: demo or paper."),
     steps: int = typer.Option(20, help="Timed training steps per repeat."),
@@ -165,7 +165,8 @@ def bench(
 @app.command("loader")
 @user_errors
 def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch size."),
-           threads: int = typer.Option(2, help="Loader threads (DALI threads / DataLoader workers)."),
+           threads: int = typer.Option(2, "--loader-threads",
+                                       help="Loader threads (DALI threads / DataLoader workers)."),
            split: str = typer.Option("train", help="Split to read."),
            views: Optional[str] = typer.Option(None, help="The two view indices like 0,6; default: the data's "
                                                           "default_views (0,6 for 12 views, 0,1 for two)."),
@@ -174,14 +175,15 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
            max_batches: Optional[int] = typer.Option(None, help="Timed batches per repeat (default: an epoch and "
                                                                 "at least 1 s)."),
            device: str = typer.Option("auto", help="auto | cpu | cuda."),
-           source_workers: Optional[int] = typer.Option(None, help="DALI: processes reading the files [0 on the "
-                                                                   "CPU, a quarter of the cores (≤ 4) with a GPU]."),
+           source_workers: Optional[int] = typer.Option(None, "--loader-workers",
+                                                        help="DALI: processes reading the files [0 on the CPU, a "
+                                                             "quarter of the cores (≤ 4) with a GPU]."),
            as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
     """Images/s of each loader backend (dali, torch, in-memory ceiling) with warm-up and median of repeats.
 
     \b
     Example:
-      mmtm bench loader --data demo/data --threads 2 --json
+      mmtm bench loader --data demo/data --loader-threads 2 --json
     """
     path = _save_path(save, "bench-loader.json")
     r = _run_loader(data, batch_size, threads, split=split, views=view_pair(views), repeats=repeats,
@@ -195,7 +197,7 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
 @user_errors
 def train(data: Path = DATA,
           batch_size: Optional[str] = typer.Option(None, help="Batch sizes, comma-separated (default: the preset's)."),
-          threads: int = typer.Option(2, help="Loader threads."),
+          threads: int = typer.Option(2, "--loader-threads", help="Loader threads."),
           device: str = typer.Option("auto", help="auto | cpu | cuda."),
           preset: str = typer.Option("demo", help="Model size: demo or paper."),
           loader: str = typer.Option("auto", help="auto | dali | torch."),

@@ -38,9 +38,9 @@ def compare(
     loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
     jobs: Optional[int] = typer.Option(None, help="Runs at once on this machine, each with cores/JOBS threads "
                                                   "[1]."),
-    devices: Optional[str] = typer.Option(None, help="GPUs to use, e.g. 0,1: runs go to them round-robin."),
-    runs_per_device: int = typer.Option(1, help="Runs packed on each GPU at once (CUDA MPS is used when its "
-                                                "daemon runs)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to use, e.g. 0,1: runs go to them round-robin."),
+    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", help="Runs packed on each GPU at once (CUDA MPS is used "
+                                                                "when its daemon runs)."),
     launcher: str = typer.Option("local", help="local (this machine) or slurm (one job array through submitit)."),
     partition: Optional[str] = typer.Option(None, help="slurm: partition."),
     time_min: int = typer.Option(240, help="slurm: time limit per run, minutes."),
@@ -78,7 +78,7 @@ def compare(
       mmtm compare --data demo/data --out c3 --policies vanilla,balanced \\
         --set views=0,6,0,3,3,9 --seeds 0,1,2     # 3 view pairs
       mmtm compare --data data/mn40 --out c4 --preset paper --device cuda \\
-        --devices 0,1 --runs-per-device 4          # 8 runs at once
+        --gpus 0,1 --runs-per-gpu 4                # 8 runs at once
       mmtm compare --data data/mn40 --out c5 --preset paper --launcher slurm \\
         --partition gpu --gpus-per-run 1 --no-wait  # then the same again
       mmtm compare --collect docs/finding/runs --out /tmp/finding
@@ -96,21 +96,21 @@ def compare(
         raise UserError("--policies must list at least one policy and none twice")
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
-    for flag, value in (("--jobs", 1 if jobs is None else jobs), ("--runs-per-device", runs_per_device),
+    for flag, value in (("--jobs", 1 if jobs is None else jobs), ("--runs-per-gpu", runs_per_gpu),
                         ("--time-min", time_min), ("--cpus-per-run", cpus_per_run),
                         ("--array-parallelism", array_parallelism)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if gpus_per_run < 0:
         raise UserError(f"--gpus-per-run must be at least 0, got {gpus_per_run}")
-    device_list = int_list(devices, "--devices") if devices else None
+    device_list = int_list(gpus, "--gpus") if gpus else None
     _check_together(jobs, launcher, device_list, device)
     axes = parse_axes(set_ or [])
     with _Progress() as progress, _sigterm_as_interrupt(), _interrupt_hint():
         path = run_comparison(
             str(data), out, seeds=seed_list, policies=policy_list, preset=preset,
             config_file=str(config) if config else None, axes=axes, baselines=baselines,
-            launcher=launcher, jobs=jobs or 1, devices=device_list, runs_per_device=runs_per_device,
+            launcher=launcher, jobs=jobs or 1, devices=device_list, runs_per_device=runs_per_gpu,
             slurm={"partition": partition, "time_min": time_min, "gpus_per_run": gpus_per_run,
                    "cpus_per_run": cpus_per_run, "array_parallelism": array_parallelism},
             wait=not no_wait, progress=progress.update, retrain_changed=retrain_changed, epochs=epochs,
@@ -134,11 +134,11 @@ def _check_together(jobs: Optional[int], launcher: str, devices: Optional[list[i
     if jobs is not None and launcher == "slurm":
         raise UserError("--jobs is for --launcher local; with slurm, --array-parallelism sets the runs at once")
     if jobs is not None and devices:
-        raise UserError("--jobs does not apply with --devices: the runs at once are the GPUs × --runs-per-device")
+        raise UserError("--jobs does not apply with --gpus: the runs at once are the GPUs × --runs-per-gpu")
     if devices and device is not None and not device.startswith("cuda"):
-        raise UserError(f"--devices {','.join(map(str, devices))} names GPUs, but --device is {device!r}")
+        raise UserError(f"--gpus {','.join(map(str, devices))} names GPUs, but --device is {device!r}")
     if devices and launcher == "slurm":
-        raise UserError("--devices is for --launcher local; with slurm, --gpus-per-run asks for GPUs")
+        raise UserError("--gpus is for --launcher local; with slurm, --gpus-per-run asks for GPUs")
     most = _most_processes()
     if jobs is not None and jobs > most:
         raise UserError(f"--jobs {jobs}: more job processes than this system can run at once ({most})")

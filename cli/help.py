@@ -1,5 +1,5 @@
 """--help as it was written, for every command: `App` is the app's Typer, whose groups and commands reflow their
-paragraphs to the terminal and show no value type for flags.
+paragraphs to the terminal and show no value type for flags (and read old flag spellings, cli/spellings.py).
 
 Typer 0.29 hands a docstring's later paragraphs to Rich with their source line breaks, which Rich keeps, so a
 sentence broke wherever the source did; and its Rich option panel shows the type of every option, `<bool>` for
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import typer
 from typer.core import TyperCommand, TyperGroup
+
+from cli.spellings import Respelled
 
 
 def reflow(text: str | None) -> str | None:
@@ -37,11 +39,11 @@ class _ReadableHelp:
         return option
 
 
-class ReadableCommand(_ReadableHelp, TyperCommand):
+class ReadableCommand(_ReadableHelp, Respelled, TyperCommand):
     pass
 
 
-class ReadableGroup(_ReadableHelp, TyperGroup):
+class ReadableGroup(_ReadableHelp, Respelled, TyperGroup):
     pass
 
 

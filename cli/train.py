@@ -79,8 +79,9 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed of weights, shuffling and augmentation."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
-    threads: Optional[int] = typer.Option(None, help="Loader threads per process (DALI threads, torch DataLoader "
-                                                     "workers); 0: the torch loader reads in the training "
+    threads: Optional[int] = typer.Option(None, "--loader-threads", help="Loader threads per process (DALI "
+                                                     "threads, torch DataLoader workers); 0: the torch loader reads "
+                                                     "in the training "
                                                      "process."),
     cuda_graphs: Optional[str] = typer.Option(None, help="auto: on one GPU, each step mode runs as a captured "
                                                          "CUDA graph; off: eager steps."),

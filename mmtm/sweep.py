@@ -10,7 +10,7 @@ asked for (`changes`: its config.json and data digest against the sweep's), and 
 Local (`--jobs N`, the default launcher): N job processes at once, forked from a server that imported torch once
 (mmtm/jobs.py), each with its share of the cores — torch's threads and the loader's threads are both capped at
 cores // N, so the jobs never oversubscribe the machine (two trainings that each use every core run many times
-slower than one). With GPUs (`--devices 0,1 --runs-per-device K`) each job gets one GPU (CUDA_VISIBLE_DEVICES), K
+slower than one). With GPUs (`--gpus 0,1 --runs-per-gpu K`) each job gets one GPU (CUDA_VISIBLE_DEVICES), K
 jobs per GPU at once, and the cores are shared among all jobs. On the CPU torch's results depend on its thread
 count, so a run is repeatable bit for bit with the same `cpu_threads` (the demo preset fixes it at 1, so --jobs
 changes no result).
@@ -242,10 +242,10 @@ def check_launcher(launcher: str, devices: list[int] | None) -> None:
         absent = [d for d in devices if not 0 <= d < present]
         if absent:
             have = f"{present} GPUs (0..{present - 1})" if present else "no GPU torch can use"
-            raise UserError(f"--devices {','.join(map(str, devices))}: GPU {absent[0]} is not present; this machine "
+            raise UserError(f"--gpus {','.join(map(str, devices))}: GPU {absent[0]} is not present; this machine "
                             f"has {have}")
         if len(set(devices)) != len(devices):
-            raise UserError(f"--devices {','.join(map(str, devices))} names a GPU twice; --runs-per-device K puts "
+            raise UserError(f"--gpus {','.join(map(str, devices))} names a GPU twice; --runs-per-gpu K puts "
                             "K runs on each GPU")
 
 

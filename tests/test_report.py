@@ -136,7 +136,7 @@ def test_bad_axes_are_one_error_line(setting, message, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("flag, value", [("--seeds", "a,b"), ("--seeds", "1,1"), ("--devices", "0,x"),
+@pytest.mark.parametrize("flag, value", [("--seeds", "a,b"), ("--seeds", "1,1"), ("--gpus", "0,x"),
                                         ("--policies", "greedy"), ("--jobs", "0")])
 def test_bad_lists_are_one_error_line(flag, value, tmp_path):
     r = invoke("compare", "--data", tmp_path, "--out", tmp_path / "o", flag, value)

@@ -122,7 +122,7 @@ def test_resume_may_change_where_and_how_a_run_executes_but_not_what_it_trains(s
     run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
     data = shutil.copytree(synthetic_data, tmp_path / "moved")
     before = json.loads((run / "config.json").read_text())
-    r = invoke("train", "--out", run, "--resume", "--data", data, "--threads", 1, "--device", "cpu")
+    r = invoke("train", "--out", run, "--resume", "--data", data, "--loader-threads", 1, "--device", "cpu")
     assert r.exit_code == 0, r.output
     after = json.loads((run / "config.json").read_text())
     assert {k for k in before if before[k] != after[k]} == {"data", "out", "num_threads"}  # a moved run

@@ -249,11 +249,11 @@ def test_a_single_view_run_trains_one_branch_and_writes_its_test_accuracy(synthe
 
 
 def test_reading_in_process_trains_exactly_like_a_worker(synthetic_data, tmp_path):
-    """--threads 0 (the torch loader reads in the training process) and --threads 1 (one DataLoader worker) give the
-    same batches, steps and weights: the order and the flips are drawn in the training process either way."""
+    """--loader-threads 0 (the torch loader reads in the training process) and --loader-threads 1 (one DataLoader
+    worker) give the same batches, steps and weights: the order and the flips are drawn in the training process either way."""
     for threads in (0, 1):
         r = invoke("train", "--data", synthetic_data, "--out", tmp_path / f"t{threads}", "--epochs", 2, *TINY,
-                   "--threads", threads, "--max-steps-per-epoch", 4, "--balanced", "--alpha", 0)
+                   "--loader-threads", threads, "--max-steps-per-epoch", 4, "--balanced", "--alpha", 0)
         assert r.exit_code == 0, r.output
     assert read_csv(tmp_path / "t0" / "steps.csv") == read_csv(tmp_path / "t1" / "steps.csv")
     assert json.loads((tmp_path / "t1" / "config.json").read_text())["num_threads"] == 1

@@ -30,7 +30,7 @@ def test_compare_takes_a_seed_range(synthetic_data, tmp_path):
 def test_train_and_bench_loader_spell_a_view_pair_alike(make_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr("mmtm.bench.loader._MIN_SECONDS", 0.01)
     data = make_dataset(tmp_path, size=16)
-    r = invoke("bench", "loader", "--data", data, "--views", "0,6", "--batch-size", 2, "--threads", 1,
+    r = invoke("bench", "loader", "--data", data, "--views", "0,6", "--batch-size", 2, "--loader-threads", 1,
                "--repeats", 1, "--warmup-batches", 0, "--max-batches", 1, "--device", "cpu", "--json",
                "--save", tmp_path / "b.json")
     assert r.exit_code == 0, r.output
@@ -47,11 +47,11 @@ def test_the_paper_preset_on_a_cpu_says_it_is_sized_for_a_gpu(make_dataset, tmp_
     assert "--preset demo" in " ".join(r.output.split())
     data = make_dataset(tmp_path, size=16)
     r = invoke("train", "--data", data, "--out", tmp_path / "p", "--device", "cpu", "--epochs", 1, "--width", 4,
-               "--batch-size", 4, "--threads", 0, "--loader", "torch", "--max-steps-per-epoch", 1)
+               "--batch-size", 4, "--loader-threads", 0, "--loader", "torch", "--max-steps-per-epoch", 1)
     notes = [line for line in r.output.splitlines() if line.startswith("note: --preset paper")]
     assert r.exit_code == 0 and len(notes) == 1 and "--preset demo" in notes[0], r.output
     r = invoke("train", "--data", data, "--out", tmp_path / "d", "--preset", "demo", "--device", "cpu", "--epochs", 1,
-               "--width", 4, "--batch-size", 4, "--threads", 0, "--loader", "torch", "--max-steps-per-epoch", 1)
+               "--width", 4, "--batch-size", 4, "--loader-threads", 0, "--loader", "torch", "--max-steps-per-epoch", 1)
     assert r.exit_code == 0 and "note: --preset paper" not in r.output, r.output
 
 
@@ -66,3 +66,23 @@ def test_a_grid_of_view_pairs_is_written_as_views_is(capsys):
     for bad in ("0,6,3", "0;6", "0-6-3"):
         with pytest.raises(UserError, match="like --views, 0,6,0,3"):
             parse_axes([f"views={bad}"])
+
+
+@pytest.mark.parametrize("old, new, args", [
+    ("--threads", "--loader-threads", ["train", "--data", "DATA", "--out", "OUT", "--threads", "-1"]),
+    ("--threads", "--loader-threads", ["bench", "--threads", "x", "--data", "DATA"]),
+    ("--threads", "--loader-threads", ["bench", "loader", "--data", "DATA", "--threads=x"]),
+    ("--source-workers", "--loader-workers", ["bench", "loader", "--data", "DATA", "--source-workers", "x"]),
+    ("--devices", "--gpus", ["compare", "--data", "DATA", "--out", "OUT", "--devices", "0,x"]),
+    ("--runs-per-device", "--runs-per-gpu", ["compare", "--data", "DATA", "--out", "OUT", "--runs-per-device", "0"]),
+])
+def test_old_parallelism_flags_work_with_a_note(old, new, args, make_dataset, tmp_path):
+    """An old spelling reaches the renamed option (the same error as the new spelling gives, naming it) after one
+    note line; the new spelling prints no note."""
+    data = make_dataset(tmp_path, size=16)
+    args = [str(data) if a == "DATA" else str(tmp_path / "o") if a == "OUT" else a for a in args]
+    renamed = [a.replace(old, new) if a.startswith(old) else a for a in args]
+    r_old, r_new = invoke(*args), invoke(*renamed)
+    assert r_new.exit_code == 2 and r_new.output.startswith("error: ") and "note:" not in r_new.output
+    assert r_old.exit_code == 2 and r_old.output == f"note: {old} is now {new}\n" + r_new.output, r_old.output
+    assert not (tmp_path / "o").exists()
