@@ -12,6 +12,7 @@ import typer
 from cli.errors import user_errors
 from cli.values import int_list
 from loaders.errors import UserError
+from mmtm.presets import AUTO, AUTO_HELP, shown
 
 LAUNCHERS = ("local", "slurm")
 
@@ -22,22 +23,22 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Folder for the runs, comparison.md/.json and plots."),
     seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated seeds; seed k of every policy shares its "
                                                 "initial weights and data order."),
-    policies: Optional[str] = typer.Option(None, help="Comma-separated policies (default: "
-                                                      "vanilla, balanced, random and flipped)."),
+    policies: Optional[str] = typer.Option(None, show_default="vanilla,balanced,random,flipped",
+                                           help="Comma-separated policies."),
     set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=V1,V2", help="A grid axis over a config "
                                                                  "setting, crossed with policies and seeds "
                                                                  "(view pairs as --views writes them: views=0,6,0,3 is "
                                                                  "0,6 and 0,3; repeatable); runs go to OUT/KEY=V/."),
     baselines: bool = typer.Option(False, "--baselines", help="Also train each view alone (the single-view "
                                                               "baselines) for every seed and cell."),
-    preset: str = typer.Option("demo", help="demo (2-core CPU), shortcut or digits (those sets on a 2-core CPU, "
-                                                       "docs/digits-and-shortcut.md) or paper (docs/science.md §5)."),
+    preset: str = typer.Option(AUTO, help=f"demo (2-core CPU), shortcut or digits (those sets on a 2-core CPU, "
+                                          f"docs/digits-and-shortcut.md) or paper (docs/science.md §5); {AUTO_HELP}."),
     config: Optional[Path] = typer.Option(None, help="JSON config overriding the preset."),
-    epochs: Optional[int] = typer.Option(None, help="Override the preset's epochs."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
-    loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
-    jobs: Optional[int] = typer.Option(None, help="Runs at once on this machine, each with cores/JOBS threads "
-                                                  "[1]."),
+    epochs: Optional[int] = typer.Option(None, show_default=shown("epochs"), help="Maximum epochs of every run."),
+    device: Optional[str] = typer.Option(None, show_default="auto; cuda with --gpus", help="auto | cpu | cuda."),
+    loader: Optional[str] = typer.Option(None, show_default=shown("loader"), help="auto | dali | torch."),
+    jobs: Optional[int] = typer.Option(None, show_default="1", help="Runs at once on this machine, each with "
+                                                                   "cores/JOBS threads."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to use, e.g. 0,1: runs go to them round-robin."),
     runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", help="Runs packed on each GPU at once (CUDA MPS is used "
                                                                 "when its daemon runs)."),
@@ -84,6 +85,7 @@ def compare(
       mmtm compare --collect docs/finding/runs --out /tmp/finding
     """
     from mmtm.compare import DEFAULT_POLICIES, collect as collect_comparison, parse_axes, run_comparison
+    from mmtm.presets import chosen
 
     if collect is not None:
         _finish(collect_comparison(collect, out))
@@ -106,6 +108,8 @@ def compare(
     device_list = int_list(gpus, "--gpus") if gpus else None
     _check_together(jobs, launcher, device_list, device)
     axes = parse_axes(set_ or [])
+    device = device or ("cuda" if device_list else None)
+    preset = chosen(preset, device or "auto")
     with _Progress() as progress, _sigterm_as_interrupt(), _interrupt_hint():
         path = run_comparison(
             str(data), out, seeds=seed_list, policies=policy_list, preset=preset,
@@ -114,7 +118,7 @@ def compare(
             slurm={"partition": partition, "time_min": time_min, "gpus_per_run": gpus_per_run,
                    "cpus_per_run": cpus_per_run, "array_parallelism": array_parallelism},
             wait=not no_wait, progress=progress.update, retrain_changed=retrain_changed, epochs=epochs,
-            loader=loader, device=device or ("cuda" if device_list else None))
+            loader=loader, device=device)
     if path is not None:
         _finish(path)
 

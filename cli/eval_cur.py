@@ -16,11 +16,12 @@ from cli.errors import user_errors
 def eval_cur(
     run: Path = typer.Argument(..., help="Run folder made by `mmtm train`."),
     checkpoint: str = typer.Option("best", help="best | last | a path to a .pt file."),
-    data: Optional[Path] = typer.Option(None, help="Dataset folder (default: the run's own)."),
+    data: Optional[Path] = typer.Option(None, show_default="the run's", help="Dataset folder."),
     split: str = typer.Option("test", help="Split to measure: test | val | train."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    loader: Optional[str] = typer.Option(None, help="auto | dali | torch (default: the run's)."),
-    batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size."),
+    loader: Optional[str] = typer.Option(None, show_default="the run's", help="auto | dali | torch."),
+    batch_size: Optional[int] = typer.Option(None, show_default="the run's, at least 32",
+                                             help="Evaluation batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print cur.json instead of a table."),
     probe: bool = typer.Option(False, "--probe", help="Also fit a linear probe on each frozen branch's pooled "
                                                       "features (train split) and report its accuracy on the split "

@@ -1,12 +1,18 @@
 """One spelling per idea across commands: integer lists take ranges everywhere, a view pair is `0,6` everywhere."""
 import json
+import re
+from fractions import Fraction
 
 import pytest
+import typer
 
+from cli.app import app
 from cli.values import int_list, view_pair
 from helpers import invoke
 from loaders.errors import UserError
 from mmtm.compare import parse_axes
+from mmtm.config import PRESETS, TrainConfig, resolve, to_dict
+from mmtm.presets import CPU_SAMPLES_PER_CORE_S, cpu_hours
 
 
 def test_integer_lists_take_ranges_and_single_values():
@@ -41,18 +47,31 @@ def test_train_and_bench_loader_spell_a_view_pair_alike(make_dataset, tmp_path, 
     assert view_pair(None) is None
 
 
-def test_the_paper_preset_on_a_cpu_says_it_is_sized_for_a_gpu(make_dataset, tmp_path):
-    """The help's flow uses the demo preset; train's default (paper) on a CPU prints one note before it starts."""
-    r = invoke("--help")
-    assert "--preset demo" in " ".join(r.output.split())
+def test_the_default_preset_is_chosen_by_the_device_and_paper_on_a_cpu_says_how_long(make_dataset, tmp_path):
+    """Every command's --preset defaults to auto (demo on a CPU); the paper preset asked for on a CPU prints one note
+    with the estimated time before it starts."""
+    for path in (["train"], ["compare"], ["bench"], ["bench", "train"], ["bench", "pack"]):
+        shown = " ".join(re.sub("[│╭╮╰╯─]", " ", invoke(*path, "--help").output).split())
+        assert "--preset" in shown and "[default: auto]" in shown and "paper on a GPU, demo on a CPU" in shown, path
     data = make_dataset(tmp_path, size=16)
-    r = invoke("train", "--data", data, "--out", tmp_path / "p", "--device", "cpu", "--epochs", 1, "--width", 4,
-               "--batch-size", 4, "--loader-threads", 0, "--loader", "torch", "--max-steps-per-epoch", 1)
-    notes = [line for line in r.output.splitlines() if line.startswith("note: --preset paper")]
+    tiny = ["--device", "cpu", "--epochs", 1, "--width", 4, "--batch-size", 4, "--loader-threads", 0, "--loader",
+            "torch", "--max-steps-per-epoch", 1]
+    r = invoke("train", "--data", data, "--out", tmp_path / "a", *tiny)
+    assert r.exit_code == 0 and "note:" not in r.output, r.output
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["momentum"] == 0.9  # demo's, not paper's 0
+    r = invoke("train", "--data", data, "--out", tmp_path / "p", "--preset", "paper", *tiny)
+    notes = [line for line in r.output.splitlines() if line.startswith("note: --preset paper on a CPU")]
     assert r.exit_code == 0 and len(notes) == 1 and "--preset demo" in notes[0], r.output
-    r = invoke("train", "--data", data, "--out", tmp_path / "d", "--preset", "demo", "--device", "cpu", "--epochs", 1,
-               "--width", 4, "--batch-size", 4, "--loader-threads", 0, "--loader", "torch", "--max-steps-per-epoch", 1)
-    assert r.exit_code == 0 and "note: --preset paper" not in r.output, r.output
+    assert re.search(r"up to 1 epochs of 1 steps \(width 4, 16 px\), about (under a minute|\d+ min) of training "
+                     r"steps on \d+ cores", notes[0]), notes
+
+
+def test_the_cpu_estimate_scales_with_width_and_image_area():
+    base = dict(width=16, image_size=64, epochs=1, steps_per_epoch=100, batch_size=8, cores=1)
+    one = cpu_hours(**base)
+    assert one == pytest.approx(800 / CPU_SAMPLES_PER_CORE_S / 3600)
+    assert cpu_hours(**{**base, "width": 64, "image_size": 224}) == pytest.approx(one * 16 * 3.5 ** 2)
+    assert cpu_hours(**{**base, "cores": 4}) == pytest.approx(one / 4)
 
 
 def test_a_grid_of_view_pairs_is_written_as_views_is(capsys):
@@ -86,3 +105,28 @@ def test_old_parallelism_flags_work_with_a_note(old, new, args, make_dataset, tm
     assert r_new.exit_code == 2 and r_new.output.startswith("error: ") and "note:" not in r_new.output
     assert r_old.exit_code == 2 and r_old.output == f"note: {old} is now {new}\n" + r_new.output, r_old.output
     assert not (tmp_path / "o").exists()
+
+
+def test_train_help_shows_the_defaults_each_preset_gives(make_dataset, tmp_path):
+    """Every `[default: ...]` of a train flag the preset or the config decides is what resolve() gives: one value
+    when every preset agrees, else each preset's."""
+    data = str(make_dataset(tmp_path, size=16))
+    resolved = {name: to_dict(resolve(name, data=data, out="x")) for name in PRESETS}
+    assert {k: getattr(TrainConfig(), k) for k in PRESETS["paper"]} == PRESETS["paper"]  # the paper's = the defaults
+    checked = 0
+    for param in typer.main.get_command(app).commands["train"].params:
+        key = {"threads": "num_threads"}.get(param.name, param.name)
+        if not isinstance(getattr(param, "show_default", None), str) or key not in resolved["paper"] or key in (
+                "views", "loss"):  # views: the data's; loss: the policy's
+            continue
+        values = {name: r[key] for name, r in resolved.items()}
+        if len({str(v) for v in values.values()}) == 1:
+            said = param.show_default.split(":")[0]
+            value = values["paper"]
+            assert (str(value) == said if isinstance(value, str) else float(Fraction(said)) == pytest.approx(value)
+                    ), (key, said, value)
+        else:
+            said = dict(part.split(" ") for part in param.show_default.split(", "))
+            assert said == {name: "none" if v is None else str(v) for name, v in values.items()}, key
+        checked += 1
+    assert checked >= 30
