@@ -60,10 +60,10 @@ def compare(
     """Compare training policies over seeds and grid cells: train, eval-cur (best and last checkpoint), tables and
     plots.
 
-    OUT/comparison.md gives, per policy, mean ± std and a 95% t-interval over seeds of test accuracy, A(f0), A(f1),
-    d_util and d_speed (after an equal number of regular steps, at half of training, at the end), both checkpoints;
-    paired per-seed differences with permutation p-values (exact up to 16 seeds), Holm-adjusted over the table, and
-    McNemar counts; the rank correlation of d_speed with d_util within each policy and across them; the single-view
+    OUT/comparison.md gives, per policy, mean ± std and a 95% t-interval over seeds of test accuracy, the heads'
+    accuracies, d_util and d_speed (after an equal number of regular steps, at half of training, at the end), both
+    checkpoints; paired per-seed differences with permutation p-values (exact up to 16 seeds), Holm-adjusted over the
+    table, and McNemar counts; the rank correlation of d_speed with d_util within each policy and across them; the single-view
     baselines with --baselines. OUT/comparison.json holds the numbers (docs/comparison-schema.md); comparison.md is
     rendered from it.
 

@@ -107,7 +107,7 @@ def train(
     preset: str = typer.Option(AUTO, help=PRESET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
 ) -> None:
-    """Train the two-view MMTM network and log d_speed (d_CLS) every step.
+    """Train the two-view MMTM network and log d_speed every step.
 
     \b
     Examples:
@@ -165,8 +165,13 @@ def train(
               "interrupted before the first epoch ended: nothing to resume; start the run again", file=sys.stderr)
         raise typer.Exit(130) from None
     if row:
-        d_speed = "—" if cfg.single_view is not None else f"{row['d_speed']:+.4f}"  # one branch: no d_speed
-        typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_speed {d_speed}")
+        if cfg.single_view is not None:  # one branch: no d_speed
+            typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  view {cfg.views[cfg.single_view]} alone")
+            return
+        from mmtm.report import sign_sentence
+        first, second = (f"view {v}" for v in cfg.views)
+        typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_speed {row['d_speed']:+.4f}; "
+                   f"{sign_sentence(first, second, 'd_speed')}")
 
 
 def _paper_on_a_cpu(cfg) -> str:

@@ -126,6 +126,12 @@ def summary_rows(runs: list[dict]) -> tuple[list[dict], int, int]:
     return rows, n_equal, stage
 
 
+def sign_sentence(first: str, second: str, measures: str = "d_util, d_speed") -> str:
+    """The one sentence every table of d_util or d_speed carries: which sign means which branch, and so which view,
+    dominates (formulas.py: both are m1's term minus m0's)."""
+    return f"{measures} < 0: the network leans on {first} (m0); > 0: on {second} (m1)."
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(v):
         if isinstance(v, float):
@@ -215,11 +221,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     runs = [evidence.load(d, complete=False) for d in run_dirs]  # every run checked before the first figure is drawn
     rows, n_equal, stage = summary_rows(runs)
     figures = write_plots(runs, rows, out)
+    pairs = {tuple(r["config"]["views"]) for r in runs}
+    first, second = ("the first view of its run", "the second") if len(pairs) > 1 else (
+        f"view {v}" for v in pairs.pop())
     text = ("# mmtm report\n\nTest-split CUR from each run's `cur.json` (best.pt) and `cur-last.json` (last.pt); nan "
-            "where `mmtm eval-cur` was not run. d_speed (d_CLS): `d_speed_equal` is the cumulative d_speed after "
+            f"where `mmtm eval-cur` was not run. Branches: m0 is {first}, m1 {second}; `acc_m0`, `acc_m1` are their "
+            "heads' accuracies. d_speed: `d_speed_equal` is the cumulative d_speed after "
             f"{n_equal} regular steps in every run (the fewest any run made), `d_speed_stage` at the end of epoch "
             f"{stage + 1} (half of training), `d_speed_final` after the last step.\n\n"
-            + markdown_table(rows, SUMMARY_COLUMNS)
+            + markdown_table(rows, SUMMARY_COLUMNS) + "\n" + sign_sentence(first, second) + "\n"
             + "\nDoes d_speed predict d_util? " + PROXY_NOTE + "\n\n"
             + markdown_table(proxy_cells(proxy_table(rows)), PROXY_COLUMNS) + "\n"
             + "".join(f"![{p.stem}]({p.name})\n" for p in figures))

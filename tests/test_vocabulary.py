@@ -1,18 +1,22 @@
 """One spelling per idea across commands: integer lists take ranges everywhere, a view pair is `0,6` everywhere."""
 import json
 import re
+import shutil
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import typer
 
 from cli.app import app
 from cli.values import int_list, view_pair
-from helpers import invoke
+from helpers import TINY, invoke
 from loaders.errors import UserError
 from mmtm.compare import parse_axes
 from mmtm.config import PRESETS, TrainConfig, resolve, to_dict
 from mmtm.presets import CPU_SAMPLES_PER_CORE_S, cpu_hours
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_integer_lists_take_ranges_and_single_values():
@@ -130,3 +134,49 @@ def test_train_help_shows_the_defaults_each_preset_gives(make_dataset, tmp_path)
             assert said == {name: "none" if v is None else str(v) for name, v in values.items()}, key
         checked += 1
     assert checked >= 30
+
+
+def _tables(markdown: str) -> list[tuple[list[str], str]]:
+    """Each markdown table's header cells, with the text that follows it up to the next table or heading."""
+    found, lines = [], markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            end = next((j for j in range(i + 2, len(lines)) if not lines[j].startswith("|")), len(lines))
+            after = next((j for j in range(end, len(lines)) if lines[j].startswith(("|", "#"))), len(lines))
+            found.append(([c.strip() for c in line.strip("|").split("|")], "\n".join(lines[end:after])))
+    return found
+
+
+SIGNS = "d_util, d_speed < 0: the network leans on view 0 (m0); > 0: on view 6 (m1)."
+
+
+def test_every_table_of_d_util_or_d_speed_says_which_sign_means_which_view(tmp_path, figures_not_drawn):
+    """comparison.md, the terminal summary and report's summary.md: one sentence after each table of signed d_util
+    or d_speed values, naming each branch with its view number; other tables carry none."""
+    runs = ROOT / "docs" / "finding" / "runs"
+    r = invoke("compare", "--collect", runs, "--out", tmp_path / "c")
+    assert r.exit_code == 0 and r.output.count(SIGNS) == 1, r.output
+    r = invoke("report", runs / "vanilla-s0", runs / "balanced-s0", "--out", tmp_path / "r")
+    assert r.exit_code == 0, r.output
+    for path in (tmp_path / "c" / "comparison.md", tmp_path / "r" / "summary.md"):
+        text = path.read_text()
+        assert "Branches: m0 is view 0, m1 view 6" in text and "A(f0)" not in text and "d_CLS" not in text, path
+        tables = _tables(text)
+        signed = [after for header, after in tables if {"d_util", "d_speed_final"} & set(header)
+                  and not any(h.startswith("Spearman") for h in header)]  # that one holds ρ, not d_util
+        assert signed and all(after.count(SIGNS) == 1 for after in signed), path
+        assert text.count(SIGNS) == len(signed), path
+
+
+def test_eval_cur_and_train_name_each_branch_with_its_view(trained_runs, tmp_path):
+    run = tmp_path / "vanilla"
+    shutil.copytree(trained_runs / "vanilla", run)
+    r = invoke("eval-cur", run, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "m0's head (view 0)" in r.output and "m1's head (view 6)" in r.output and "A(f0)" not in r.output
+    assert r.output.count("d_util < 0: the network leans on view 0 (m0); > 0: on view 6 (m1).") == 1, r.output
+    data = json.loads((run / "config.json").read_text())["data"]
+    r = invoke("train", "--data", data, "--out", tmp_path / "t", "--epochs", 1, *TINY, "--max-steps-per-epoch", 1)
+    done = [line for line in r.output.splitlines() if line.startswith("done: ")]
+    assert r.exit_code == 0 and len(done) == 1, r.output
+    assert done[0].endswith("; d_speed < 0: the network leans on view 0 (m0); > 0: on view 6 (m1)."), done
