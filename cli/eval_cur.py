@@ -42,7 +42,7 @@ def eval_cur(
       mmtm eval-cur runs/ogm --probe               # heads trained on CE(ŷ) only
     """
     from mmtm.eval_cur import evaluate_cur
-    from mmtm.report import sign_sentence
+    from mmtm.formulas import sign_sentence
     from mmtm.run import RunFolder
 
     r = evaluate_cur(run, checkpoint=checkpoint, data=str(data) if data else None, split=split,

@@ -168,7 +168,7 @@ def train(
         if cfg.single_view is not None:  # one branch: no d_speed
             typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  view {cfg.views[cfg.single_view]} alone")
             return
-        from mmtm.report import sign_sentence
+        from mmtm.formulas import sign_sentence
         first, second = (f"view {v}" for v in cfg.views)
         typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_speed {row['d_speed']:+.4f}; "
                    f"{sign_sentence(first, second, 'd_speed')}")

@@ -39,9 +39,10 @@ from loaders.output import check_output_folder
 from mmtm import evidence, plots, stats
 from mmtm.config import TrainConfig, as_field_type, resolve, to_dict
 from mmtm.environment import facts
+from mmtm.formulas import sign_sentence
 from mmtm.registry import POLICIES
 from mmtm.report import (BASELINES, PROXY_COLUMNS, PROXY_NOTE, cell_label, kind, markdown_table, proxy_cells,
-                         proxy_table, sign_sentence, summary_rows, view_best, write_plots)
+                         proxy_table, summary_rows, view_best, write_plots)
 from mmtm.run import RunFolder
 from mmtm.sweep import (RunSpec, changes, check_launcher, is_done, job_log, launch_local, launch_slurm, mps_note,
                         thread_share)
@@ -589,8 +590,8 @@ def render(doc: dict) -> str:
            "across these policies; the linear probes of `mmtm eval-cur --probe` (`probe_m0`, `probe_m1`) do.\n"
            if "task_losses" in doc else "")
         + (("\n## Each view alone (single-view baselines)\n\nThe same ResNet-18 branch trained on one view with the "
-            "same protocol: the accuracy each view can give on this data, against which `acc_m0` and `acc_m1` above are "
-            "judged, beside the best classifier of that view's mark on the test objects (— where the data does not "
+            "same protocol: the accuracy each view can give on this data, against which `acc_m0` and `acc_m1` above "
+            "are judged, beside the best classifier of that view's mark on the test objects (— where the data does not "
             "record it): a network above it sees more than the mark. Epochs to 90%: the first epoch whose "
             "validation accuracy reached 90% of the run's test accuracy.\n\n"
             + markdown_table(baselines, [*cols, "view alone", "seeds", "acc", "best classifier of its mark",

@@ -14,6 +14,7 @@ from pathlib import Path
 from loaders.atomic import atomic_write_text
 from loaders.output import check_output_folder
 from mmtm import evidence, plots, stats
+from mmtm.formulas import sign_sentence
 from mmtm.run import RunFolder
 
 STAGE = 0.5  # d_speed_stage: at the end of the epoch that completes this fraction of training
@@ -124,12 +125,6 @@ def summary_rows(runs: list[dict]) -> tuple[list[dict], int, int]:
         if r["config"].get("single_view") is not None:
             rows[-1] |= dict.fromkeys(TWO_VIEW_ONLY)
     return rows, n_equal, stage
-
-
-def sign_sentence(first: str, second: str, measures: str = "d_util, d_speed") -> str:
-    """The one sentence every table of d_util or d_speed carries: which sign means which branch, and so which view,
-    dominates (formulas.py: both are m1's term minus m0's)."""
-    return f"{measures} < 0: the network leans on {first} (m0); > 0: on {second} (m1)."
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -250,7 +250,8 @@ def test_a_single_view_run_trains_one_branch_and_writes_its_test_accuracy(synthe
 
 def test_reading_in_process_trains_exactly_like_a_worker(synthetic_data, tmp_path):
     """--loader-threads 0 (the torch loader reads in the training process) and --loader-threads 1 (one DataLoader
-    worker) give the same batches, steps and weights: the order and the flips are drawn in the training process either way."""
+    worker) give the same batches, steps and weights: the order and the flips are drawn in the training process either
+    way."""
     for threads in (0, 1):
         r = invoke("train", "--data", synthetic_data, "--out", tmp_path / f"t{threads}", "--epochs", 2, *TINY,
                    "--loader-threads", threads, "--max-steps-per-epoch", 4, "--balanced", "--alpha", 0)
