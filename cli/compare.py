@@ -64,8 +64,8 @@ def compare(
     accuracies, d_util and d_speed (after an equal number of regular steps, at half of training, at the end), both
     checkpoints; paired per-seed differences with permutation p-values (exact up to 16 seeds), Holm-adjusted over the
     table, and McNemar counts; the rank correlation of d_speed with d_util within each policy and across them; the
-    single-view baselines with --baselines. OUT/comparison.json holds the numbers (docs/comparison-schema.md); comparison.md is
-    rendered from it.
+    single-view baselines with --baselines. OUT/comparison.json holds the numbers (docs/comparison-schema.md);
+    comparison.md is rendered from it.
 
     Re-running the same command resumes: finished runs are kept, unfinished or failed ones continue. A run in --out
     trained with other settings or data is refused (or, with --retrain-changed, moved aside and trained again); one
