@@ -11,8 +11,8 @@ RENAMED = {"--threads": "--loader-threads", "--source-workers": "--loader-worker
 
 
 def respelled(args: list[str], known: set[str], stop: set[str] = frozenset()) -> list[str]:
-    """`args` with each old flag whose new name is in `known` renamed, up to `--` or the first of `stop` (a group's
-    subcommands, which rewrite their own)."""
+    """`args` with each old flag whose new name is in `known` renamed, and `--views 0 6` (a pair as two words) made
+    `--views 0,6`, up to `--` or the first of `stop` (a group's subcommands, which rewrite their own)."""
     args = list(args)
     for i, arg in enumerate(args):
         if arg == "--" or arg in stop:
@@ -21,6 +21,10 @@ def respelled(args: list[str], known: set[str], stop: set[str] = frozenset()) ->
         if RENAMED.get(name) in known:
             print(f"note: {name} is now {RENAMED[name]}", file=sys.stderr)
             args[i] = RENAMED[name] + eq + value
+        elif arg == "--views" and arg in known and all(a.isdigit() for a in args[i + 1:i + 3]) and len(args) > i + 2:
+            print(f"note: --views {args[i + 1]} {args[i + 2]} is written --views {args[i + 1]},{args[i + 2]}",
+                  file=sys.stderr)
+            args[i + 1:i + 3] = [f"{args[i + 1]},{args[i + 2]}"]
     return args
 
 

@@ -180,3 +180,14 @@ def test_eval_cur_and_train_name_each_branch_with_its_view(trained_runs, tmp_pat
     done = [line for line in r.output.splitlines() if line.startswith("done: ")]
     assert r.exit_code == 0 and len(done) == 1, r.output
     assert done[0].endswith("; d_speed < 0: the network leans on view 0 (m0); > 0: on view 6 (m1)."), done
+
+
+def test_a_view_pair_as_two_words_reads_with_a_note(make_dataset, tmp_path):
+    """`--views 0 6` (the pair as two words) is read as `--views 0,6` after one note line, in every command that has
+    --views: the same error as `--views 0,6` then gives, for a view the data lacks."""
+    data = make_dataset(tmp_path, size=16)
+    for command in (["train", "--data", data, "--out", tmp_path / "r"], ["bench", "loader", "--data", data]):
+        old, new = invoke(*command, "--views", "0", "99"), invoke(*command, "--views", "0,99")
+        assert new.exit_code == 2 and new.output.startswith("error: ") and "99" in new.output, new.output
+        assert old.output == "note: --views 0 99 is written --views 0,99\n" + new.output, old.output
+    assert not (tmp_path / "r").exists()
