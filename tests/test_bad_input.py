@@ -473,8 +473,8 @@ CASES = [
     ("mmpareto --loss heads", 30, flags("--policy", "mmpareto", "--loss", "heads"), "not be what was trained"),
     ("g-blending --loss heads", 30, flags("--policy", "g-blending", "--loss", "heads"), "not be what was trained"),
     # 7: Click's usage errors and the DALI decoder's own lines
-    ("train --views 3 99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views", "3",
-                                                       "99"], "99"),
+    ("train --views 3,99", 7, lambda tmp, data, runs: ["train", "--data", data, "--out", tmp / "r", "--views",
+                                                       "3,99"], "99"),  # `--views 3 99` adds a note: test_vocabulary
     ("train --epochs abc", 7, flags("--epochs", "abc"), "--epochs"),
     ("eval-cur without RUN", 7, lambda tmp, data, runs: ["eval-cur"], "run"),
     ("prep without --out", 7, lambda tmp, data, runs: ["prep", "synthetic"], "--out"),
