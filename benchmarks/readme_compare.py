@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MMTM = [sys.executable, "-c", "from cli.app import main; main()"]  # works installed or from a bare checkout
+MMTM = [sys.executable, "-c", "from mmtm.cli.app import main; main()"]  # works installed or from a bare checkout
 TINY = {"width": 4, "batch_size": 4, "loader": "torch", "num_threads": 0, "device": "cpu", "precise_bn": 2,
         "max_steps_per_epoch": 3}
 DEFAULT_POLICIES = ["vanilla", "balanced", "random", "flipped"]

@@ -1,9 +1,9 @@
 """The `mmtm` Typer app: registers one module per command; no science here."""
 from __future__ import annotations
 
-from cli import bench, compare, eval_cur, info, prep, report, train
-from cli.errors import OneLineErrors
-from cli.help import App
+from mmtm.cli import bench, compare, eval_cur, info, prep, report, train
+from mmtm.cli.errors import OneLineErrors
+from mmtm.cli.help import App
 
 app = App(
     name="mmtm",

@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import user_errors
-from cli.help import App
-from cli.values import int_list, view_pair
-from loaders.errors import UserError
-from loaders.output import check_output_file
+from mmtm.cli.errors import user_errors
+from mmtm.cli.help import App
+from mmtm.cli.values import int_list, view_pair
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.output import check_output_file
 from mmtm.presets import AUTO, AUTO_HELP, shown
 
 app = App(
@@ -31,7 +31,7 @@ PRESET = typer.Option(AUTO, "--preset", help=f"Model size: paper or demo (or sho
 
 
 def _emit(result: dict, path: Path, as_json: bool, table: Table) -> None:
-    from loaders.atomic import atomic_write_text
+    from mmtm.loaders.atomic import atomic_write_text
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     if as_json:
         typer.echo(json.dumps(result, indent=2))

@@ -9,9 +9,9 @@ from typing import Optional
 
 import typer
 
-from cli.errors import user_errors
-from cli.values import int_list
-from loaders.errors import UserError
+from mmtm.cli.errors import user_errors
+from mmtm.cli.values import int_list
+from mmtm.loaders.errors import UserError
 from mmtm.presets import AUTO, AUTO_HELP, shown
 
 LAUNCHERS = ("local", "slurm")

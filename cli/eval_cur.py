@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import user_errors
+from mmtm.cli.errors import user_errors
 
 
 @user_errors

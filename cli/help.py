@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from cli.spellings import Respelled
+from mmtm.cli.spellings import Respelled
 
 
 def reflow(text: str | None) -> str | None:

@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from cli.errors import user_errors
-from loaders.errors import UserError
-from loaders.prep import digits, synthetic
-from loaders.prep.build import DIGITS, SYNTHETIC, prepare, prepare_digits, prepare_synthetic
-from loaders.prep.pairs import DEFAULT_TEST_FRACTION, PAIRS, prepare_pairs
+from mmtm.cli.errors import user_errors
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.prep import digits, synthetic
+from mmtm.loaders.prep.build import DIGITS, SYNTHETIC, prepare, prepare_digits, prepare_synthetic
+from mmtm.loaders.prep.pairs import DEFAULT_TEST_FRACTION, PAIRS, prepare_pairs
 
 FOLDER_IMAGE_SIZE = 224
 VAL_FRACTION = 0.2  # docs/science.md §5

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import user_errors
+from mmtm.cli.errors import user_errors
 
 
 @user_errors

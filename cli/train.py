@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from cli.errors import user_errors
-from cli.values import view_pair
-from loaders.errors import UserError
+from mmtm.cli.errors import user_errors
+from mmtm.cli.values import view_pair
+from mmtm.loaders.errors import UserError
 from mmtm.presets import AUTO, AUTO_HELP, shown
 
 VIEWS_DEFAULT = "the data's default_views: 0,6 (the paper's) for 12 views, 0,1 for two"
@@ -125,7 +125,7 @@ def train(
         mmtm train --data data/mn40 --out runs/ddp --balanced  # 2 procs
     """
     from mmtm import config as cfgmod
-    from loaders.device import resolve_device
+    from mmtm.loaders.device import resolve_device
     from mmtm.presets import chosen as chosen_preset
     from mmtm.run import RunFolder
     from mmtm.training import fit
@@ -176,7 +176,7 @@ def train(
 
 def _paper_on_a_cpu(cfg) -> str:
     """The note that the paper preset, sized for a GPU, was started on a CPU, with the time it may take."""
-    from loaders.dataset import open_dataset
+    from mmtm.loaders.dataset import open_dataset
     from mmtm.presets import cpu_hours, steps_per_epoch
     from mmtm.sweep import usable_cores
 

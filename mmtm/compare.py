@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.atomic import atomic_write_text, hold, release
-from loaders.dataset import SPLITS, DatasetError, data_digest, open_dataset
-from loaders.errors import UserError
-from loaders.output import check_output_folder
+from mmtm.loaders.atomic import atomic_write_text, hold, release
+from mmtm.loaders.dataset import SPLITS, DatasetError, data_digest, open_dataset
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.output import check_output_folder
 from mmtm import evidence, plots, stats
 from mmtm.config import TrainConfig, as_field_type, resolve, to_dict
 from mmtm.environment import facts

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from loaders.dataset import DatasetError, open_dataset
-from loaders.device import check_device_name
-from loaders.errors import UserError
-from loaders.factory import BACKENDS
+from mmtm.loaders.dataset import DatasetError, open_dataset
+from mmtm.loaders.device import check_device_name
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.factory import BACKENDS
 from mmtm.fusion import GATES, bottleneck_units
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
 from mmtm.methods import g_blending, mmpareto, moddrop, ogm_ge, pmr

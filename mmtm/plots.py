@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only; no display here
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from loaders.atomic import atomic_write_bytes  # noqa: E402
+from mmtm.loaders.atomic import atomic_write_bytes  # noqa: E402
 from mmtm import stats  # noqa: E402
 
 REBALANCE_COLORS = {"rebalance_m0": "tab:red", "rebalance_m1": "tab:blue"}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text
-from loaders.output import check_output_folder
+from mmtm.loaders.atomic import atomic_write_text
+from mmtm.loaders.output import check_output_folder
 from mmtm import evidence, plots, stats
 from mmtm.formulas import sign_sentence
 from mmtm.run import RunFolder

@@ -35,9 +35,9 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text
-from loaders.dataset import data_digest
-from loaders.errors import UserError
+from mmtm.loaders.atomic import atomic_write_text
+from mmtm.loaders.dataset import data_digest
+from mmtm.loaders.errors import UserError
 from mmtm.jobs import start as start_job
 
 JOB_JSON = "job.json"
@@ -125,7 +125,7 @@ def run_job(job_json: str | os.PathLike) -> None:
     """The job: train or resume, eval-cur on best.pt and last.pt, summary.json (which marks the run done)."""
     import torch
 
-    from loaders.device import resolve_device
+    from mmtm.loaders.device import resolve_device
     from mmtm.config import from_dict
     from mmtm.eval_cur import evaluate_cur
     from mmtm.evidence import summarise

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cli.app import app, main
+from mmtm.cli.app import app, main
 from mmtm.jobs import start
 
 BIN = Path(sys.executable).parent  # the venv's mmtm and torchrun, for tests that start real processes

@@ -3,7 +3,7 @@ import json
 
 from typer.testing import CliRunner
 
-from cli.app import app
+from mmtm.cli.app import app
 
 
 def test_bench_json_has_loader_and_train_results(make_dataset, tmp_path, monkeypatch):

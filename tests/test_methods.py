@@ -329,7 +329,7 @@ def test_ogm_scores_come_from_each_branch_share_of_the_fused_logits():
 
 
 def test_gblend_published_estimate_trains_copies_and_leaves_the_network_alone(synthetic_data):
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.config import resolve
     from mmtm.hardware import Compute, Distributed
     from mmtm.policy import EpochContext
@@ -360,7 +360,7 @@ def test_gblend_published_estimate_trains_copies_and_leaves_the_network_alone(sy
 
 
 def test_gblend_copies_see_one_view_only():
-    from loaders.two_view import Batch
+    from mmtm.loaders.two_view import Batch
 
     ones = torch.ones(2, 3, 4, 4)
     batches = [Batch(ones, ones, torch.tensor([0, 1]), torch.tensor([0, 1]))]
@@ -372,7 +372,7 @@ def test_gblend_copies_see_one_view_only():
 
 
 def test_pmr_blends_prototypes_from_epoch_2_as_the_official_code(synthetic_data):
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.hardware import Compute, Distributed
     from mmtm.policy import EpochContext
 

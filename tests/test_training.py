@@ -82,7 +82,7 @@ def test_run_records_an_absolute_data_path(synthetic_data, tmp_path, monkeypatch
 
 def test_seed_k_of_every_policy_starts_from_the_same_weights(synthetic_data):
     """Paired comparisons rest on this: the policy does not change the initial weights or the data order."""
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.config import resolve
     from mmtm.hardware import Distributed
     from mmtm.training import build_trainer
@@ -160,7 +160,7 @@ def test_other_papers_methods_train_in_the_one_loop_and_pass_eval_cur(synthetic_
 
 
 def test_moddrop_zeroes_exactly_one_view_of_each_dropped_sample(synthetic_data):
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.config import resolve
     from mmtm.hardware import Distributed
     from mmtm.training import build_trainer, train_step
@@ -214,7 +214,7 @@ def test_run_files_get_the_mode_of_any_file_the_user_writes(trained_runs):
 
 
 def test_precise_bn_recomputes_the_statistics_as_plain_averages_and_leaves_the_gates(synthetic_data):
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.config import resolve
     from mmtm.hardware import Compute, Distributed
     from mmtm.training import build_trainer, recompute_bn_stats, train_step

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from helpers import TINY, invoke
-from loaders.dataset import DatasetError, open_dataset
-from loaders.factory import two_view_loader
+from mmtm.loaders.dataset import DatasetError, open_dataset
+from mmtm.loaders.factory import two_view_loader
 
 try:
     import nvidia.dali  # noqa: F401

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import typer
 
-from cli.app import app
-from cli.values import int_list, view_pair
+from mmtm.cli.app import app
+from mmtm.cli.values import int_list, view_pair
 from helpers import TINY, invoke
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 from mmtm.compare import parse_axes
 from mmtm.config import PRESETS, TrainConfig, resolve, to_dict
 from mmtm.presets import CPU_SAMPLES_PER_CORE_S, cpu_hours
