@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MMTM = [sys.executable, "-c", "from cli.app import main; main()"]  # works installed or from a bare checkout
+MMTM = [sys.executable, "-c", "from mmtm.cli.app import main; main()"]  # works installed or from a bare checkout
 PARTS = ("pytest", "graphs", "loader", "train", "pack")
 NEEDED = ("torch", "torchvision", "nvidia.dali", "typer", "rich", "numpy", "PIL", "scipy", "pytest")
 LIMITS = {"info": 60, "pytest": 300, "graphs": 100, "loader": 60, "train": 200, "pack": 200}  # seconds
@@ -42,13 +42,13 @@ CAPTURE_NOTE = "note: CUDA graphs off"
 COUNTED_MMTM = [sys.executable, "-c", """
 import json, sys
 from collections import Counter
-from loaders.dali_backend import DaliTwoViewLoader
+from mmtm.loaders.dali_backend import DaliTwoViewLoader
 builds, build = Counter(), DaliTwoViewLoader._build
 def counted(self, first_epoch):
     builds[f"{self.split} train={self.train} #{id(self)}"] += 1
     return build(self, first_epoch)
 DaliTwoViewLoader._build = counted
-from cli.app import main
+from mmtm.cli.app import main
 try:
     main()
 finally:
@@ -121,7 +121,7 @@ def make_dataset(root: Path, image_size: int, per_class: int, classes: int = 10)
 
     from PIL import Image, ImageDraw
 
-    from loaders.dataset import Row, view_filename, write_meta, write_split
+    from mmtm.loaders.dataset import Row, view_filename, write_meta, write_split
 
     rng = random.Random(0)
     names = [f"c{c}" for c in range(classes)]
@@ -263,8 +263,8 @@ def plan(data: str, out: Path, device: str, quick: bool) -> dict[str, list[list[
         "info": [["info", "--json"]],
         "pytest": [["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py", "tests/test_cuda_graphs.py"]],
         "graphs": [train_args(data, work / f"graphs-{g}", device, g) for g in ("off", "auto")],
-        "loader": [["bench", "loader", "--data", data, "--device", device, "--batch-size", "32", "--threads", "4",
-                    *reps, "--save", str(out / "gpu-loader.json")]],
+        "loader": [["bench", "loader", "--data", data, "--device", device, "--batch-size", "32",
+                    "--loader-threads", "4", *reps, "--save", str(out / "gpu-loader.json")]],
         "train": [["bench", "train", "--data", data, "--device", device, "--preset", "paper", "--batch-size", "8,64",
                    *steps, "--save", str(out / "gpu-train.json")]],
         "pack": [["bench", "pack", "--data", data, "--device", device, "--preset", "paper", "--batch-size", "8",
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "targets": targets()}
 
     def save() -> None:
-        from loaders.atomic import atomic_write_text
+        from mmtm.loaders.atomic import atomic_write_text
 
         record["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(out / "gpu-check.json", json.dumps(record, indent=2) + "\n")
@@ -313,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         make_dataset(data_dir, args.image_size, args.per_class)
         record["data_made"] = {"image_size": args.image_size, "per_class": args.per_class,
                                "seconds": round(time.perf_counter() - t0, 1)}
-    from loaders.errors import UserError
-    from loaders.dataset import open_dataset
+    from mmtm.loaders.errors import UserError
+    from mmtm.loaders.dataset import open_dataset
 
     try:
         open_dataset(data_dir)  # a dataset the commands can read

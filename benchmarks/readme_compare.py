@@ -3,7 +3,7 @@ folder), each checked for the table the README describes: `python3 benchmarks/re
 
 Shrunk: `--data` is a tiny synthetic set made here (3 classes, 32 px), every seed list is its first seed, and each
 training command gets a config of a width-4 network and 3 steps per epoch, 1 epoch. Commands that need GPUs
-(`--devices`) or Slurm (`--launcher slurm`) are run too on a machine without them: they must then stop with one
+(`--gpus`) or Slurm (`--launcher slurm`) are run too on a machine without them: they must then stop with one
 `error:` line and create nothing. What is checked per training command: it keeps no run (each command has its own
 folder, so none reuses another's runs), and its comparison.json holds the policies, seeds, cells and baselines the
 command asks for; the `--collect` command rebuilds its committed comparison byte for byte.
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MMTM = [sys.executable, "-c", "from cli.app import main; main()"]  # works installed or from a bare checkout
+MMTM = [sys.executable, "-c", "from mmtm.cli.app import main; main()"]  # works installed or from a bare checkout
 TINY = {"width": 4, "batch_size": 4, "loader": "torch", "num_threads": 0, "device": "cpu", "precise_bn": 2,
         "max_steps_per_epoch": 3}
 DEFAULT_POLICIES = ["vanilla", "balanced", "random", "flipped"]
@@ -96,7 +96,7 @@ def main() -> int:
     commands = [w for w in readme_commands() if only is None or flag(w, "--out") in only]
     for words in commands:
         command = shrunk(words, data, scratch, config)
-        needs = "--devices" in words or flag(words, "--launcher") == "slurm"
+        needs = "--gpus" in words or flag(words, "--launcher") == "slurm"
         out = Path(flag(command, "--out"))
         print("$ mmtm compare " + " ".join(words), flush=True)
         r = subprocess.run([*MMTM, "compare", *command], capture_output=True, text=True, cwd=scratch)

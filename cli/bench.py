@@ -9,11 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import user_errors
-from cli.help import App
-from cli.values import int_list, view_pair
-from loaders.errors import UserError
-from loaders.output import check_output_file
+from mmtm.cli.errors import user_errors
+from mmtm.cli.help import App
+from mmtm.cli.values import int_list, view_pair
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.output import check_output_file
+from mmtm.presets import AUTO, AUTO_HELP, shown
 
 app = App(
     help="Loader, training and rendering throughput, side by side as ratios; `mmtm bench --data D` runs the "
@@ -24,12 +25,13 @@ app = App(
 
 DATA = typer.Option(..., "--data", help="Prepared dataset folder (from `mmtm prep`).")
 JSON_OUT = typer.Option(False, "--json", help="Print one JSON object (also written to --save).")
-SAVE = typer.Option(None, "--save", help="Write the JSON here (default: bench.json, bench-loader.json, "
-                                         "bench-train.json or bench-render.json).")
+SAVE = typer.Option(None, "--save", show_default="bench.json, bench-loader.json, bench-train.json, bench-pack.json "
+                                                "or bench-render.json", help="Write the JSON here.")
+PRESET = typer.Option(AUTO, "--preset", help=f"Model size: paper or demo (or shortcut, digits); {AUTO_HELP}.")
 
 
 def _emit(result: dict, path: Path, as_json: bool, table: Table) -> None:
-    from loaders.atomic import atomic_write_text
+    from mmtm.loaders.atomic import atomic_write_text
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -131,9 +133,11 @@ def _run_loader(data: Path, batch_size: int, threads: int, **kw) -> dict:
     return bench_loader(_check_folder(data), batch_size=batch_size, threads=threads, **kw)
 
 
-def _run_train(data: Path, batch_sizes: Optional[list[int]], threads: int, **kw) -> dict:
+def _run_train(data: Path, batch_sizes: Optional[list[int]], threads: int, preset: str, device: str, **kw) -> dict:
     from mmtm.bench.train import bench_train
-    return bench_train(_check_folder(data), batch_sizes=batch_sizes, threads=threads, **kw)
+    from mmtm.presets import chosen
+    return bench_train(_check_folder(data), batch_sizes=batch_sizes, threads=threads, preset=chosen(preset, device),
+                       device=device, **kw)
 
 
 @app.callback(invoke_without_command=True)
@@ -142,9 +146,9 @@ def bench(
     ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (from `mmtm prep`)."),
     batch_size: int = typer.Option(32, help="Batch size."),
-    threads: int = typer.Option(2, help="Loader threads."),
+    threads: int = typer.Option(2, "--loader-threads", help="Loader threads."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (training bench)."),
-    preset: str = typer.Option("demo", help="Model size of the training bench: demo or paper."),
+    preset: str = PRESET,
     steps: int = typer.Option(20, help="Timed training steps per repeat."),
     as_json: bool = JSON_OUT,
     save: Optional[Path] = SAVE,
@@ -165,23 +169,26 @@ def bench(
 @app.command("loader")
 @user_errors
 def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch size."),
-           threads: int = typer.Option(2, help="Loader threads (DALI threads / DataLoader workers)."),
+           threads: int = typer.Option(2, "--loader-threads",
+                                       help="Loader threads (DALI threads / DataLoader workers)."),
            split: str = typer.Option("train", help="Split to read."),
-           views: Optional[str] = typer.Option(None, help="The two view indices like 0,6; default: the data's "
-                                                          "default_views (0,6 for 12 views, 0,1 for two)."),
+           views: Optional[str] = typer.Option(None, show_default="the data's default_views: 0,6 for 12 views, 0,1 "
+                                                                  "for two", help="Two view indices, like 0,6."),
            repeats: int = typer.Option(3, help="Timed repeats; the median is reported."),
            warmup_batches: int = typer.Option(2, help="Untimed batches before each repeat."),
-           max_batches: Optional[int] = typer.Option(None, help="Timed batches per repeat (default: an epoch and "
-                                                                "at least 1 s)."),
+           max_batches: Optional[int] = typer.Option(None, show_default="an epoch, and at least 1 s",
+                                                     help="Timed batches per repeat."),
            device: str = typer.Option("auto", help="auto | cpu | cuda."),
-           source_workers: Optional[int] = typer.Option(None, help="DALI: processes reading the files [0 on the "
-                                                                   "CPU, a quarter of the cores (≤ 4) with a GPU]."),
+           source_workers: Optional[int] = typer.Option(None, "--loader-workers",
+                                                        show_default="0 on the CPU, a quarter of the cores (≤ 4) "
+                                                                     "with a GPU",
+                                                        help="DALI: processes reading the files."),
            as_json: bool = JSON_OUT, save: Optional[Path] = SAVE) -> None:
     """Images/s of each loader backend (dali, torch, in-memory ceiling) with warm-up and median of repeats.
 
     \b
     Example:
-      mmtm bench loader --data demo/data --threads 2 --json
+      mmtm bench loader --data demo/data --loader-threads 2 --json
     """
     path = _save_path(save, "bench-loader.json")
     r = _run_loader(data, batch_size, threads, split=split, views=view_pair(views), repeats=repeats,
@@ -194,10 +201,11 @@ def loader(data: Path = DATA, batch_size: int = typer.Option(32, help="Batch siz
 @app.command("train")
 @user_errors
 def train(data: Path = DATA,
-          batch_size: Optional[str] = typer.Option(None, help="Batch sizes, comma-separated (default: the preset's)."),
-          threads: int = typer.Option(2, help="Loader threads."),
+          batch_size: Optional[str] = typer.Option(None, show_default=shown("batch_size"),
+                                                   help="Batch sizes, comma-separated."),
+          threads: int = typer.Option(2, "--loader-threads", help="Loader threads."),
           device: str = typer.Option("auto", help="auto | cpu | cuda."),
-          preset: str = typer.Option("demo", help="Model size: demo or paper."),
+          preset: str = PRESET,
           loader: str = typer.Option("auto", help="auto | dali | torch."),
           channels_last: str = typer.Option("auto", help="auto (on CUDA) | on | off."),
           steps: int = typer.Option(20, help="Timed steps per repeat."),
@@ -222,7 +230,7 @@ def train(data: Path = DATA,
 @user_errors
 def pack(data: Path = DATA,
          k: str = typer.Option("1,2,4,8", help="Numbers of runs packed on the device at once, comma-separated."),
-         preset: str = typer.Option("paper", help="Model size: demo or paper."),
+         preset: str = PRESET,
          batch_size: int = typer.Option(8, help="Batch size of every run."),
          device: str = typer.Option("auto", help="auto | cpu | cuda."),
          steps: int = typer.Option(20, help="Timed steps per repeat of each run."),
@@ -234,10 +242,11 @@ def pack(data: Path = DATA,
       mmtm bench pack --data data224 --device cuda --k 1,2,4,8
     """
     from mmtm.bench.pack import bench_pack
+    from mmtm.presets import chosen
 
     path = _save_path(save, "bench-pack.json")
-    r = bench_pack(_check_folder(data), ks=int_list(k, "--k", least=1), preset=preset, batch_size=batch_size,
-                   device=device, steps=steps)
+    r = bench_pack(_check_folder(data), ks=int_list(k, "--k", least=1), preset=chosen(preset, device),
+                   batch_size=batch_size, device=device, steps=steps)
     r["machine"] = _machine()
     _emit(r, path, as_json, _table("packing runs on one device", [
         (f"K = {e['k']} runs at once, aggregate samples/s ({e['threads_per_run']} CPU threads each)",

@@ -9,9 +9,10 @@ from typing import Optional
 
 import typer
 
-from cli.errors import user_errors
-from cli.values import int_list
-from loaders.errors import UserError
+from mmtm.cli.errors import user_errors
+from mmtm.cli.values import int_list
+from mmtm.loaders.errors import UserError
+from mmtm.presets import AUTO, AUTO_HELP, shown
 
 LAUNCHERS = ("local", "slurm")
 
@@ -22,24 +23,25 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Folder for the runs, comparison.md/.json and plots."),
     seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated seeds; seed k of every policy shares its "
                                                 "initial weights and data order."),
-    policies: Optional[str] = typer.Option(None, help="Comma-separated policies (default: "
-                                                      "vanilla, balanced, random and flipped)."),
+    policies: Optional[str] = typer.Option(None, show_default="vanilla,balanced,random,flipped",
+                                           help="Comma-separated policies."),
     set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=V1,V2", help="A grid axis over a config "
                                                                  "setting, crossed with policies and seeds "
-                                                                 "(views as 0-6; repeatable); runs go to OUT/KEY=V/."),
+                                                                 "(view pairs as --views writes them: views=0,6,0,3 is "
+                                                                 "0,6 and 0,3; repeatable); runs go to OUT/KEY=V/."),
     baselines: bool = typer.Option(False, "--baselines", help="Also train each view alone (the single-view "
                                                               "baselines) for every seed and cell."),
-    preset: str = typer.Option("demo", help="demo (2-core CPU), shortcut or digits (those sets on a 2-core CPU, "
-                                                       "docs/digits-and-shortcut.md) or paper (docs/science.md §5)."),
+    preset: str = typer.Option(AUTO, help=f"demo (2-core CPU), shortcut or digits (those sets on a 2-core CPU, "
+                                          f"docs/digits-and-shortcut.md) or paper (docs/science.md §5); {AUTO_HELP}."),
     config: Optional[Path] = typer.Option(None, help="JSON config overriding the preset."),
-    epochs: Optional[int] = typer.Option(None, help="Override the preset's epochs."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
-    loader: Optional[str] = typer.Option(None, help="auto | dali | torch."),
-    jobs: Optional[int] = typer.Option(None, help="Runs at once on this machine, each with cores/JOBS threads "
-                                                  "[1]."),
-    devices: Optional[str] = typer.Option(None, help="GPUs to use, e.g. 0,1: runs go to them round-robin."),
-    runs_per_device: int = typer.Option(1, help="Runs packed on each GPU at once (CUDA MPS is used when its "
-                                                "daemon runs)."),
+    epochs: Optional[int] = typer.Option(None, show_default=shown("epochs"), help="Maximum epochs of every run."),
+    device: Optional[str] = typer.Option(None, show_default="auto; cuda with --gpus", help="auto | cpu | cuda."),
+    loader: Optional[str] = typer.Option(None, show_default=shown("loader"), help="auto | dali | torch."),
+    jobs: Optional[int] = typer.Option(None, show_default="1", help="Runs at once on this machine, each with "
+                                                                   "cores/JOBS threads."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to use, e.g. 0,1: runs go to them round-robin."),
+    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", help="Runs packed on each GPU at once (CUDA MPS is used "
+                                                                "when its daemon runs)."),
     launcher: str = typer.Option("local", help="local (this machine) or slurm (one job array through submitit)."),
     partition: Optional[str] = typer.Option(None, help="slurm: partition."),
     time_min: int = typer.Option(240, help="slurm: time limit per run, minutes."),
@@ -62,12 +64,12 @@ def compare(
     """Compare training policies over seeds and grid cells: train, eval-cur (best and last checkpoint), tables and
     plots.
 
-    OUT/comparison.md gives, per policy, mean ± std and a 95% t-interval over seeds of test accuracy, A(f0), A(f1),
-    d_util and d_speed (after an equal number of regular steps, at half of training, at the end), both checkpoints;
-    paired per-seed differences with permutation p-values (exact up to 16 seeds), Holm-adjusted over the table, and
-    McNemar counts; the rank correlation of d_speed with d_util within each policy and across them; the single-view
-    baselines with --baselines. OUT/comparison.json holds the numbers (docs/comparison-schema.md); comparison.md is
-    rendered from it.
+    OUT/comparison.md gives, per policy, mean ± std and a 95% t-interval over seeds of test accuracy, the heads'
+    accuracies, d_util and d_speed (after an equal number of regular steps, at half of training, at the end), both
+    checkpoints; paired per-seed differences with permutation p-values (exact up to 16 seeds), Holm-adjusted over the
+    table, and McNemar counts; the rank correlation of d_speed with d_util within each policy and across them; the
+    single-view baselines with --baselines. OUT/comparison.json holds the numbers (docs/comparison-schema.md);
+    comparison.md is rendered from it.
 
     Re-running the same command resumes: finished runs are kept, unfinished or failed ones continue. A run in --out
     trained with other settings or data is refused (or, with --retrain-changed, moved aside and trained again); one
@@ -79,14 +81,15 @@ def compare(
       mmtm compare --data demo/data --out c1 --seeds 0 --policies vanilla,pmr --probe
       mmtm compare --data demo/data --out c2 --jobs 2 --baselines
       mmtm compare --data demo/data --out c3 --policies vanilla,balanced \\
-        --set views=0-6,0-3,3-9 --seeds 0,1,2     # a grid of view pairs
+        --set views=0,6,0,3,3,9 --seeds 0,1,2     # 3 view pairs
       mmtm compare --data data/mn40 --out c4 --preset paper --device cuda \\
-        --devices 0,1 --runs-per-device 4          # 8 runs at once
+        --gpus 0,1 --runs-per-gpu 4                # 8 runs at once
       mmtm compare --data data/mn40 --out c5 --preset paper --launcher slurm \\
         --partition gpu --gpus-per-run 1 --no-wait  # then the same again
       mmtm compare --collect docs/finding/runs --out /tmp/finding
     """
     from mmtm.compare import DEFAULT_POLICIES, collect as collect_comparison, parse_axes, run_comparison
+    from mmtm.presets import chosen
 
     if collect is not None:
         _finish(collect_comparison(collect, out))
@@ -99,25 +102,27 @@ def compare(
         raise UserError("--policies must list at least one policy and none twice")
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
-    for flag, value in (("--jobs", 1 if jobs is None else jobs), ("--runs-per-device", runs_per_device),
+    for flag, value in (("--jobs", 1 if jobs is None else jobs), ("--runs-per-gpu", runs_per_gpu),
                         ("--time-min", time_min), ("--cpus-per-run", cpus_per_run),
                         ("--array-parallelism", array_parallelism)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if gpus_per_run < 0:
         raise UserError(f"--gpus-per-run must be at least 0, got {gpus_per_run}")
-    device_list = int_list(devices, "--devices") if devices else None
+    device_list = int_list(gpus, "--gpus") if gpus else None
     _check_together(jobs, launcher, device_list, device)
     axes = parse_axes(set_ or [])
+    device = device or ("cuda" if device_list else None)
+    preset = chosen(preset, device or "auto")
     with _Progress() as progress, _sigterm_as_interrupt(), _interrupt_hint():
         path = run_comparison(
             str(data), out, seeds=seed_list, policies=policy_list, preset=preset,
             config_file=str(config) if config else None, axes=axes, baselines=baselines,
-            launcher=launcher, jobs=jobs or 1, devices=device_list, runs_per_device=runs_per_device,
+            launcher=launcher, jobs=jobs or 1, devices=device_list, runs_per_device=runs_per_gpu,
             slurm={"partition": partition, "time_min": time_min, "gpus_per_run": gpus_per_run,
                    "cpus_per_run": cpus_per_run, "array_parallelism": array_parallelism},
             wait=not no_wait, progress=progress.update, retrain_changed=retrain_changed, probe=probe, epochs=epochs,
-            loader=loader, device=device or ("cuda" if device_list else None))
+            loader=loader, device=device)
     if path is not None:
         _finish(path)
 
@@ -137,11 +142,11 @@ def _check_together(jobs: Optional[int], launcher: str, devices: Optional[list[i
     if jobs is not None and launcher == "slurm":
         raise UserError("--jobs is for --launcher local; with slurm, --array-parallelism sets the runs at once")
     if jobs is not None and devices:
-        raise UserError("--jobs does not apply with --devices: the runs at once are the GPUs × --runs-per-device")
+        raise UserError("--jobs does not apply with --gpus: the runs at once are the GPUs × --runs-per-gpu")
     if devices and device is not None and not device.startswith("cuda"):
-        raise UserError(f"--devices {','.join(map(str, devices))} names GPUs, but --device is {device!r}")
+        raise UserError(f"--gpus {','.join(map(str, devices))} names GPUs, but --device is {device!r}")
     if devices and launcher == "slurm":
-        raise UserError("--devices is for --launcher local; with slurm, --gpus-per-run asks for GPUs")
+        raise UserError("--gpus is for --launcher local; with slurm, --gpus-per-run asks for GPUs")
     most = _most_processes()
     if jobs is not None and jobs > most:
         raise UserError(f"--jobs {jobs}: more job processes than this system can run at once ({most})")

@@ -7,8 +7,8 @@ import sys
 
 import typer
 
-from cli.help import ReadableGroup
-from loaders.errors import UserError
+from mmtm.cli.help import ReadableGroup
+from mmtm.loaders.errors import UserError
 
 
 def user_errors(fn):

@@ -9,22 +9,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import user_errors
+from mmtm.cli.errors import user_errors
 
 
 @user_errors
 def eval_cur(
     run: Path = typer.Argument(..., help="Run folder made by `mmtm train`."),
     checkpoint: str = typer.Option("best", help="best | last | a path to a .pt file."),
-    data: Optional[Path] = typer.Option(None, help="Dataset folder (default: the run's own)."),
+    data: Optional[Path] = typer.Option(None, show_default="the run's", help="Dataset folder."),
     split: str = typer.Option("test", help="Split to measure: test | val | train."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    loader: Optional[str] = typer.Option(None, help="auto | dali | torch (default: the run's)."),
-    batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size."),
+    loader: Optional[str] = typer.Option(None, show_default="the run's", help="auto | dali | torch."),
+    batch_size: Optional[int] = typer.Option(None, show_default="the run's, at least 32",
+                                             help="Evaluation batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print cur.json instead of a table."),
     probe: bool = typer.Option(False, "--probe", help="Also fit a linear probe on each frozen branch's pooled "
                                                       "features (train split) and report its accuracy on the split "
-                                                      "beside A(f0), A(f1)."),
+                                                      "beside the heads' accuracies."),
 ) -> None:
     """Measure u(m1|m0), u(m0|m1) and d_util (docs/science.md §2) and write RUN/cur.json (cur-last.json for last).
 
@@ -41,6 +42,7 @@ def eval_cur(
       mmtm eval-cur runs/ogm --probe               # heads trained on CE(ŷ) only
     """
     from mmtm.eval_cur import evaluate_cur
+    from mmtm.formulas import sign_sentence
     from mmtm.run import RunFolder
 
     r = evaluate_cur(run, checkpoint=checkpoint, data=str(data) if data else None, split=split,
@@ -48,14 +50,15 @@ def eval_cur(
     if as_json:
         typer.echo(json.dumps(r, indent=2))
         return
+    first, second = (f"view {v}" for v in r["views"])
     table = Table(title=f"CUR of {run} ({checkpoint}, {split}, n={r['n']})")
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    for key, label in (("acc", "accuracy of ŷ"), ("acc_m0", "A(f0)"), ("acc_m0_only", "A(f0')  flow off"),
-                       ("acc_m1", "A(f1)"), ("acc_m1_only", "A(f1')  flow off"), ("u_m1_given_m0", "u(m1|m0)"),
-                       ("u_m0_given_m1", "u(m0|m1)"), ("d_util", "d_util"), ("probe_m0", "probe f0"),
-                       ("probe_m0_only", "probe f0'  flow off"), ("probe_m1", "probe f1"),
-                       ("probe_m1_only", "probe f1'  flow off")):
+    for key, label in (("acc", "accuracy of ŷ"), ("acc_m0", f"accuracy of m0's head ({first})"),
+                       ("acc_m0_only", "  flow off"), ("acc_m1", f"accuracy of m1's head ({second})"),
+                       ("acc_m1_only", "  flow off"), ("u_m1_given_m0", "u(m1|m0)"), ("u_m0_given_m1", "u(m0|m1)"),
+                       ("d_util", "d_util"), ("probe_m0", f"probe on m0 ({first})"), ("probe_m0_only", "  flow off"),
+                       ("probe_m1", f"probe on m1 ({second})"), ("probe_m1_only", "  flow off")):
         if key not in r:
             continue
         if r["single_view"] is not None and key not in ("acc", f"acc_m{r['single_view']}"):
@@ -63,4 +66,6 @@ def eval_cur(
         else:
             table.add_row(label, f"{r[key]:+.4f}" if key.startswith(("u_", "d_")) else f"{r[key]:.4f}")
     Console().print(table)
+    if r["single_view"] is None:
+        typer.echo(sign_sentence(first, second, "d_util"))
     typer.echo(f"wrote {RunFolder(run).cur_for(checkpoint, split)}")

@@ -1,5 +1,6 @@
 """--help as it was written, for every command: `App` is the app's Typer, whose groups and commands reflow their
-paragraphs to the terminal and show no value type for flags.
+paragraphs to the terminal, show no value type for flags and every default as `[default: ...]` (and read old flag
+spellings, cli/spellings.py).
 
 Typer 0.29 hands a docstring's later paragraphs to Rich with their source line breaks, which Rich keeps, so a
 sentence broke wherever the source did; and its Rich option panel shows the type of every option, `<bool>` for
@@ -7,7 +8,9 @@ flags that take no value."""
 from __future__ import annotations
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
+
+from mmtm.cli.spellings import Respelled
 
 
 def reflow(text: str | None) -> str | None:
@@ -23,12 +26,26 @@ def _untyped(param) -> None:
         param.metavar = ""  # the panel shows a set metavar in place of the type
 
 
+class _SaidDefault(TyperOption):
+    """An option whose default is described in words (`show_default="..."`: what the preset or the data decides):
+    shown `[default: words]` like every other default, not Typer's `[default: (words)]`."""
+
+    def _get_default_string(self, **kwargs) -> str:
+        return self.show_default
+
+
+def _said(param) -> None:
+    if type(param) is TyperOption and isinstance(param.show_default, str):
+        param.__class__ = _SaidDefault
+
+
 class _ReadableHelp:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.help = reflow(self.help)
         for param in self.params:
             _untyped(param)
+            _said(param)
 
     def get_help_option(self, ctx):
         option = super().get_help_option(ctx)  # made on first use, so not among self.params above
@@ -37,11 +54,11 @@ class _ReadableHelp:
         return option
 
 
-class ReadableCommand(_ReadableHelp, TyperCommand):
+class ReadableCommand(_ReadableHelp, Respelled, TyperCommand):
     pass
 
 
-class ReadableGroup(_ReadableHelp, TyperGroup):
+class ReadableGroup(_ReadableHelp, Respelled, TyperGroup):
     pass
 
 

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.errors import user_errors
+from mmtm.cli.errors import user_errors
 
 LABELS = {
     "version": "mmtm version", "commit": "git commit", "python": "Python", "torch": "torch",

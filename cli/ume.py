@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import user_errors
+from mmtm.cli.errors import user_errors
 
 
 @user_errors
@@ -29,7 +29,7 @@ def ume(
       mmtm ume cmp/single-view0-s0 cmp/single-view1-s0
       mmtm ume runs/front runs/rear --split val --json
     """
-    from loaders.errors import UserError
+    from mmtm.loaders.errors import UserError
     from mmtm.methods.ume import ensemble_accuracy
 
     if batch_size < 1:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 
 
 def int_list(text: str, flag: str, least: int = 0) -> list[int]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from loaders.errors import UserError, write_error
+from mmtm.loaders.errors import UserError, write_error
 
 # The folder locks (`hold`) this process holds: lock file -> [fd, how many times taken].
 _HELD: dict[str, list[int]] = {}

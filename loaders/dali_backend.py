@@ -26,10 +26,10 @@ import torch
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
-from loaders.dataset import DatasetError
-from loaders.files import batch_failure, size_error
-from loaders.pair_source import PairSource
-from loaders.two_view import MEAN, STD, Batch, TwoViewLoader
+from mmtm.loaders.dataset import DatasetError
+from mmtm.loaders.files import batch_failure, size_error
+from mmtm.loaders.pair_source import PairSource
+from mmtm.loaders.two_view import MEAN, STD, Batch, TwoViewLoader
 
 # Batches DALI works on ahead of the consumer: 2 measured as fast as deeper queues on 2 cores; on a GPU one more
 # absorbs the jitter of file reads behind a short CUDA-graph step (not yet measured there).

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 
 FORMAT = "mmtm-dataset"
 VERSION = 1

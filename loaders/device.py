@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")  # plus cuda:<index>
 

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import torch
 
-from loaders.dataset import DatasetError, open_dataset
-from loaders.device import resolve_device
-from loaders.errors import UserError
-from loaders.sampling import num_rank_rows
-from loaders.torch_backend import TorchTwoViewLoader
-from loaders.two_view import TwoViewLoader
+from mmtm.loaders.dataset import DatasetError, open_dataset
+from mmtm.loaders.device import resolve_device
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.sampling import num_rank_rows
+from mmtm.loaders.torch_backend import TorchTwoViewLoader
+from mmtm.loaders.two_view import TwoViewLoader
 
 BACKENDS = ("dali", "torch")
 
@@ -61,7 +61,7 @@ def two_view_loader(data_dir: str | os.PathLike, split: str, *, views: Sequence[
                   rank=rank, world_size=world_size, num_threads=num_threads)
     if name == "torch":
         return TorchTwoViewLoader(dataset, split, rows, **common)
-    from loaders.dali_backend import DaliTwoViewLoader  # DALI is optional: imported only when used
+    from mmtm.loaders.dali_backend import DaliTwoViewLoader  # DALI is optional: imported only when used
     if source_workers is None:
         source_workers = 0 if dev.type == "cpu" else min(4, max(1, (os.cpu_count() or 4) // 4))
     if source_workers < 0:

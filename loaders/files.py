@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
-from loaders.dataset import DatasetError
+from mmtm.loaders.dataset import DatasetError
 
 _RERUN = "the dataset is damaged; re-run `mmtm prep`"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

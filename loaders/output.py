@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from loaders.atomic import check_names_fit
-from loaders.errors import UserError
+from mmtm.loaders.atomic import check_names_fit
+from mmtm.loaders.errors import UserError
 
 
 def check_output_folder(path: str | os.PathLike, what: str = "--out", *, replaced: bool = False) -> Path:
     """`path` is, or can be made as, a folder to write into. replaced: the folder is built beside `path` and
-    renamed into place (`loaders.atomic.AtomicDir`), so its parent must be writable as well."""
+    renamed into place (`mmtm.loaders.atomic.AtomicDir`), so its parent must be writable as well."""
     path = Path(path)
     check_names_fit(path, what, atomic=replaced)
     if path.exists() and not path.is_dir():

@@ -1,14 +1,14 @@
 """The DALI backend's source: batch k of an epoch → both views of the same rows, in one batch of 2N samples.
 
-A pure function of (epoch, iteration) — the plan comes from loaders.sampling, as the torch twin's does — so it
+A pure function of (epoch, iteration) — the plan comes from mmtm.loaders.sampling, as the torch twin's does — so it
 gives the same batches in the consumer's thread or in DALI's worker processes. It imports no torch and no DALI,
 so a spawned worker starts quickly, and it keeps no reference to the loader (no cycle)."""
 from __future__ import annotations
 
 import numpy as np
 
-from loaders.files import read_intact
-from loaders.sampling import epoch_plan
+from mmtm.loaders.files import read_intact
+from mmtm.loaders.sampling import epoch_plan
 
 
 class PairSource:

@@ -1,6 +1,6 @@
 """The torch backend: the DALI pipeline's twin, for machines without DALI and as its baseline.
 
-The same batches and flips as the DALI backend (both come from `loaders.sampling`). DataLoader
+The same batches and flips as the DALI backend (both come from `mmtm.loaders.sampling`). DataLoader
 workers read one whole batch per task (one message per batch, no per-sample collate):
 - CPU decode (device cpu, or PNG files): workers decode, mirror while copying into the batch, and
   send [N,3,H,W] uint8, 4x fewer bytes through shared memory than float; the main process
@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from loaders.dataset import DatasetError
-from loaders.files import batch_failure, decode_error, read_encoded, size_error
-from loaders.two_view import MEAN, STD, Batch, TwoViewLoader
+from mmtm.loaders.dataset import DatasetError
+from mmtm.loaders.files import batch_failure, decode_error, read_encoded, size_error
+from mmtm.loaders.two_view import MEAN, STD, Batch, TwoViewLoader
 
 # torchvision 0.29 warns on every decode call that TorchCodec will replace it; that is not news per batch.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",

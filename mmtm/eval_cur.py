@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from loaders.dataset import SPLITS
-from loaders.device import resolve_device
-from loaders.errors import UserError
-from loaders.factory import resolve_backend, two_view_loader
-from loaders.output import check_output_file
+from mmtm.loaders.dataset import SPLITS
+from mmtm.loaders.device import resolve_device
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.factory import resolve_backend, two_view_loader
+from mmtm.loaders.output import check_output_file
 from mmtm.checkpoint import load_weights
 from mmtm.evaluate import evaluate
 from mmtm.fusion import FLOW_OFF, REGULAR

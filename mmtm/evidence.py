@@ -31,9 +31,9 @@ import os
 import shutil
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text
-from loaders.dataset import open_dataset
-from loaders.errors import UserError
+from mmtm.loaders.atomic import atomic_write_text
+from mmtm.loaders.dataset import open_dataset
+from mmtm.loaders.errors import UserError
 from mmtm.fusion import REGULAR
 from mmtm.run import (CONFIG_JSON, CUR_JSON, CUR_LAST_JSON, EPOCH_FIELDS, EPOCHS_CSV, STEP_FIELDS, STEPS_CSV, RunFolder,
                       read_csv, read_cur, read_json)

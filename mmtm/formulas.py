@@ -54,3 +54,9 @@ def conditional_utilization(acc_f: float, acc_f_only: float) -> float:
 def d_util(u_m1_m0: float, u_m0_m1: float) -> float:
     """d_util = u(m1|m0) − u(m0|m1)."""
     return u_m1_m0 - u_m0_m1
+
+
+def sign_sentence(first: str, second: str, measures: str = "d_util, d_speed") -> str:
+    """The one sentence every table of d_util or d_speed carries: which sign means which branch, and so which view,
+    dominates (both are m1's term minus m0's)."""
+    return f"{measures} < 0: the network leans on {first} (m0); > 0: on {second} (m1)."

@@ -1,6 +1,6 @@
 """Hardware: DDP set-up and the one rule for how the network runs on a device (bf16 autocast, channels-last),
 used alike by training, eval-cur and bench, and the rule for CUDA-graph training steps (training, `mmtm info`).
-The device itself comes from `loaders.device.resolve_device`."""
+The device itself comes from `mmtm.loaders.device.resolve_device`."""
 from __future__ import annotations
 
 import contextlib

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only; no display here
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from loaders.atomic import atomic_write_bytes  # noqa: E402
+from mmtm.loaders.atomic import atomic_write_bytes  # noqa: E402
 from mmtm import stats  # noqa: E402
 
 REBALANCE_COLORS = {"rebalance_m0": "tab:red", "rebalance_m1": "tab:blue"}
@@ -149,8 +149,9 @@ def plot_accuracy(runs: list[dict], path: Path) -> Path:
     for ax, run in zip(axes.flat, runs):
         ep = run["epochs"]
         x = _column(ep, "epoch", int) + 1
+        view = [f" (view {v})" for v in run["config"]["views"]] if "views" in run["config"] else ["", ""]
         for key, style, label in (("train_acc", "k-", "train"), ("val_acc", "g-", "val ŷ"),
-                                  ("val_acc_m0", "r--", "val head 0"), ("val_acc_m1", "b--", "val head 1")):
+                                  ("val_acc_m0", "r--", f"val m0{view[0]}"), ("val_acc_m1", "b--", f"val m1{view[1]}")):
             ax.plot(x, _column(ep, key), style, lw=1.2, label=label)
         ax.set_title(run["name"])
         ax.set_xlabel("epoch")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text
-from loaders.output import check_output_folder
+from mmtm.loaders.atomic import atomic_write_text
+from mmtm.loaders.output import check_output_folder
 from mmtm import evidence, plots, stats
+from mmtm.formulas import sign_sentence
 from mmtm.run import RunFolder
 
 STAGE = 0.5  # d_speed_stage: at the end of the epoch that completes this fraction of training
@@ -215,11 +216,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     runs = [evidence.load(d, complete=False) for d in run_dirs]  # every run checked before the first figure is drawn
     rows, n_equal, stage = summary_rows(runs)
     figures = write_plots(runs, rows, out)
+    pairs = {tuple(r["config"]["views"]) for r in runs}
+    first, second = ("the first view of its run", "the second") if len(pairs) > 1 else (
+        f"view {v}" for v in pairs.pop())
     text = ("# mmtm report\n\nTest-split CUR from each run's `cur.json` (best.pt) and `cur-last.json` (last.pt); nan "
-            "where `mmtm eval-cur` was not run. d_speed (d_CLS): `d_speed_equal` is the cumulative d_speed after "
+            f"where `mmtm eval-cur` was not run. Branches: m0 is {first}, m1 {second}; `acc_m0`, `acc_m1` are their "
+            "heads' accuracies. d_speed: `d_speed_equal` is the cumulative d_speed after "
             f"{n_equal} regular steps in every run (the fewest any run made), `d_speed_stage` at the end of epoch "
             f"{stage + 1} (half of training), `d_speed_final` after the last step.\n\n"
-            + markdown_table(rows, SUMMARY_COLUMNS)
+            + markdown_table(rows, SUMMARY_COLUMNS) + "\n" + sign_sentence(first, second) + "\n"
             + "\nDoes d_speed predict d_util? " + PROXY_NOTE + "\n\n"
             + markdown_table(proxy_cells(proxy_table(rows)), PROXY_COLUMNS) + "\n"
             + "".join(f"![{p.stem}]({p.name})\n" for p in figures))

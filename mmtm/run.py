@@ -4,7 +4,7 @@ report and compare read it.
 Layout of a run folder::
 
     config.json   the resolved TrainConfig (`mmtm train --config RUN/config.json` repeats the run)
-    data.json     the data the run was started on: its folder and `loaders.dataset.data_digest` (not a setting)
+    data.json     the data the run was started on: its folder and `mmtm.loaders.dataset.data_digest` (not a setting)
     steps.csv     one row per step (STEP_FIELDS)
     epochs.csv    one row per epoch (EPOCH_FIELDS)
     last.pt       the checkpoint after the last finished epoch (what --resume continues)
@@ -26,10 +26,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text, hold, remove_stale_temporaries
-from loaders.atomic import release as release_lock
-from loaders.dataset import DatasetError, data_digest, open_dataset
-from loaders.errors import UserError, write_error
+from mmtm.loaders.atomic import atomic_write_text, hold, remove_stale_temporaries
+from mmtm.loaders.atomic import release as release_lock
+from mmtm.loaders.dataset import DatasetError, data_digest, open_dataset
+from mmtm.loaders.errors import UserError, write_error
 from mmtm.checkpoint import load_checkpoint
 from mmtm.config import TrainConfig, from_dict, to_dict
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 from mmtm import formulas
 
 GROUPS = ("theta0", "theta1", "fusion0", "fusion1")

@@ -10,7 +10,7 @@ asked for (`changes`: its config.json and data digest against the sweep's), and 
 Local (`--jobs N`, the default launcher): N job processes at once, forked from a server that imported torch once
 (mmtm/jobs.py), each with its share of the cores — torch's threads and the loader's threads are both capped at
 cores // N, so the jobs never oversubscribe the machine (two trainings that each use every core run many times
-slower than one). With GPUs (`--devices 0,1 --runs-per-device K`) each job gets one GPU (CUDA_VISIBLE_DEVICES), K
+slower than one). With GPUs (`--gpus 0,1 --runs-per-gpu K`) each job gets one GPU (CUDA_VISIBLE_DEVICES), K
 jobs per GPU at once, and the cores are shared among all jobs. On the CPU torch's results depend on its thread
 count, so a run is repeatable bit for bit with the same `cpu_threads` (the demo preset fixes it at 1, so --jobs
 changes no result).
@@ -35,9 +35,9 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text
-from loaders.dataset import data_digest
-from loaders.errors import UserError
+from mmtm.loaders.atomic import atomic_write_text
+from mmtm.loaders.dataset import data_digest
+from mmtm.loaders.errors import UserError
 from mmtm.jobs import start as start_job
 
 JOB_JSON = "job.json"
@@ -57,7 +57,7 @@ class RunSpec:
     config: dict
     cell: dict = field(default_factory=dict)
     preset: str = ""
-    data_digest: str | None = None  # of the data folder when the sweep was planned (loaders.dataset.data_digest)
+    data_digest: str | None = None  # of the data folder when the sweep was planned (mmtm.loaders.dataset.data_digest)
     probe: bool = False  # eval-cur with the linear probes (mmtm/probe.py) as well
     after: list[Path] = field(default_factory=list)  # runs that must be done before this one starts (UMT's teachers)
 
@@ -143,7 +143,7 @@ def run_job(job_json: str | os.PathLike) -> None:
     (which marks the run done). A finished run that only lacks the probes keeps its training time in summary.json."""
     import torch
 
-    from loaders.device import resolve_device
+    from mmtm.loaders.device import resolve_device
     from mmtm.config import from_dict
     from mmtm.eval_cur import evaluate_cur
     from mmtm.evidence import SUMMARY_JSON, is_summarised, summarise
@@ -269,10 +269,10 @@ def check_launcher(launcher: str, devices: list[int] | None) -> None:
         absent = [d for d in devices if not 0 <= d < present]
         if absent:
             have = f"{present} GPUs (0..{present - 1})" if present else "no GPU torch can use"
-            raise UserError(f"--devices {','.join(map(str, devices))}: GPU {absent[0]} is not present; this machine "
+            raise UserError(f"--gpus {','.join(map(str, devices))}: GPU {absent[0]} is not present; this machine "
                             f"has {have}")
         if len(set(devices)) != len(devices):
-            raise UserError(f"--devices {','.join(map(str, devices))} names a GPU twice; --runs-per-device K puts "
+            raise UserError(f"--gpus {','.join(map(str, devices))} names a GPU twice; --runs-per-gpu K puts "
                             "K runs on each GPU")
 
 

@@ -17,11 +17,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from loaders.dataset import DatasetError, open_dataset
-from loaders.device import resolve_device
-from loaders.errors import UserError
-from loaders.factory import two_view_loader
-from loaders.output import check_output_folder
+from mmtm.loaders.dataset import DatasetError, open_dataset
+from mmtm.loaders.device import resolve_device
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.factory import two_view_loader
+from mmtm.loaders.output import check_output_folder
 from mmtm.checkpoint import save_checkpoint
 from mmtm.config import TrainConfig, to_dict
 from mmtm.cuda_graphs import GraphedSteps

@@ -1,6 +1,6 @@
 """Shared test fixtures: tiny prepared datasets whose pixels say what they show.
 
-`make_dataset(root, ...)` writes a dataset that follows `loaders.dataset`'s contract (12 views per
+`make_dataset(root, ...)` writes a dataset that follows `mmtm.loaders.dataset`'s contract (12 views per
 object, split index files, dataset.json). Every image is four flat blocks, so JPEG keeps the
 colours to a few levels when the size is a multiple of 16:
 
@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders.dataset import AUGMENTATIONS, NUM_VIEWS, SPLITS, Row, view_filename, write_meta, write_split
+from mmtm.loaders.dataset import AUGMENTATIONS, NUM_VIEWS, SPLITS, Row, view_filename, write_meta, write_split
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +95,7 @@ def _identify(image: torch.Tensor) -> tuple[int, int, bool]:
     """(object number, view, mirrored) of one ImageNet-normalised [3,H,W] image from `write_dataset`."""
     import torch
 
-    from loaders.two_view import MEAN, STD
+    from mmtm.loaders.two_view import MEAN, STD
 
     pixels = image.detach().cpu().float() * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
     size = pixels.shape[-1]

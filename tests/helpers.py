@@ -9,15 +9,15 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cli.app import app, main
+from mmtm.cli.app import app, main
 from mmtm.jobs import start
 
 BIN = Path(sys.executable).parent  # the venv's mmtm and torchrun, for tests that start real processes
 # A width-4 network on the CPU, BatchNorm statistics from 2 batches: seconds per run. The torch loader reads in the
-# test's process (--threads 0): forking a DataLoader worker from a process holding torch costs ~0.05 s of CPU each
-# time, three loaders a run. The worker path is tested by test_loaders, the DDP tests and
+# test's process (--loader-threads 0): forking a DataLoader worker from a process holding torch costs ~0.05 s of CPU
+# each time, three loaders a run. The worker path is tested by test_loaders, the DDP tests and
 # test_training.py::test_reading_in_process_trains_exactly_like_a_worker.
-TINY = ["--preset", "demo", "--width", "4", "--batch-size", "4", "--loader", "torch", "--threads", "0",
+TINY = ["--preset", "demo", "--width", "4", "--batch-size", "4", "--loader", "torch", "--loader-threads", "0",
         "--device", "cpu", "--lr", "0.05", "--precise-bn", "2"]
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from loaders.atomic import STALE_AGE_S, AtomicDir, atomic_write_text, locked, remove_stale_temporaries
+from mmtm.loaders.atomic import STALE_AGE_S, AtomicDir, atomic_write_text, locked, remove_stale_temporaries
 
 
 def dead_pid() -> int:
@@ -17,7 +17,7 @@ def dead_pid() -> int:
 
 def owned_name(target: str, pid: int) -> str:
     """The temporary name a writer with this pid on this host gives `target` (see loaders.atomic)."""
-    from loaders.atomic import _host
+    from mmtm.loaders.atomic import _host
     return f".{target}.tmp-{pid}-{_host()}-0123abcd"
 
 
@@ -109,7 +109,7 @@ def test_a_write_removes_the_stale_temporaries_of_its_target(tmp_path):
 def test_a_full_disk_is_a_user_error_that_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     import errno
 
-    from loaders.errors import UserError
+    from mmtm.loaders.errors import UserError
 
     target = tmp_path / "result.json"
     atomic_write_text(target, "old")
@@ -128,7 +128,7 @@ def test_a_full_disk_is_a_user_error_that_keeps_the_old_file_and_leaves_no_tempo
 
 HOLDER = """
 import sys, time
-from loaders.atomic import hold
+from mmtm.loaders.atomic import hold
 assert hold(sys.argv[1]) is None
 print("held", flush=True)
 time.sleep(60)
@@ -139,7 +139,7 @@ def test_a_folder_lock_names_its_holder_and_is_free_once_the_holder_is_killed(tm
     import signal
     import sys
 
-    from loaders.atomic import hold, release
+    from mmtm.loaders.atomic import hold, release
 
     lock = tmp_path / ".run.lock"
     other = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)

@@ -3,14 +3,14 @@ import json
 
 from typer.testing import CliRunner
 
-from cli.app import app
+from mmtm.cli.app import app
 
 
 def test_bench_json_has_loader_and_train_results(make_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr("mmtm.bench.loader._MIN_SECONDS", 0.05)  # what is measured, not for how long
     data = make_dataset(tmp_path, size=16)
     out = tmp_path / "bench.json"
-    r = CliRunner().invoke(app, ["bench", "--data", str(data), "--batch-size", "4", "--threads", "1",
+    r = CliRunner().invoke(app, ["bench", "--data", str(data), "--batch-size", "4", "--loader-threads", "1",
                                  "--steps", "2", "--device", "cpu", "--json", "--save", str(out)])
     assert r.exit_code == 0, r.output
     result = json.loads(out.read_text())
@@ -53,7 +53,7 @@ def test_bench_train_times_the_steps_as_the_training_loop_takes_them(monkeypatch
 
 def test_bench_train_takes_several_batch_sizes_and_the_scripts_flags(make_dataset, tmp_path):
     data = make_dataset(tmp_path, size=16, per_split={"train": 6})
-    r = CliRunner().invoke(app, ["bench", "train", "--data", str(data), "--batch-size", "2,4", "--threads", "1",
+    r = CliRunner().invoke(app, ["bench", "train", "--data", str(data), "--batch-size", "2,4", "--loader-threads", "1",
                                  "--steps", "2", "--device", "cpu", "--loader", "torch", "--channels-last", "on",
                                  "--json", "--save", str(tmp_path / "t.json")])
     assert r.exit_code == 0, r.output

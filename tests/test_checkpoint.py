@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmtm.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 
 
 def test_round_trip_holds_tensors_and_plain_data(tmp_path):

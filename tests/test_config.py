@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mmtm.config import PRESETS, TrainConfig, from_dict, resolve, to_dict
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 
 
 def test_paper_preset_is_spec_section_5():

@@ -16,7 +16,7 @@ import torch
 
 from helpers import TINY, invoke, read_csv
 from lockstep import run_lockstep, trainer
-from loaders.factory import two_view_loader
+from mmtm.loaders.factory import two_view_loader
 from mmtm.config import resolve
 from mmtm.cuda_graphs import GraphedSteps
 from mmtm.evaluate import evaluate
@@ -253,7 +253,7 @@ def test_the_eager_path_passes_the_cuda_sanitizer(make_dataset, tmp_path):
     args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--max-steps-per-epoch",
             "3", *gpu]  # 3 steps: all of them warm-up (eager) steps of GraphedSteps
     root = Path(__file__).resolve().parent.parent
-    p = subprocess.run([sys.executable, "-c", "from cli.app import main; main()", *args], cwd=root,
+    p = subprocess.run([sys.executable, "-c", "from mmtm.cli.app import main; main()", *args], cwd=root,
                        capture_output=True, text=True, timeout=300,
                        env={**os.environ, "TORCH_CUDA_SANITIZER": "1",
                             "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))})

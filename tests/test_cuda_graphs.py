@@ -8,7 +8,7 @@ import torch
 
 from cuda_standin import StandInCuda
 from lockstep import TwinSteps, assert_close, run_lockstep, state
-from loaders.factory import two_view_loader
+from mmtm.loaders.factory import two_view_loader
 from mmtm import training
 from mmtm.config import resolve
 from mmtm.cuda_graphs import GraphedSteps

@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from loaders.dataset import SPLITS, DatasetError, open_dataset
+from mmtm.loaders.dataset import SPLITS, DatasetError, open_dataset
 
 
 def edit(data, split: str, row: int, **cells) -> None:
@@ -91,7 +91,7 @@ def test_the_data_digest_follows_dataset_json_and_the_split_files_not_the_images
     import json
     import shutil
 
-    from loaders.dataset import data_digest
+    from mmtm.loaders.dataset import data_digest
 
     digest = data_digest(data)
     assert digest.startswith("sha256:") and data_digest(shutil.copytree(data, tmp_path / "copy")) == digest

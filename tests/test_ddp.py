@@ -62,7 +62,7 @@ def check_two_rank_run(data, out, policy) -> None:
 
 def two_epochs(data, out, policy) -> list[str]:
     # A DataLoader worker in each rank, as users run it: forked from a process that runs gloo's threads.
-    return train_args(data, out, "--policy", policy, *POLICY_FLAGS[policy], "--threads", "1", epochs=2)
+    return train_args(data, out, "--policy", policy, *POLICY_FLAGS[policy], "--loader-threads", "1", epochs=2)
 
 
 @pytest.mark.slow

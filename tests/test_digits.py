@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from helpers import invoke
-from loaders.dataset import open_dataset
-from loaders.errors import UserError
-from loaders.prep import digits
-from loaders.prep.build import prepare_digits
+from mmtm.loaders.dataset import open_dataset
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.prep import digits
+from mmtm.loaders.prep.build import prepare_digits
 
 
 def tree_bytes(root) -> dict[str, bytes]:

@@ -37,7 +37,7 @@ def test_eval_cur_is_float32_and_equals_a_direct_evaluation(trained_runs):
     """cur.json in fp32 equals the two passes done by hand with the plain (float32) CPU evaluation."""
     import torch
 
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.checkpoint import load_checkpoint
     from mmtm.config import from_dict
     from mmtm.evaluate import evaluate

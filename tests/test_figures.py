@@ -9,7 +9,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.text import Text
 from PIL import Image
 
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 from mmtm import plots
 
 STEPS = [10, 20, 30, 40, 50, 60]

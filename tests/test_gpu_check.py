@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loaders.dataset import open_dataset
-from loaders.factory import two_view_loader
+from mmtm.loaders.dataset import open_dataset
+from mmtm.loaders.factory import two_view_loader
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"

@@ -9,7 +9,7 @@ import typer
 from rich.cells import cell_len
 from typer.testing import CliRunner
 
-from cli.app import app
+from mmtm.cli.app import app
 
 WIDTHS = (80, 160)
 BOX = re.compile(r"[│╭╮╰╯─]")

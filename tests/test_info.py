@@ -12,8 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.app import app
-from cli.info import LABELS, shown
+from mmtm.cli.app import app
+from mmtm.cli.info import LABELS, shown
 from helpers import invoke
 from mmtm import environment
 

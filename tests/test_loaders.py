@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from loaders.factory import two_view_loader
+from mmtm.loaders.factory import two_view_loader
 from mmtm.bench.loader import bench_loader
-from loaders.dataset import DatasetError, open_dataset
-from loaders.two_view import MEAN, STD, Batch
-from loaders.errors import UserError
+from mmtm.loaders.dataset import DatasetError, open_dataset
+from mmtm.loaders.two_view import MEAN, STD, Batch
+from mmtm.loaders.errors import UserError
 
 try:
     import nvidia.dali  # noqa: F401
@@ -193,7 +193,7 @@ def test_dali_source_in_worker_processes_keeps_the_contract(data, identify):
 def test_the_training_loop_builds_one_dali_pipeline_for_the_whole_run(data, monkeypatch):
     """Three epochs of the real step loop (which never asks past an epoch's last batch) with the source in a worker
     process: the pipeline built at construction serves all three, each epoch's batches in its own order."""
-    from loaders.dali_backend import DaliTwoViewLoader
+    from mmtm.loaders.dali_backend import DaliTwoViewLoader
     from mmtm.config import resolve
     from mmtm.hardware import Distributed
     from mmtm.training import build_trainer, train_one_epoch
@@ -285,7 +285,7 @@ def test_backend_and_batch_choices(small, monkeypatch):
         two_view_loader(small, "val", batch_size=2, train=False, seed=0, backend="jax")
     with pytest.raises(UserError, match="less than one batch"):
         two_view_loader(small, "train", batch_size=8, train=True, seed=0, backend="torch")
-    monkeypatch.setattr("loaders.factory._dali_imports", lambda: False)
+    monkeypatch.setattr("mmtm.loaders.factory._dali_imports", lambda: False)
     with pytest.raises(ImportError, match="needs NVIDIA DALI"):
         two_view_loader(small, "val", batch_size=2, train=False, seed=0, backend="dali")
     assert two_view_loader(small, "val", batch_size=2, train=False, seed=0).backend == "torch"
@@ -294,7 +294,7 @@ def test_backend_and_batch_choices(small, monkeypatch):
 def test_the_torch_loader_does_not_import_dali(small, monkeypatch):
     """Asking for the torch loader never imports DALI (~0.5 s in every run and sweep job)."""
     def no(): raise AssertionError("DALI was imported")  # noqa: E704
-    monkeypatch.setattr("loaders.factory._dali_imports", no)
+    monkeypatch.setattr("mmtm.loaders.factory._dali_imports", no)
     assert two_view_loader(small, "val", batch_size=2, train=False, seed=0, backend="torch").backend == "torch"
 
 

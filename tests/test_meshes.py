@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loaders.prep.meshes import MeshError, read_mesh
-from loaders.errors import UserError
+from mmtm.loaders.prep.meshes import MeshError, read_mesh
+from mmtm.loaders.errors import UserError
 
 SQUARE = "0 0 0\n1 0 0\n1 1 0\n0 1 0\n"
 

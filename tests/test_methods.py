@@ -330,7 +330,7 @@ def test_ogm_scores_come_from_each_branch_share_of_the_fused_logits():
 
 
 def test_gblend_published_estimate_trains_copies_and_leaves_the_network_alone(synthetic_data):
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.config import resolve
     from mmtm.hardware import Compute, Distributed
     from mmtm.policy import EpochContext
@@ -361,7 +361,7 @@ def test_gblend_published_estimate_trains_copies_and_leaves_the_network_alone(sy
 
 
 def test_gblend_copies_see_one_view_only():
-    from loaders.two_view import Batch
+    from mmtm.loaders.two_view import Batch
 
     ones = torch.ones(2, 3, 4, 4)
     batches = [Batch(ones, ones, torch.tensor([0, 1]), torch.tensor([0, 1]))]
@@ -373,7 +373,7 @@ def test_gblend_copies_see_one_view_only():
 
 
 def test_pmr_blends_prototypes_from_epoch_2_as_the_official_code(synthetic_data):
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.hardware import Compute, Distributed
     from mmtm.policy import EpochContext
 
@@ -1132,7 +1132,7 @@ def test_relearn_policy_reinitialises_encoders_only_by_their_purity_gaps(synthet
     """The policy before the epoch after a re-learning epoch: each encoder (branch without fc) moves to
     w·θ_init + (1−w)·θ with its own w = tanh(3·|P_train − P_val|) from features of the whole splits; heads and MMTMs
     stay; the epoch before does nothing."""
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.hardware import Compute
     from mmtm.policy import EpochContext
     from mmtm.methods import relearn
@@ -1253,8 +1253,8 @@ def test_ume_scores_the_average_of_two_single_view_runs_logits(synthetic_data, t
     """UME on two single-view runs: the accuracy of their averaged logits, computed by hand from their best.pt,
     and each member's own accuracy beside it; members in the wrong order are refused."""
     from helpers import TINY, invoke
-    from loaders.errors import UserError
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.errors import UserError
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.checkpoint import load_checkpoint
     from mmtm.methods import ume
     from mmtm.network import SingleViewNet

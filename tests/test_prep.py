@@ -12,12 +12,12 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.prep import prep
+from mmtm.cli.prep import prep
 from helpers import BIN
-from loaders.dataset import open_dataset
-from loaders.prep.build import detect_source, prepare
-from loaders.prep.mvcnn_tree import render_filename
-from loaders.errors import UserError
+from mmtm.loaders.dataset import open_dataset
+from mmtm.loaders.prep.build import detect_source, prepare
+from mmtm.loaders.prep.mvcnn_tree import render_filename
+from mmtm.loaders.errors import UserError
 
 SIZE = 16
 OPTS = dict(image_size=SIZE, workers=1, progress=False)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from helpers import invoke
-from loaders.dataset import open_dataset
+from mmtm.loaders.dataset import open_dataset
 
 CLASSES = ("ant", "bee", "cow")
 

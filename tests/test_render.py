@@ -8,7 +8,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from loaders.prep.render import Renderer, encode, fit_unit_sphere
+from mmtm.loaders.prep.render import Renderer, encode, fit_unit_sphere
 
 SIZE = 32
 

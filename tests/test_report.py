@@ -122,13 +122,13 @@ def test_d_speed_at_equal_regular_steps_and_at_an_equal_stage():
 
 
 def test_grid_axes_are_typed_and_bad_ones_refused():
-    assert parse_axes(["alpha=0.01,0.05", "views=0-6,0-3"]) == {"alpha": [0.01, 0.05], "views": [(0, 6), (0, 3)]}
+    assert parse_axes(["alpha=0.01,0.05", "views=0,6,0,3"]) == {"alpha": [0.01, 0.05], "views": [(0, 6), (0, 3)]}
     assert parse_axes(["rebalance-steps=5,10"]) == {"rebalance_steps": [5, 10]}
 
 
 @pytest.mark.parametrize("setting, message", [
     ("nonsense=1", "not a setting"), ("seed=1,2", "compare sets it itself"), ("alpha", "KEY=V1"),
-    ("alpha=x", "not a number"), ("views=0,6", "views are written like 0-6"), ("alpha=0.1,0.1", "repeats"),
+    ("alpha=x", "not a number"), ("views=0,6,3", "like --views, 0,6,0,3"), ("alpha=0.1,0.1", "repeats"),
     ("epochs=1.5", "whole number")])
 def test_bad_axes_are_one_error_line(setting, message, tmp_path):
     r = invoke("compare", "--data", tmp_path, "--out", tmp_path / "o", "--set", setting)
@@ -136,7 +136,7 @@ def test_bad_axes_are_one_error_line(setting, message, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("flag, value", [("--seeds", "a,b"), ("--seeds", "1,1"), ("--devices", "0,x"),
+@pytest.mark.parametrize("flag, value", [("--seeds", "a,b"), ("--seeds", "1,1"), ("--gpus", "0,x"),
                                         ("--policies", "greedy"), ("--jobs", "0")])
 def test_bad_lists_are_one_error_line(flag, value, tmp_path):
     r = invoke("compare", "--data", tmp_path, "--out", tmp_path / "o", flag, value)

@@ -104,7 +104,7 @@ def test_kill_9_during_a_checkpoint_save_then_resume_leaves_no_temporary(synthet
     run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
     saving = """
 import sys, time
-from loaders.atomic import atomic_write_bytes
+from mmtm.loaders.atomic import atomic_write_bytes
 def half_written(f):
     f.write(b"half a checkpoint"); f.flush(); print("writing", flush=True); time.sleep(60)
 atomic_write_bytes(sys.argv[1], half_written)
@@ -139,7 +139,7 @@ def test_resume_may_change_where_and_how_a_run_executes_but_not_what_it_trains(s
     run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
     data = shutil.copytree(synthetic_data, tmp_path / "moved")
     before = json.loads((run / "config.json").read_text())
-    r = invoke("train", "--out", run, "--resume", "--data", data, "--threads", 1, "--device", "cpu")
+    r = invoke("train", "--out", run, "--resume", "--data", data, "--loader-threads", 1, "--device", "cpu")
     assert r.exit_code == 0, r.output
     after = json.loads((run / "config.json").read_text())
     assert {k for k in before if before[k] != after[k]} == {"data", "out", "num_threads"}  # a moved run
@@ -177,7 +177,7 @@ def test_a_disk_that_fills_up_mid_run_is_one_error_line_and_the_resume_ends_like
     same_run(full, cut)
 
 def test_a_run_records_its_data_digest_and_its_summary_carries_it(synthetic_data, trained_runs):
-    from loaders.dataset import data_digest
+    from mmtm.loaders.dataset import data_digest
     from mmtm.evidence import digest
 
     record = json.loads((trained_runs / "vanilla" / "data.json").read_text())
@@ -199,7 +199,7 @@ def test_resume_on_data_whose_split_files_changed_is_refused(synthetic_data, tra
 
 def test_training_a_run_folder_another_process_trains_is_refused(synthetic_data, trained_runs, tmp_path):
     run = shutil.copytree(trained_runs / "vanilla", tmp_path / "run")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from loaders.atomic import hold; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmtm.loaders.atomic import hold; "
                                "hold(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(run / ".run.lock")],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -1,8 +1,8 @@
-"""loaders.sampling: order, flips and shards are pure functions of (seed, epoch, rank, world_size)."""
+"""mmtm.loaders.sampling: order, flips and shards are pure functions of (seed, epoch, rank, world_size)."""
 import numpy as np
 import pytest
 
-from loaders.sampling import epoch_order, flip_table, num_rank_rows, split_batches
+from mmtm.loaders.sampling import epoch_order, flip_table, num_rank_rows, split_batches
 
 
 def test_train_order_is_a_seeded_permutation_that_changes_every_epoch():

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 from mmtm.fusion import REBALANCE_M0, REGULAR
 from mmtm.network import TwoViewMMTMNet, two_head_loss
 from mmtm.speed import GROUPS, READOUT, SpeedMeter

@@ -207,7 +207,7 @@ def test_a_kept_run_of_other_settings_or_data_is_refused_or_moved_aside_and_trai
 def test_a_job_refuses_to_resume_a_run_folder_of_other_settings(synthetic_data, trained_runs, tmp_path, capsys):
     import shutil
 
-    from loaders.dataset import data_digest
+    from mmtm.loaders.dataset import data_digest
 
     run = shutil.copytree(trained_runs / "vanilla", tmp_path / "vanilla-s0")
     config = {**json.loads((run / "config.json").read_text()), "lr": 0.5, "out": str(run)}

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loaders.prep import synthetic
-from loaders.dataset import open_dataset
-from loaders.prep.build import prepare_synthetic
-from loaders.errors import UserError
+from mmtm.loaders.prep import synthetic
+from mmtm.loaders.dataset import open_dataset
+from mmtm.loaders.prep.build import prepare_synthetic
+from mmtm.loaders.errors import UserError
 
 TINY = dict(classes=3, per_class=5, image_size=16, progress=False)
 
@@ -149,7 +149,7 @@ def test_the_rear_view_shows_nothing_of_the_front_mark(monkeypatch, cls):
     """`information`: given the rear glyph, view 6 must not depend on the front mark. Odd classes' glyphs are
     never a rear glyph, so swapping one for another glyph changes the front alone: view 6 must stay pixel for
     pixel the same (the renderer scales each mesh by its extent, which a front mark must not set)."""
-    from loaders.prep.render import Renderer
+    from mmtm.loaders.prep.render import Renderer
 
     renderer = Renderer(32)
     try:
@@ -170,7 +170,7 @@ def test_the_rear_view_shows_nothing_of_the_front_mark(monkeypatch, cls):
 def test_the_front_view_shows_nothing_of_the_shortcut(monkeypatch, cls):
     """`shortcut`: the rear mark is drawn at random at test, so view 0 must not depend on it: naming another class
     on the rear changes view 6 and leaves view 0 pixel for pixel the same (anchors fix the renderer's extent)."""
-    from loaders.prep.render import Renderer
+    from mmtm.loaders.prep.render import Renderer
 
     renderer = Renderer(32)
     try:

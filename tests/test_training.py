@@ -82,7 +82,7 @@ def test_run_records_an_absolute_data_path(synthetic_data, tmp_path, monkeypatch
 
 def test_seed_k_of_every_policy_starts_from_the_same_weights(synthetic_data):
     """Paired comparisons rest on this: the policy does not change the initial weights or the data order."""
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.config import resolve
     from mmtm.hardware import Distributed
     from mmtm.training import build_trainer
@@ -160,7 +160,7 @@ def test_other_papers_methods_train_in_the_one_loop_and_pass_eval_cur(synthetic_
 
 
 def test_moddrop_zeroes_exactly_one_view_of_each_dropped_sample(synthetic_data):
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.config import resolve
     from mmtm.hardware import Distributed
     from mmtm.training import build_trainer, train_step
@@ -214,7 +214,7 @@ def test_run_files_get_the_mode_of_any_file_the_user_writes(trained_runs):
 
 
 def test_precise_bn_recomputes_the_statistics_as_plain_averages_and_leaves_the_gates(synthetic_data):
-    from loaders.factory import two_view_loader
+    from mmtm.loaders.factory import two_view_loader
     from mmtm.config import resolve
     from mmtm.hardware import Compute, Distributed
     from mmtm.training import build_trainer, recompute_bn_stats, train_step
@@ -249,11 +249,12 @@ def test_a_single_view_run_trains_one_branch_and_writes_its_test_accuracy(synthe
 
 
 def test_reading_in_process_trains_exactly_like_a_worker(synthetic_data, tmp_path):
-    """--threads 0 (the torch loader reads in the training process) and --threads 1 (one DataLoader worker) give the
-    same batches, steps and weights: the order and the flips are drawn in the training process either way."""
+    """--loader-threads 0 (the torch loader reads in the training process) and --loader-threads 1 (one DataLoader
+    worker) give the same batches, steps and weights: the order and the flips are drawn in the training process either
+    way."""
     for threads in (0, 1):
         r = invoke("train", "--data", synthetic_data, "--out", tmp_path / f"t{threads}", "--epochs", 2, *TINY,
-                   "--threads", threads, "--max-steps-per-epoch", 4, "--balanced", "--alpha", 0)
+                   "--loader-threads", threads, "--max-steps-per-epoch", 4, "--balanced", "--alpha", 0)
         assert r.exit_code == 0, r.output
     assert read_csv(tmp_path / "t0" / "steps.csv") == read_csv(tmp_path / "t1" / "steps.csv")
     assert json.loads((tmp_path / "t1" / "config.json").read_text())["num_threads"] == 1

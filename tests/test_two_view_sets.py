@@ -5,8 +5,8 @@ import json
 import pytest
 
 from helpers import TINY, invoke
-from loaders.dataset import DatasetError, open_dataset
-from loaders.factory import two_view_loader
+from mmtm.loaders.dataset import DatasetError, open_dataset
+from mmtm.loaders.factory import two_view_loader
 
 try:
     import nvidia.dali  # noqa: F401
@@ -68,7 +68,7 @@ def test_bad_view_keys_in_dataset_json_are_one_line(make_dataset, tmp_path, meta
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_two_view_set_trains_and_evaluates(two, tmp_path, backend):
-    threads = ["--threads", "1"] if backend == "dali" else []
+    threads = ["--loader-threads", "1"] if backend == "dali" else []
     run = tmp_path / "run"
     r = invoke("train", "--data", two, "--out", run, "--epochs", 2, *TINY, "--loader", backend, *threads)
     assert r.exit_code == 0, r.output
@@ -90,7 +90,7 @@ def test_compare_and_bench_on_a_two_view_set(two, tmp_path, figures_not_drawn):
                "--config", cfg, "--epochs", "1", "--baselines")
     assert r.exit_code == 0, r.output
     assert "views [0, 1]" in (tmp_path / "cmp" / "comparison.md").read_text()
-    r = invoke("bench", "loader", "--data", two, "--batch-size", "4", "--threads", "1", "--repeats", "1",
+    r = invoke("bench", "loader", "--data", two, "--batch-size", "4", "--loader-threads", "1", "--repeats", "1",
                "--max-batches", "1", "--warmup-batches", "0", "--device", "cpu", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output[r.output.index("{"):])["config"]["views"] == [0, 1]

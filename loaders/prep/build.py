@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from loaders.atomic import AtomicDir
-from loaders.dataset import ENCODINGS, NUM_VIEWS, SPLITS, DatasetError, Row, view_filename, write_meta, write_split
-from loaders.errors import UserError
-from loaders.output import check_output_folder
-from loaders.prep import digits, meshes, mvcnn_tree, render, synthetic
+from mmtm.loaders.atomic import AtomicDir
+from mmtm.loaders.dataset import ENCODINGS, NUM_VIEWS, SPLITS, DatasetError, Row, view_filename, write_meta, write_split
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.output import check_output_folder
+from mmtm.loaders.prep import digits, meshes, mvcnn_tree, render, synthetic
 
 OFFICIAL_SPLITS = ("train", "test")
 SYNTHETIC = "synthetic"

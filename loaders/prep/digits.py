@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.errors import UserError
+from mmtm.loaders.errors import UserError
 
 CLASSES = [str(d) for d in range(10)]
 SIZE = 28                 # MNIST's own image side

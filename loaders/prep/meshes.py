@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.dataset import DatasetError
+from mmtm.loaders.dataset import DatasetError
 
 MESH_SUFFIXES = (".off", ".obj", ".ply")
 

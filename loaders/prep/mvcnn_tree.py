@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.dataset import NUM_VIEWS, DatasetError
-from loaders.prep.render import encode
+from mmtm.loaders.dataset import NUM_VIEWS, DatasetError
+from mmtm.loaders.prep.render import encode
 
 RENDER_NAME = re.compile(r"^(?P<object>.+)\.obj\.shaded_v(?P<view>\d{3})\.png$")
 RENDER_PATTERN = "<class>_<NNNN>.obj.shaded_v<VVV>.png"

@@ -29,12 +29,12 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from loaders.atomic import AtomicDir
-from loaders.dataset import SPLITS, DatasetError, Row, view_filename, write_meta, write_split
-from loaders.errors import UserError
-from loaders.prep.build import _check_options, _check_out
-from loaders.prep.mvcnn_tree import load_view
-from loaders.prep.render import encode
+from mmtm.loaders.atomic import AtomicDir
+from mmtm.loaders.dataset import SPLITS, DatasetError, Row, view_filename, write_meta, write_split
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.prep.build import _check_options, _check_out
+from mmtm.loaders.prep.mvcnn_tree import load_view
+from mmtm.loaders.prep.render import encode
 
 PAIRS = "pairs"
 NUM_PAIR_VIEWS = 2

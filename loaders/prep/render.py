@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from loaders.dataset import NUM_VIEWS
+from mmtm.loaders.dataset import NUM_VIEWS
 
 UP_AXES = ("x", "y", "z")
 VIEW_STEP_DEG = 30.0

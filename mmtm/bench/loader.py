@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
-from loaders.errors import UserError
-from loaders.factory import BACKENDS, BackendUnavailable, two_view_loader
-from loaders.files import read_encoded
-from loaders.sampling import epoch_order, flip_table, split_batches
-from loaders.torch_backend import mirror, normalize_pixels
-from loaders.two_view import Batch
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.factory import BACKENDS, BackendUnavailable, two_view_loader
+from mmtm.loaders.files import read_encoded
+from mmtm.loaders.sampling import epoch_order, flip_table, split_batches
+from mmtm.loaders.torch_backend import mirror, normalize_pixels
+from mmtm.loaders.two_view import Batch
 
 _SEED = 0
 _MIN_SECONDS = 1.0  # per repeat without max_batches: long enough to average out scheduler noise

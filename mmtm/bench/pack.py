@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loaders.atomic import atomic_write_text
-from loaders.errors import UserError
+from mmtm.loaders.atomic import atomic_write_text
+from mmtm.loaders.errors import UserError
 from mmtm.jobs import start as start_job
 from mmtm.sweep import MPS_PIPE, thread_share
 

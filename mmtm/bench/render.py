@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.errors import UserError
-from loaders.prep import synthetic
-from loaders.prep.build import prepare, prepare_synthetic
-from loaders.prep.mvcnn_tree import render_filename
-from loaders.prep.render import Renderer, encode
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.prep import synthetic
+from mmtm.loaders.prep.build import prepare, prepare_synthetic
+from mmtm.loaders.prep.mvcnn_tree import render_filename
+from mmtm.loaders.prep.render import Renderer, encode
 
 MODELNET40_MESHES = 12_311
 TARGET_S = 15 * 60

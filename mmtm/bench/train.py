@@ -18,10 +18,10 @@ from types import SimpleNamespace
 
 import torch
 
-from loaders.dataset import open_dataset
-from loaders.device import resolve_device
-from loaders.errors import UserError
-from loaders.factory import two_view_loader
+from mmtm.loaders.dataset import open_dataset
+from mmtm.loaders.device import resolve_device
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.factory import two_view_loader
 from mmtm.config import resolve
 from mmtm.fusion import REGULAR
 from mmtm.hardware import Distributed

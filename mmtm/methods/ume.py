@@ -15,10 +15,10 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from loaders.dataset import SPLITS
-from loaders.device import resolve_device
-from loaders.errors import UserError
-from loaders.factory import two_view_loader
+from mmtm.loaders.dataset import SPLITS
+from mmtm.loaders.device import resolve_device
+from mmtm.loaders.errors import UserError
+from mmtm.loaders.factory import two_view_loader
 from mmtm.checkpoint import load_weights
 from mmtm.evaluate import evaluate
 from mmtm.fusion import REGULAR

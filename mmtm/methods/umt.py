@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from loaders.dataset import data_digest
-from loaders.errors import UserError
+from mmtm.loaders.dataset import data_digest
+from mmtm.loaders.errors import UserError
 from mmtm.checkpoint import load_checkpoint, load_weights
 from mmtm.methods.pmr import branch_features
 from mmtm.network import SingleViewNet, task_loss
