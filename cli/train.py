@@ -95,7 +95,7 @@ def train(
     opm_p_exe: Optional[float] = typer.Option(None, show_default="0.7", help="opm: chance that a batch drops at all."),
     opm_warmup_epochs: Optional[int] = typer.Option(None, show_default="6",
                                                     help="opm: epochs without dropping at the start."),
-    opm_ogm: Optional[str] = typer.Option(None, show_default="off, as its OPM script", help="opm: the journal code's "
+    opm_ogm: Optional[str] = typer.Option(None, show_default="off: as its OPM script", help="opm: the journal code's "
                                           "gradient modulation as well: off, ogm or ogm-ge."),
     opm_ogm_coeff: Optional[str] = typer.Option(None, show_default="tanh", help="opm: tanh (OGM's 1 − tanh(α·ρ) on "
                                                 "the dominant view) or plus (OGM+: the other view ×4)."),
@@ -111,8 +111,9 @@ def train(
                                            "uni-modal teachers (e.g. compare's baselines)."),
     umt_scaling: Optional[float] = typer.Option(None, show_default="10",
                                                 help="umt: the weight of the feature distillation."),
-    relearn_interval: Optional[int] = typer.Option(None, show_default="20 of 90 epochs, the same share of the run: "
-                                                   "3 of 15", help="relearn: re-learn after every N-th epoch."),
+    relearn_interval: Optional[int] = typer.Option(None, show_default="paper 67, demo 3, shortcut 3, digits 1",
+                                                   help="relearn: re-learn after every N-th epoch (the official "
+                                                        "script's 20 of 90 epochs, as the same share of the run)."),
     relearn_count: Optional[int] = typer.Option(None, show_default="3", help="relearn: how many times at most."),
     relearn_lambda: Optional[float] = typer.Option(None, show_default="3",
                                                    help="relearn: λ of w = tanh(λ·|purity gap|)."),

@@ -2,7 +2,10 @@
 methods' fidelity table names a line that holds its symbol; nothing refers outside the repository."""
 import re
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CITATION = re.compile(r"`((?:mmtm|loaders|cli)/[\w/]+\.py):(\d+)` `(\w+)`")
@@ -63,3 +66,12 @@ def test_every_committed_comparison_is_rebuilt_byte_for_byte_from_its_evidence(t
         assert r.exit_code == 0, r.output
         for name in ("comparison.json", "comparison.md"):
             assert (out / name).read_bytes() == (folder / name).read_bytes(), (folder, name)
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_in_order_as_written(tmp_path):
+    """benchmarks/readme_commands.py: each README command, shrunk where it trains, in a scratch folder."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_commands.py"), "--keep", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert re.search(r"^all \d+ README commands run passed$", r.stdout, re.M), r.stdout
