@@ -1050,7 +1050,6 @@ def _official_purity_score(y_true, y_pred):
 def _official_min_max(x):
     """sklearn MinMaxScaler(feature_range=(-1, 1)).fit_transform (sklearn/preprocessing/_data.py: fit's data_range
     with zeros replaced by 1, scale_ = 2 / range, min_ = -1 - data_min * scale_; transform x * scale_ + min_)."""
-    import numpy as np
     data_min, data_max = x.min(axis=0), x.max(axis=0)
     data_range = data_max - data_min
     data_range[data_range == 0.0] = 1.0
