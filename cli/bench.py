@@ -14,7 +14,7 @@ from mmtm.cli.help import App
 from mmtm.cli.values import int_list, view_pair
 from mmtm.loaders.errors import UserError
 from mmtm.loaders.output import check_output_file
-from mmtm.presets import AUTO, AUTO_HELP, shown
+from mmtm.training.presets import AUTO, AUTO_HELP, shown
 
 app = App(
     help="Loader, training and rendering throughput, side by side as ratios; `mmtm bench --data D` runs the "
@@ -135,7 +135,7 @@ def _run_loader(data: Path, batch_size: int, threads: int, **kw) -> dict:
 
 def _run_train(data: Path, batch_sizes: Optional[list[int]], threads: int, preset: str, device: str, **kw) -> dict:
     from mmtm.bench.train import bench_train
-    from mmtm.presets import chosen
+    from mmtm.training.presets import chosen
     return bench_train(_check_folder(data), batch_sizes=batch_sizes, threads=threads, preset=chosen(preset, device),
                        device=device, **kw)
 
@@ -242,7 +242,7 @@ def pack(data: Path = DATA,
       mmtm bench pack --data data224 --device cuda --k 1,2,4,8
     """
     from mmtm.bench.pack import bench_pack
-    from mmtm.presets import chosen
+    from mmtm.training.presets import chosen
 
     path = _save_path(save, "bench-pack.json")
     r = bench_pack(_check_folder(data), ks=int_list(k, "--k", least=1), preset=chosen(preset, device),
@@ -256,7 +256,7 @@ def pack(data: Path = DATA,
 
 def _machine() -> dict:
     """The facts `mmtm info` shows, carried in every bench JSON."""
-    from mmtm.environment import facts
+    from mmtm.training.environment import facts
     return facts()
 
 

@@ -12,7 +12,7 @@ import typer
 from mmtm.cli.errors import user_errors
 from mmtm.cli.values import int_list
 from mmtm.loaders.errors import UserError
-from mmtm.presets import AUTO, AUTO_HELP, shown
+from mmtm.training.presets import AUTO, AUTO_HELP, shown
 
 LAUNCHERS = ("local", "slurm")
 
@@ -88,8 +88,8 @@ def compare(
         --partition gpu --gpus-per-run 1 --no-wait  # then the same again
       mmtm compare --collect docs/finding/runs --out /tmp/finding
     """
-    from mmtm.compare import DEFAULT_POLICIES, collect as collect_comparison, parse_axes, run_comparison
-    from mmtm.presets import chosen
+    from mmtm.analysis.compare import DEFAULT_POLICIES, collect as collect_comparison, parse_axes, run_comparison
+    from mmtm.training.presets import chosen
 
     if collect is not None:
         _finish(collect_comparison(collect, out))
@@ -131,7 +131,7 @@ def _finish(path: Path) -> None:
     """The summary table, then where every file is."""
     import json
 
-    from mmtm.compare import terminal_summary
+    from mmtm.analysis.compare import terminal_summary
 
     typer.echo(terminal_summary(json.loads((path.parent / "comparison.json").read_text())))
     typer.echo(f"wrote {path} (tables), {path.parent / 'comparison.json'} (numbers) and the figures beside them")
@@ -239,7 +239,7 @@ class _Progress:
 
     def _lines(self, running, done: int, total: int) -> None:
         """One plain line per run that left the running set: finished with its evidence, or failed with its log."""
-        from mmtm.sweep import is_done
+        from mmtm.analysis.sweep import is_done
 
         now, names = self.clock(), {s.name for s in running}
         for name in list(self.running):

@@ -41,9 +41,9 @@ def eval_cur(
       mmtm eval-cur runs/balanced --checkpoint last --split val --json   # cur-val-last.json
       mmtm eval-cur runs/ogm --probe               # heads trained on CE(ŷ) only
     """
-    from mmtm.eval_cur import evaluate_cur
-    from mmtm.formulas import sign_sentence
-    from mmtm.run import RunFolder
+    from mmtm.analysis.eval_cur import evaluate_cur
+    from mmtm.science.formulas import sign_sentence
+    from mmtm.training.run import RunFolder
 
     r = evaluate_cur(run, checkpoint=checkpoint, data=str(data) if data else None, split=split,
                      device=device, loader=loader, batch_size=batch_size, probe=probe)

@@ -1,4 +1,4 @@
-"""`mmtm info`: what this machine gives a run (`mmtm.environment.facts`), as a table or one JSON object."""
+"""`mmtm info`: what this machine gives a run (`mmtm.training.environment.facts`), as a table or one JSON object."""
 from __future__ import annotations
 
 import json
@@ -40,7 +40,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON obje
       mmtm info
       mmtm info --json > machine.json
     """
-    from mmtm.environment import facts
+    from mmtm.training.environment import facts
 
     found = facts()
     if as_json:

@@ -23,7 +23,7 @@ def report(
       mmtm report runs/vanilla runs/balanced --out report
       mmtm report demo/compare/*-s0 --out demo/report
     """
-    from mmtm.report import stale_results, write_report
+    from mmtm.analysis.report import stale_results, write_report
 
     stale = stale_results(runs)
     typer.echo(f"wrote {write_report(runs, out)}")

@@ -11,7 +11,7 @@ import typer
 from mmtm.cli.errors import user_errors
 from mmtm.cli.values import view_pair
 from mmtm.loaders.errors import UserError
-from mmtm.presets import AUTO, AUTO_HELP, shown
+from mmtm.training.presets import AUTO, AUTO_HELP, shown
 
 VIEWS_DEFAULT = "the data's default_views: 0,6 (the paper's) for 12 views, 0,1 for two"
 PRESET_HELP = (f"The defaults above: paper (docs/science.md §5, for a GPU), demo (a 2-core CPU), or shortcut or "
@@ -159,11 +159,11 @@ def train(
       torchrun --standalone --nproc-per-node=2 --no-python \\
         mmtm train --data data/mn40 --out runs/ddp --balanced  # 2 procs
     """
-    from mmtm import config as cfgmod
+    from mmtm.training import config as cfgmod
     from mmtm.loaders.device import resolve_device
-    from mmtm.presets import chosen as chosen_preset
-    from mmtm.run import RunFolder
-    from mmtm.training import fit
+    from mmtm.training.presets import chosen as chosen_preset
+    from mmtm.training.run import RunFolder
+    from mmtm.training.loop import fit
 
     chosen = {name for name, given in (("balanced", balanced), ("random", random_), (policy, policy)) if given}
     if len(chosen) > 1:
@@ -208,7 +208,7 @@ def train(
         if cfg.single_view is not None:  # one branch: no d_speed
             typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  view {cfg.views[cfg.single_view]} alone")
             return
-        from mmtm.formulas import sign_sentence
+        from mmtm.science.formulas import sign_sentence
         first, second = (f"view {v}" for v in cfg.views)
         typer.echo(f"done: {cfg.out}  val acc {row['val_acc']:.4f}  d_speed {row['d_speed']:+.4f}; "
                    f"{sign_sentence(first, second, 'd_speed')}")
@@ -217,8 +217,8 @@ def train(
 def _paper_on_a_cpu(cfg) -> str:
     """The note that the paper preset, sized for a GPU, was started on a CPU, with the time it may take."""
     from mmtm.loaders.dataset import open_dataset
-    from mmtm.presets import cpu_hours, steps_per_epoch
-    from mmtm.sweep import usable_cores
+    from mmtm.training.presets import cpu_hours, steps_per_epoch
+    from mmtm.analysis.sweep import usable_cores
 
     data = open_dataset(cfg.data)
     steps = steps_per_epoch(data.meta["counts"]["train"], cfg.batch_size, cfg.max_steps_per_epoch)

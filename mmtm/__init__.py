@@ -29,14 +29,15 @@ _API = {
     "prepare": "mmtm.loaders.prep.build", "prepare_synthetic": "mmtm.loaders.prep.build",
     "prepare_pairs": "mmtm.loaders.prep.pairs", "open_dataset": "mmtm.loaders.dataset",
     "two_view_loader": "mmtm.loaders.factory", "UserError": "mmtm.loaders.errors",
-    "TrainConfig": "mmtm.config", "resolve": "mmtm.config", "fit": "mmtm.training",
-    "evaluate_cur": "mmtm.eval_cur", "write_report": "mmtm.report",
-    "run_comparison": "mmtm.compare", "collect": "mmtm.compare",
-    "MMTM": "mmtm.fusion", "REGULAR": "mmtm.fusion", "FLOW_OFF": "mmtm.fusion", "TwoViewMMTMNet": "mmtm.network",
-    "collect_mean_squeeze": "mmtm.utilization", "cur_from_accuracies": "mmtm.utilization",
-    "SpeedMeter": "mmtm.speed",
-    "mu": "mmtm.formulas", "conditional_speed": "mmtm.formulas", "d_speed": "mmtm.formulas",
-    "conditional_utilization": "mmtm.formulas", "d_util": "mmtm.formulas",
+    "TrainConfig": "mmtm.training.config", "resolve": "mmtm.training.config", "fit": "mmtm.training.loop",
+    "evaluate_cur": "mmtm.analysis.eval_cur", "write_report": "mmtm.analysis.report",
+    "run_comparison": "mmtm.analysis.compare", "collect": "mmtm.analysis.compare",
+    "MMTM": "mmtm.science.fusion", "REGULAR": "mmtm.science.fusion", "FLOW_OFF": "mmtm.science.fusion",
+    "TwoViewMMTMNet": "mmtm.science.network",
+    "collect_mean_squeeze": "mmtm.science.utilization", "cur_from_accuracies": "mmtm.science.utilization",
+    "SpeedMeter": "mmtm.science.speed",
+    "mu": "mmtm.science.formulas", "conditional_speed": "mmtm.science.formulas", "d_speed": "mmtm.science.formulas",
+    "conditional_utilization": "mmtm.science.formulas", "d_util": "mmtm.science.formulas",
 }
 __all__ = list(_API)
 

@@ -164,7 +164,7 @@ def trained_runs(synthetic_data, tmp_path_factory):
 def figures_not_drawn(monkeypatch):
     """For tests about a comparison's tables and runs: each figure is built and its file named, but not laid out and
     drawn, which is most of a comparison's time (tests/test_report.py checks drawn figures)."""
-    from mmtm import plots
+    from mmtm.analysis import plots
 
     def named_only(fig, path):
         plots.plt.close(fig)

@@ -1,4 +1,4 @@
-"""A stand-in for the torch.cuda calls mmtm/cuda_graphs.py makes, for CPU tests of its capture bookkeeping.
+"""A stand-in for the torch.cuda calls mmtm/training/cuda_graphs.py makes, for CPU tests of its capture bookkeeping.
 
 It keeps what CUDA keeps: a current device, and per device a current stream; work for device d goes to d's current
 stream, which runs it, or, while it captures, records it into the graph. `torch.cuda.set_stream` (and so

@@ -10,7 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from mmtm.cli.app import app, main
-from mmtm.jobs import start
+from mmtm.analysis.jobs import start
 
 BIN = Path(sys.executable).parent  # the venv's mmtm and torchrun, for tests that start real processes
 # A width-4 network on the CPU, BatchNorm statistics from 2 batches: seconds per run. The torch loader reads in the
@@ -69,8 +69,8 @@ def _mmtm(argv: list[str], cwd: str | None, obey_file_modes: bool) -> None:
 def start_mmtm(*args, env: dict | None = None, log=os.devnull, cwd=None, obey_file_modes: bool = False):
     """`mmtm ARGS` as a real process (a multiprocessing Process: .pid, .exitcode, .kill(), .join()) with os.environ
     updated by `env`, its output appended to `log`, run in `cwd`, meeting file modes even when the tests run as
-    root. It is forked from the job server that sweeps use (mmtm/jobs.py), which has imported torch already: the
-    console script's code in a process of its own, without the ~3.5 s a fresh Python spends on imports."""
+    root. It is forked from the job server that sweeps use (mmtm/analysis/jobs.py), which has imported torch already:
+    the console script's code in a process of its own, without the ~3.5 s a fresh Python spends on imports."""
     return start(_mmtm, [str(a) for a in args], None if cwd is None else str(cwd), obey_file_modes,
                  env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, log=log)
 

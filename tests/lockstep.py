@@ -10,10 +10,10 @@ from collections import Counter
 
 import torch
 
-from mmtm.cuda_graphs import GraphedSteps
-from mmtm.evaluate import evaluate
-from mmtm.hardware import Distributed
-from mmtm.training import build_trainer, lr_on_device, train_step, use_cuda_graphs
+from mmtm.training.cuda_graphs import GraphedSteps
+from mmtm.analysis.evaluate import evaluate
+from mmtm.training.hardware import Distributed
+from mmtm.training.loop import build_trainer, lr_on_device, train_step, use_cuda_graphs
 
 
 class TwinGraph:

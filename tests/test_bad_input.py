@@ -205,7 +205,7 @@ def with_cur_of_split(split, collect=False):
         assert invoke("eval-cur", run, "--checkpoint", "last", "--device", "cpu").exit_code == 0
         edit_json(run / "cur-last.json", with_value("split", split))
         if collect:
-            from mmtm.evidence import summarise
+            from mmtm.analysis.evidence import summarise
             assert invoke("eval-cur", run, "--device", "cpu").exit_code == 0
             summarise(run)
             return ["compare", "--collect", run, "--out", tmp / "cmp"]

@@ -28,7 +28,7 @@ def test_bench_json_has_loader_and_train_results(make_dataset, tmp_path, monkeyp
 
 
 def test_bench_train_times_the_steps_as_the_training_loop_takes_them(monkeypatch):
-    """Launch a step, fetch the next batch while it runs, then read the step (mmtm.training.train_one_epoch)."""
+    """Launch a step, fetch the next batch while it runs, then read the step (mmtm.training.loop.train_one_epoch)."""
     from types import SimpleNamespace
 
     import torch

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from mmtm.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from mmtm.training.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from mmtm.loaders.errors import UserError
 
 

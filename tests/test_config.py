@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mmtm.config import PRESETS, TrainConfig, from_dict, resolve, to_dict
+from mmtm.training.config import PRESETS, TrainConfig, from_dict, resolve, to_dict
 from mmtm.loaders.errors import UserError
 
 

@@ -17,10 +17,10 @@ import torch
 from helpers import TINY, invoke, read_csv
 from lockstep import run_lockstep, trainer
 from mmtm.loaders.factory import two_view_loader
-from mmtm.config import resolve
-from mmtm.cuda_graphs import GraphedSteps
-from mmtm.evaluate import evaluate
-from mmtm.training import launch_step, read_step, train_step
+from mmtm.training.config import resolve
+from mmtm.training.cuda_graphs import GraphedSteps
+from mmtm.analysis.evaluate import evaluate
+from mmtm.training.loop import launch_step, read_step, train_step
 
 # Deterministic cuBLAS when asked for (the exact twin test); read when a cuBLAS handle is made, so set at import.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

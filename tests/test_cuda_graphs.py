@@ -9,14 +9,14 @@ import torch
 from cuda_standin import StandInCuda
 from lockstep import TwinSteps, assert_close, run_lockstep, state
 from mmtm.loaders.factory import two_view_loader
-from mmtm import training
-from mmtm.config import resolve
-from mmtm.cuda_graphs import GraphedSteps
-from mmtm.hardware import Distributed
+from mmtm.training import loop as training
+from mmtm.training.config import resolve
+from mmtm.training.cuda_graphs import GraphedSteps
+from mmtm.training.hardware import Distributed
 from mmtm.methods.ogm_ge import OGMGEPolicy
-from mmtm.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, VanillaPolicy, runs_in_cuda_graphs
-from mmtm.registry import POLICIES
-from mmtm.training import build_trainer, train_step, use_cuda_graphs
+from mmtm.training.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, VanillaPolicy, runs_in_cuda_graphs
+from mmtm.training.registry import POLICIES
+from mmtm.training.loop import build_trainer, train_step, use_cuda_graphs
 
 MODES = ["regular"] * 4 + ["rebalance_m0"] * 3 + ["regular", "rebalance_m1", "rebalance_m1", "rebalance_m1",
                                                   "regular", "rebalance_m0"]

@@ -20,8 +20,8 @@ from multiprocessing.connection import wait
 import pytest
 
 from helpers import BIN, read_csv, start_mmtm, train_args
-from mmtm.checkpoint import load_checkpoint
-from mmtm.jobs import start
+from mmtm.training.checkpoint import load_checkpoint
+from mmtm.analysis.jobs import start
 
 # G-Blending's estimate trains three copies: its epochs are cut to 3 steps.
 POLICY_FLAGS = {"balanced": ["--alpha", "0"], "ogm-ge": [], "pmr": [], "mmpareto": [], "agm": [],
@@ -109,7 +109,7 @@ def test_the_rank_agreement_digest_reads_values_not_reprs(monkeypatch):
     tensor's names its device, cuda:0 on one rank and cuda:1 on the other), different for different values."""
     import torch
 
-    from mmtm.training import state_digest
+    from mmtm.training.loop import state_digest
 
     state = {"protos": [torch.arange(6.0).view(2, 3), torch.ones(2, 3)], "in_window": True, "k": 3}
     plain = state_digest(state)

@@ -38,12 +38,12 @@ def test_eval_cur_is_float32_and_equals_a_direct_evaluation(trained_runs):
     import torch
 
     from mmtm.loaders.factory import two_view_loader
-    from mmtm.checkpoint import load_checkpoint
-    from mmtm.config import from_dict
-    from mmtm.evaluate import evaluate
-    from mmtm.hardware import Compute
-    from mmtm.network import build_network
-    from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
+    from mmtm.training.checkpoint import load_checkpoint
+    from mmtm.training.config import from_dict
+    from mmtm.analysis.evaluate import evaluate
+    from mmtm.training.hardware import Compute
+    from mmtm.science.network import build_network
+    from mmtm.science.utilization import collect_mean_squeeze, cur_from_accuracies
 
     run = trained_runs / "vanilla"
     r = invoke("eval-cur", run, "--checkpoint", "last", "--json")
@@ -117,7 +117,7 @@ def test_probe_finds_the_classes_in_the_branch_whose_view_shows_them(make_datase
 def test_probe_fits_separable_features_and_not_noise():
     import torch
 
-    from mmtm.probe import probe_accuracy
+    from mmtm.analysis.probe import probe_accuracy
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(300) % 3

@@ -1,6 +1,6 @@
-"""Figures for a paper (mmtm/plots.py): at most 7 in wide, no text under 8 pt, labelled axes with units, intervals
-on the CUR bars, one colour scale per measure across the view-pair heat maps, both kinds of re-balancing marker
-visible where they coincide, PNG and PDF, and a failed write that leaves the previous figure whole."""
+"""Figures for a paper (mmtm/analysis/plots.py): at most 7 in wide, no text under 8 pt, labelled axes with units,
+intervals on the CUR bars, one colour scale per measure across the view-pair heat maps, both kinds of re-balancing
+marker visible where they coincide, PNG and PDF, and a failed write that leaves the previous figure whole."""
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ from matplotlib.text import Text
 from PIL import Image
 
 from mmtm.loaders.errors import UserError
-from mmtm import plots
+from mmtm.analysis import plots
 
 STEPS = [10, 20, 30, 40, 50, 60]
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mmtm import formulas
+from mmtm.science import formulas
 
 
 def test_mu_is_ratio_of_group_sums_and_skips_missing_grads():

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from mmtm.fusion import FLOW_OFF, MODES, REGULAR, REBALANCE_M0, REBALANCE_M1, MMTM
-from mmtm.network import TwoViewMMTMNet
+from mmtm.science.fusion import FLOW_OFF, MODES, REGULAR, REBALANCE_M0, REBALANCE_M1, MMTM
+from mmtm.science.network import TwoViewMMTMNet
 
 # MMTM(2, 2): C_Z = int(2*(2+2)/4) = 2. Weights chosen so that the ReLU clips one unit.
 W_S, B_S = [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -2.0]], [0.5, 1.0]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mmtm.cli.app import app
 from mmtm.cli.info import LABELS, shown
 from helpers import invoke
-from mmtm import environment
+from mmtm.training import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["version", "commit", "python", "torch", "torchvision", "dali", "cuda_build", "cuda_available", "torch_gpus",

@@ -1,5 +1,5 @@
-"""Job processes forked from the torch-preloaded server (mmtm/jobs.py) behave as fresh processes would: the given
-environment and nothing else, the platform's start method for their own workers, torch's threads from
+"""Job processes forked from the torch-preloaded server (mmtm/analysis/jobs.py) behave as fresh processes would: the
+given environment and nothing else, the platform's start method for their own workers, torch's threads from
 OMP_NUM_THREADS, output in their log, the target's return value as exit code."""
 import json
 import multiprocessing
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmtm.jobs import PRELOAD, start
+from mmtm.analysis.jobs import PRELOAD, start
 
 
 def _report(path: str) -> int:
@@ -71,10 +71,10 @@ def test_the_servers_imports_ask_nothing_of_cuda():
     assert r.stdout.strip() == "[] False"
 
 
-# A starter that forks a job, which watches it as a job of mmtm.jobs does, prints the job's pid and waits.
+# A starter that forks a job, which watches it as a job of mmtm.analysis.jobs does, prints the job's pid and waits.
 STARTER = """
 import os, sys, time
-from mmtm.jobs import _die_with
+from mmtm.analysis.jobs import _die_with
 starter = os.getpid()
 pid = os.fork()
 if pid == 0:

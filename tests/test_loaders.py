@@ -194,9 +194,9 @@ def test_the_training_loop_builds_one_dali_pipeline_for_the_whole_run(data, monk
     """Three epochs of the real step loop (which never asks past an epoch's last batch) with the source in a worker
     process: the pipeline built at construction serves all three, each epoch's batches in its own order."""
     from mmtm.loaders.dali_backend import DaliTwoViewLoader
-    from mmtm.config import resolve
-    from mmtm.hardware import Distributed
-    from mmtm.training import build_trainer, train_one_epoch
+    from mmtm.training.config import resolve
+    from mmtm.training.hardware import Distributed
+    from mmtm.training.loop import build_trainer, train_one_epoch
 
     builds, served = [], []
     real_build, real_next = DaliTwoViewLoader._build, DaliTwoViewLoader._next_batch

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mmtm.methods import g_blending, moddrop, ogm_ge, pmr
-from mmtm.network import ResNet18, TwoViewMMTMNet
+from mmtm.science.network import ResNet18, TwoViewMMTMNet
 
 LN3 = math.log(3.0)
 
@@ -58,7 +58,7 @@ def test_ogm_window_is_inclusive():
 @pytest.mark.parametrize("epochs, ogm_end, pmr_end", [(100, 50, 54), (130, 65, 70), (15, 7, 7), (1, 0, 0)])
 def test_windows_default_to_the_authors_share_of_the_run(epochs, ogm_end, pmr_end):
     """OGM-GE modulates epochs 0..50 of 100 (51%), PMR 0..70 of 130 (71/130); config.json records the epochs."""
-    from mmtm.config import resolve, to_dict
+    from mmtm.training.config import resolve, to_dict
     d = to_dict(resolve("paper", epochs=epochs))
     assert (d["ogm_end_epoch"], d["pmr_end_epoch"]) == (ogm_end, pmr_end)
     assert (d["ogm_end_fraction"], d["pmr_end_fraction"]) == (0.51, 71 / 130)
@@ -66,8 +66,8 @@ def test_windows_default_to_the_authors_share_of_the_run(epochs, ogm_end, pmr_en
 
 def test_window_end_epochs_and_fractions_resolve_one_way(tmp_path):
     import json
-    from mmtm.config import from_dict, resolve, to_dict
-    from mmtm.registry import make_policy
+    from mmtm.training.config import from_dict, resolve, to_dict
+    from mmtm.training.registry import make_policy
     # A config.json written before fractions existed names its end epochs and keeps meaning them.
     old = {k: v for k, v in to_dict(resolve("demo", policy="pmr")).items() if not k.endswith("_fraction")}
     old |= {"ogm_end_epoch": 50, "pmr_end_epoch": 70}
@@ -293,7 +293,7 @@ def test_pmr_branch_features_are_the_fc_inputs():
 
 # ---------------------------------------------------------------------------------------------- protocols
 def test_the_fused_task_loss_is_the_cross_entropy_of_the_mean_logits():
-    from mmtm.network import task_loss
+    from mmtm.science.network import task_loss
 
     l0, l1, y = torch.tensor([[2.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1])
     # ŷ = [[1, 0], [1, 0]]: CE = (−log(e/(e+1)) − log(1/(e+1)))/2
@@ -305,7 +305,7 @@ def test_the_fused_task_loss_is_the_cross_entropy_of_the_mean_logits():
 
 
 def test_each_policy_defaults_to_its_authors_task_loss_and_the_flag_overrides_it():
-    from mmtm.config import resolve
+    from mmtm.training.config import resolve
 
     losses = {p: resolve("demo", policy=p).loss for p in ("vanilla", "balanced", "ogm-ge", "pmr", "g-blending",
                                                           "moddrop")}
@@ -331,10 +331,10 @@ def test_ogm_scores_come_from_each_branch_share_of_the_fused_logits():
 
 def test_gblend_published_estimate_trains_copies_and_leaves_the_network_alone(synthetic_data):
     from mmtm.loaders.factory import two_view_loader
-    from mmtm.config import resolve
-    from mmtm.hardware import Compute, Distributed
-    from mmtm.policy import EpochContext
-    from mmtm.training import build_trainer
+    from mmtm.training.config import resolve
+    from mmtm.training.hardware import Compute, Distributed
+    from mmtm.training.policy import EpochContext
+    from mmtm.training.loop import build_trainer
 
     cfg = resolve("demo", width=4, batch_size=4, policy="g-blending", gb_interval=2, epochs=3, lr=0.05,
                   max_steps_per_epoch=3)
@@ -354,7 +354,7 @@ def test_gblend_published_estimate_trains_copies_and_leaves_the_network_alone(sy
     expected = g_blending.blend_weights(measured[0, 0], measured[0, 1], measured[1, 0], measured[1, 1])
     assert torch.equal(t.policy.weights, expected) and t.policy.weights.sum().item() == pytest.approx(1.0)
     # at the warm start every copy is the network itself: the both-view copy's L^V is the network's CE(ŷ) on val
-    from mmtm.evaluate import evaluate
+    from mmtm.analysis.evaluate import evaluate
     assert measured[0, 1, 2].item() == pytest.approx(evaluate(t.net, loader("val", False), Compute(
         torch.device("cpu")))["loss_fused"])
     t.policy.start_epoch(1, None)  # inside the super-epoch: nothing to estimate (it would need the context)
@@ -374,8 +374,8 @@ def test_gblend_copies_see_one_view_only():
 
 def test_pmr_blends_prototypes_from_epoch_2_as_the_official_code(synthetic_data):
     from mmtm.loaders.factory import two_view_loader
-    from mmtm.hardware import Compute, Distributed
-    from mmtm.policy import EpochContext
+    from mmtm.training.hardware import Compute, Distributed
+    from mmtm.training.policy import EpochContext
 
     torch.manual_seed(0)
     net = TwoViewMMTMNet(num_classes=3, width=4)
@@ -691,7 +691,7 @@ def test_agm_policy_step_is_the_official_procedure_on_the_network():
     import copy
 
     from mmtm.methods import agm
-    from mmtm.network import fused_logits
+    from mmtm.science.network import fused_logits
 
     torch.manual_seed(0)
     net = TwoViewMMTMNet(num_classes=3, width=4)
@@ -1021,7 +1021,7 @@ def test_opm_ogm_modulates_conv_gradients_as_the_journal_loop(mode):
 def test_agm_and_opm_resolve_their_authors_loss_and_windows(epochs, agm_end, ogm_end):
     """AGM updates its coefficients in epochs 1..20 of 100 (1-based: 0..19 here), the journal's OGM options modulate
     epochs 0..80 of 100; both train CE of the fused output."""
-    from mmtm.config import resolve
+    from mmtm.training.config import resolve
     agm_cfg, opm_cfg = resolve("demo", policy="agm", epochs=epochs), resolve("demo", policy="opm", epochs=epochs)
     assert (agm_cfg.loss, opm_cfg.loss) == ("fused", "fused")
     assert (agm_cfg.agm_end_epoch, agm_cfg.agm_end_fraction) == (agm_end, 0.2)
@@ -1132,8 +1132,8 @@ def test_relearn_policy_reinitialises_encoders_only_by_their_purity_gaps(synthet
     w·θ_init + (1−w)·θ with its own w = tanh(3·|P_train − P_val|) from features of the whole splits; heads and MMTMs
     stay; the epoch before does nothing."""
     from mmtm.loaders.factory import two_view_loader
-    from mmtm.hardware import Compute
-    from mmtm.policy import EpochContext
+    from mmtm.training.hardware import Compute
+    from mmtm.training.policy import EpochContext
     from mmtm.methods import relearn
 
     torch.manual_seed(0)
@@ -1192,7 +1192,7 @@ def _official_umt_loss(out, label, student: dict, teacher: dict, scaling):
 @pytest.mark.parametrize("scaling", [10.0, 0.3])
 def test_umt_loss_matches_a_transcription_of_balancebenchmark(seed, scaling):
     from mmtm.methods import umt
-    from mmtm.network import fused_logits
+    from mmtm.science.network import fused_logits
     g = torch.Generator().manual_seed(seed)
     logits0, logits1 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
     y = torch.randint(0, 4, (6,), generator=g)
@@ -1212,9 +1212,9 @@ def test_umt_policy_distils_each_branch_towards_its_frozen_teachers_head_input()
     """The policy in a step against the formula done by hand: branch m's fc input is pulled towards the fc input of
     the single-view network on view m, run in eval mode on the same views; the teachers get no gradient."""
     import torch.nn.functional as F
-    from mmtm.hardware import Compute
+    from mmtm.training.hardware import Compute
     from mmtm.methods import umt
-    from mmtm.network import SingleViewNet
+    from mmtm.science.network import SingleViewNet
 
     torch.manual_seed(0)
     net = TwoViewMMTMNet(num_classes=3, width=4)
@@ -1254,9 +1254,9 @@ def test_ume_scores_the_average_of_two_single_view_runs_logits(synthetic_data, t
     from helpers import TINY, invoke
     from mmtm.loaders.errors import UserError
     from mmtm.loaders.factory import two_view_loader
-    from mmtm.checkpoint import load_checkpoint
+    from mmtm.training.checkpoint import load_checkpoint
     from mmtm.methods import ume
-    from mmtm.network import SingleViewNet
+    from mmtm.science.network import SingleViewNet
 
     for view in (0, 6):
         r = invoke("train", "--data", synthetic_data, "--out", tmp_path / f"sv{view}", "--epochs", 2, *TINY,

@@ -1,8 +1,8 @@
 import torch
 import torchvision
 
-from mmtm.fusion import MMTM
-from mmtm.network import ResNet18, SingleViewNet, TwoViewMMTMNet, fused_logits, two_head_loss
+from mmtm.science.fusion import MMTM
+from mmtm.science.network import ResNet18, SingleViewNet, TwoViewMMTMNet, fused_logits, two_head_loss
 
 
 def numel(module):

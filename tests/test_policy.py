@@ -1,10 +1,10 @@
 import math
 from collections import Counter
 
-from mmtm.config import resolve
-from mmtm.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR
-from mmtm.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, VanillaPolicy
-from mmtm.registry import POLICIES, make_policy
+from mmtm.training.config import resolve
+from mmtm.science.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR
+from mmtm.training.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, VanillaPolicy
+from mmtm.training.registry import POLICIES, make_policy
 
 ALPHA, Q = 0.01, 5
 R, M0, M1 = REGULAR, REBALANCE_M0, REBALANCE_M1

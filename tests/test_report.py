@@ -7,9 +7,9 @@ import os
 import pytest
 
 from helpers import invoke
-from mmtm import stats
-from mmtm.compare import aggregate, paired_table, parse_axes, render
-from mmtm.report import POOLED, STRATIFIED, d_util_floor, proxy_table, summary_rows
+from mmtm.analysis import stats
+from mmtm.analysis.compare import aggregate, paired_table, parse_axes, render
+from mmtm.analysis.report import POOLED, STRATIFIED, d_util_floor, proxy_table, summary_rows
 
 
 def test_report_writes_plots_and_summary(trained_runs, tmp_path):
@@ -248,7 +248,7 @@ def test_a_run_copied_into_a_grid_cell_takes_that_cell(tiny_compare, tmp_path):
     """Reusing a finished run in another comparison: compare keeps its results and files it under its new cell."""
     import shutil
 
-    from mmtm import evidence
+    from mmtm.analysis import evidence
 
     out, _ = tiny_compare
     run = shutil.copytree(out / "vanilla-s0", tmp_path / "lr=0.05" / "vanilla-s0")
@@ -318,7 +318,7 @@ def test_compare_ends_with_a_summary_table_the_sign_and_the_primary_comparison(t
     the sign means, the primary comparison, and where the files are — the numbers those of comparison.json."""
     from pathlib import Path
 
-    from mmtm import stats
+    from mmtm.analysis import stats
 
     r = invoke("compare", "--collect", Path(__file__).resolve().parents[1] / "docs" / "finding" / "runs",
                "--out", tmp_path / "c")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import invoke, read_csv, run_mmtm, start_mmtm, train_args
-from mmtm.checkpoint import load_checkpoint
+from mmtm.training.checkpoint import load_checkpoint
 
 
 # Each policy with flags that make it act within 4 tiny epochs of 3 steps (α = 0 re-balances: its first re-balancing
@@ -53,7 +53,7 @@ def test_a_resumed_umt_run_ends_exactly_like_an_uninterrupted_one(synthetic_data
 
 def resumes_exactly(synthetic_data, tmp_path, monkeypatch, policy_flags) -> None:
     from helpers import TINY
-    from mmtm import training
+    from mmtm.training import loop as training
 
     flags = [*policy_flags, *TINY, "--epochs", 4, "--max-steps-per-epoch", 3]
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -178,7 +178,7 @@ def test_a_disk_that_fills_up_mid_run_is_one_error_line_and_the_resume_ends_like
 
 def test_a_run_records_its_data_digest_and_its_summary_carries_it(synthetic_data, trained_runs):
     from mmtm.loaders.dataset import data_digest
-    from mmtm.evidence import digest
+    from mmtm.analysis.evidence import digest
 
     record = json.loads((trained_runs / "vanilla" / "data.json").read_text())
     assert record == {"data": str(synthetic_data.resolve()), "digest": data_digest(synthetic_data)}
@@ -219,7 +219,7 @@ def test_an_interrupted_run_says_how_to_continue_and_the_resume_says_from_where(
     """Ctrl-C after the first epoch's checkpoint names the command that continues; --resume says from which epoch,
     and once the run is complete says there is nothing to train."""
     from helpers import TINY
-    from mmtm.progress import TrainProgress
+    from mmtm.training.progress import TrainProgress
 
     end_epoch = TrainProgress.end_epoch
 

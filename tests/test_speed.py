@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from mmtm.loaders.errors import UserError
-from mmtm.fusion import REBALANCE_M0, REGULAR
-from mmtm.network import TwoViewMMTMNet, two_head_loss
-from mmtm.speed import GROUPS, READOUT, SpeedMeter
+from mmtm.science.fusion import REBALANCE_M0, REGULAR
+from mmtm.science.network import TwoViewMMTMNet, two_head_loss
+from mmtm.science.speed import GROUPS, READOUT, SpeedMeter
 
 
 def direct_mu(params):

@@ -1,11 +1,11 @@
-"""mmtm.stats on hand-made numbers: t-intervals, sign-flip and Spearman permutation p-values (exact and Monte Carlo),
-Holm, Wilson and object-level intervals, McNemar, formatting."""
+"""mmtm.analysis.stats on hand-made numbers: t-intervals, sign-flip and Spearman permutation p-values (exact and Monte
+Carlo), Holm, Wilson and object-level intervals, McNemar, formatting."""
 import itertools
 import math
 
 import pytest
 
-from mmtm import stats
+from mmtm.analysis import stats
 
 
 def test_mean_and_sample_std():

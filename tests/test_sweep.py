@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from helpers import invoke, read_csv, start_mmtm
-from mmtm import sweep
-from mmtm.compare import run_comparison
+from mmtm.analysis import sweep
+from mmtm.analysis.compare import run_comparison
 
 TINY = {"width": 4, "batch_size": 4, "loader": "torch", "num_threads": 0, "device": "cpu", "precise_bn": 2}
 SHORT = {**TINY, "max_steps_per_epoch": 3}  # epochs of 3 steps, where no kill has to land inside a run
@@ -141,7 +141,7 @@ def test_slurm_through_submitit_no_wait_then_collect_and_resubmit(data, tmp_path
     assert "submitit.core._submit" in first["script"] and "srun" in first["script"]
     job = pickle.loads(next((out / ".submitit").glob(f"{first['job']}_0_submitted.pkl")).read_bytes())
     command = job.function.command
-    assert command[1:3] == ["-m", "mmtm.sweep"] and command[3].endswith("job.json")
+    assert command[1:3] == ["-m", "mmtm.analysis.sweep"] and command[3].endswith("job.json")
     spec = json.loads(Path(command[3]).read_text())
     assert spec["launcher"] == "slurm" and spec["config"]["policy"] in ("vanilla", "balanced")
     assert list(s["tasks"].values()).count("FAILED") == 1
@@ -285,7 +285,7 @@ def outcome(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(synthetic_data, tmp_path_factory):
     """compare --jobs 2 of two runs of 4 epochs of 3 steps into a folder: its arguments and its `outcome`."""
-    from mmtm import plots
+    from mmtm.analysis import plots
 
     tmp = tmp_path_factory.mktemp("fault")
     cfg = tmp / "tiny.json"

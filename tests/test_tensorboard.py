@@ -1,5 +1,5 @@
-"""TensorBoard (mmtm/tensorboard_log.py), read back with TensorBoard's own EventAccumulator: an interrupted and resumed
-run keeps every event an uninterrupted one has; validation loss, hparams and eval-cur's d_util are there."""
+"""TensorBoard (mmtm/training/tensorboard_log.py), read back with TensorBoard's own EventAccumulator: an interrupted and
+resumed run keeps every event an uninterrupted one has; validation loss, hparams and eval-cur's d_util are there."""
 import json
 import shutil
 
@@ -22,7 +22,7 @@ def scalars(run) -> dict[str, list[tuple[int, float]]]:
 def test_a_resumed_run_keeps_every_event_of_an_uninterrupted_one(synthetic_data, tmp_path, monkeypatch):
     """Stopped right after epoch 2's checkpoint (as Ctrl-C there would) and resumed: the events read back are those
     of a run never stopped, epoch 2's summary included (TensorBoard purges from the resumed writer's purge_step on)."""
-    from mmtm import training
+    from mmtm.training import loop as training
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert invoke("train", "--data", synthetic_data, "--out", full, *FLAGS).exit_code == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import TINY, invoke, read_csv
-from mmtm.checkpoint import load_checkpoint
+from mmtm.training.checkpoint import load_checkpoint
 
 
 def test_run_folder_has_config_logs_and_checkpoints(trained_runs):
@@ -52,7 +52,7 @@ def test_bad_input_is_one_error_line(case, synthetic_data, trained_runs, tmp_pat
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch):
-    import mmtm.network as network  # where every policy's task loss comes from
+    import mmtm.science.network as network  # where every policy's task loss comes from
 
     real = network.two_head_loss
     calls = {"n": 0}
@@ -83,9 +83,9 @@ def test_run_records_an_absolute_data_path(synthetic_data, tmp_path, monkeypatch
 def test_seed_k_of_every_policy_starts_from_the_same_weights(synthetic_data):
     """Paired comparisons rest on this: the policy does not change the initial weights or the data order."""
     from mmtm.loaders.factory import two_view_loader
-    from mmtm.config import resolve
-    from mmtm.hardware import Distributed
-    from mmtm.training import build_trainer
+    from mmtm.training.config import resolve
+    from mmtm.training.hardware import Distributed
+    from mmtm.training.loop import build_trainer
 
     states = [build_trainer(resolve("demo", width=4, policy=p, seed=3), 3, torch.device("cpu"), Distributed())
               .net.state_dict() for p in ("vanilla", "balanced", "random", "flipped")]
@@ -112,7 +112,7 @@ def replay_modes(steps, policy):
                                                    (["--speed-signal", "window", "--speed-window", "5"],
                                                     "d_speed_window")])
 def test_policy_reads_the_configured_signal_and_the_views_are_logged(synthetic_data, tmp_path, flags, signal_column):
-    from mmtm.policy import BalancedPolicy
+    from mmtm.training.policy import BalancedPolicy
 
     run = tmp_path / "run"
     r = invoke("train", "--data", synthetic_data, "--out", run, "--epochs", 3, "--balanced", "--alpha", "0.001",
@@ -161,9 +161,9 @@ def test_other_papers_methods_train_in_the_one_loop_and_pass_eval_cur(synthetic_
 
 def test_moddrop_zeroes_exactly_one_view_of_each_dropped_sample(synthetic_data):
     from mmtm.loaders.factory import two_view_loader
-    from mmtm.config import resolve
-    from mmtm.hardware import Distributed
-    from mmtm.training import build_trainer, train_step
+    from mmtm.training.config import resolve
+    from mmtm.training.hardware import Distributed
+    from mmtm.training.loop import build_trainer, train_step
 
     t = build_trainer(resolve("demo", width=4, policy="moddrop", moddrop_p=1.0), 3, torch.device("cpu"),
                       Distributed())
@@ -215,9 +215,9 @@ def test_run_files_get_the_mode_of_any_file_the_user_writes(trained_runs):
 
 def test_precise_bn_recomputes_the_statistics_as_plain_averages_and_leaves_the_gates(synthetic_data):
     from mmtm.loaders.factory import two_view_loader
-    from mmtm.config import resolve
-    from mmtm.hardware import Compute, Distributed
-    from mmtm.training import build_trainer, recompute_bn_stats, train_step
+    from mmtm.training.config import resolve
+    from mmtm.training.hardware import Compute, Distributed
+    from mmtm.training.loop import build_trainer, recompute_bn_stats, train_step
 
     t = build_trainer(resolve("demo", width=4, batch_size=4), 3, torch.device("cpu"), Distributed())
     loader = two_view_loader(synthetic_data, "train", batch_size=4, train=True, seed=0, backend="torch",

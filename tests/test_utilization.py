@@ -3,9 +3,9 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from mmtm.fusion import FLOW_OFF
-from mmtm.network import STAGES, TwoViewMMTMNet
-from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
+from mmtm.science.fusion import FLOW_OFF
+from mmtm.science.network import STAGES, TwoViewMMTMNet
+from mmtm.science.utilization import collect_mean_squeeze, cur_from_accuracies
 
 
 class Batch(NamedTuple):

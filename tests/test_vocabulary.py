@@ -12,9 +12,9 @@ from mmtm.cli.app import app
 from mmtm.cli.values import int_list, view_pair
 from helpers import TINY, invoke
 from mmtm.loaders.errors import UserError
-from mmtm.compare import parse_axes
-from mmtm.config import PRESETS, TrainConfig, resolve, to_dict
-from mmtm.presets import CPU_SAMPLES_PER_CORE_S, cpu_hours
+from mmtm.analysis.compare import parse_axes
+from mmtm.training.config import PRESETS, TrainConfig, resolve, to_dict
+from mmtm.training.presets import CPU_SAMPLES_PER_CORE_S, cpu_hours
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """Packing runs on one device: the aggregate training throughput of K concurrent runs, for each K asked for.
 
-Each of the K runs is a separate process (a job, mmtm/jobs.py) timing the step the training loop takes, as `mmtm
-bench train` does, with the default CUDA-graph setting, on the same device at the same time, with cores/K CPU
+Each of the K runs is a separate process (a job, mmtm/analysis/jobs.py) timing the step the training loop takes, as
+`mmtm bench train` does, with the default CUDA-graph setting, on the same device at the same time, with cores/K CPU
 threads; the aggregate is the sum of their end-to-end samples/s, which holds while their timed windows overlap
 (they start together and time the same number of steps). With the CUDA MPS control daemon running the K processes
 share the GPU through MPS; without it they time-share it (the result says which).
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mmtm.loaders.atomic import atomic_write_text
 from mmtm.loaders.errors import UserError
-from mmtm.jobs import start as start_job
-from mmtm.sweep import MPS_PIPE, thread_share
+from mmtm.analysis.jobs import start as start_job
+from mmtm.analysis.sweep import MPS_PIPE, thread_share
 
 
 def _packed_run(data: str, out: str, kw: dict) -> int:

@@ -1,7 +1,7 @@
 """Training throughput: end to end through the loader vs. compute only on a batch already on the device, for each
 batch size asked for, with eager steps and (on CUDA) CUDA-graph steps side by side.
 
-Steps are timed as the training loop takes them (`mmtm.training.train_one_epoch`): launch a step, ask the loader
+Steps are timed as the training loop takes them (`mmtm.training.loop.train_one_epoch`): launch a step, ask the loader
 for the next batch while the device runs it, then read the step's values (its one host sync). The data-wait share
 is the time spent inside `next(loader)` over the whole step time. Each entry says which step modes ran as graph
 replays and which eager (`graph_replays`, `eager_steps`, and `capture_failed` when a failed capture turned graphs
@@ -22,10 +22,10 @@ from mmtm.loaders.dataset import open_dataset
 from mmtm.loaders.device import resolve_device
 from mmtm.loaders.errors import UserError
 from mmtm.loaders.factory import two_view_loader
-from mmtm.config import resolve
-from mmtm.fusion import REGULAR
-from mmtm.hardware import Distributed
-from mmtm.training import build_trainer, launch_step, read_step
+from mmtm.training.config import resolve
+from mmtm.science.fusion import REGULAR
+from mmtm.training.hardware import Distributed
+from mmtm.training.loop import build_trainer, launch_step, read_step
 
 PROFILED_STEPS = 5
 

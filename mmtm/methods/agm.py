@@ -19,7 +19,7 @@ still the network's output with that modality absent, which is what AGM measures
 not late, `CREMAD_net.py:164` `AV_Early_Classifier`).
 Defaults: α = 1.0 (`utils/config.py:76`, argparse; the README's one command uses 2.5 for AV-MNIST); modulation in
 epochs 0..20 of the official 1-based epochs (`config.py:74-75`), i.e. its first 20 epochs, 0..19 here, which is
-20/100 of the README's 100 epochs (`WINDOW_SHARE`, resolved in mmtm/config.py). Outside the window the official
+20/100 of the README's 100 epochs (`WINDOW_SHARE`, resolved in mmtm/training/config.py). Outside the window the official
 code stops updating the coefficients but keeps the hooks, so they go on scaling with the last ones
 (`CREMAD_main.py:159-166` only calls `update_scale` inside it); this policy does the same, and the running scores
 are updated on every step as there.
@@ -39,8 +39,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmtm.network import fused_logits
-from mmtm.policy import StepPolicy
+from mmtm.science.network import fused_logits
+from mmtm.training.policy import StepPolicy
 
 DEFAULT_ALPHA = 1.0
 WINDOW_SHARE = 20 / 100  # epochs 1..20 of the README's 100 (1-based there): the first 20%

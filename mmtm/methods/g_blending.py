@@ -44,9 +44,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmtm.evaluate import evaluate
-from mmtm.network import fused_loss, task_loss
-from mmtm.policy import EpochContext, StepPolicy
+from mmtm.analysis.evaluate import evaluate
+from mmtm.science.network import fused_loss, task_loss
+from mmtm.training.policy import EpochContext, StepPolicy
 
 HEADS = ("head0", "head1", "fused")
 ZEROED_VIEW = (1, 0, None)   # the view each head's copy trains without (order HEADS)

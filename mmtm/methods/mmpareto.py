@@ -33,8 +33,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmtm.network import fused_logits
-from mmtm.policy import StepPolicy
+from mmtm.science.network import fused_logits
+from mmtm.training.policy import StepPolicy
 
 DEFAULT_GAMMA = 1.5  # MMPareto.py:178
 AGREE = 0.5          # each weight when the two gradients agree (MMPareto.py:166-167)

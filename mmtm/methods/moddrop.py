@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmtm.policy import SeededPolicy
+from mmtm.training.policy import SeededPolicy
 
 DEFAULT_P = 0.2  # probability that a sample has one view dropped (0.1 per view)
 

@@ -14,8 +14,8 @@ grad·k + N(0, std(grad) + 1e-8), std taken from the unscaled gradient (`main.py
 Defaults: α = 0.1 (the README's "default modulation setting"; it recommends 0.1 for VGGSound and 0.8 for CREMA-D;
 `--alpha` has no argparse default). Modulation window: epochs 0..50 inclusive of the official 100 (`main.py:34,
 41-42`), 0-based (`starts <= epoch <= ends`); outside it the step is plain (no scaling, no noise). A run of another
-length modulates the same share, its first 51% of epochs (`WINDOW_SHARE`, resolved in mmtm/config.py), unless an
-end epoch is given.
+length modulates the same share, its first 51% of epochs (`WINDOW_SHARE`, resolved in mmtm/training/config.py), unless
+an end epoch is given.
 Mapping: the official audio/visual encoders are this network's `branch0`/`branch1` ResNets; ŷ0, ŷ1 are the branch
 heads, whose halves make ŷ as the official code's halves of its fusion layer make its output. They are not
 uni-modal: with MMTM fusion after layers 2-4 each branch head also sees the other view.
@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mmtm.policy import SeededPolicy
+from mmtm.training.policy import SeededPolicy
 
 DEFAULT_ALPHA = 0.1
 MODULATION_STARTS = 0  # first modulated epoch (0-based, inclusive)

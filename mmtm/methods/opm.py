@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmtm.methods.ogm_ge import conv_params, in_window, modulate_, true_class_scores
-from mmtm.policy import SeededPolicy
+from mmtm.training.policy import SeededPolicy
 
 DEFAULT_Q_BASE = 0.5
 DEFAULT_LAMBDA = 0.5

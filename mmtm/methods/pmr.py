@@ -17,8 +17,8 @@ Defaults: α = 1.0 (argparse default; the scripts use 0.1–5.0: 1.0 for the two
 AVE runs, 2.0–3.0 for most CREMA-D/AVE runs, 5.0 and 0.1 once each), momentum m = 0.0 (all scripts but two in
 bash.sh, which use 0.5 and 0.2; argparse 0.2, BalanceBenchmark 0.5), window epochs 0..70 inclusive of 130 (26 of the
 34 PMR lines of bash.sh; 60 of 100 for CG-MNIST, 100 in two scripts and argparse): a run of another length adds the
-PCE term over the same share, its first 71/130 of epochs (`WINDOW_SHARE`, resolved in mmtm/config.py), unless an
-end epoch is given. The official learning rate is 0.001 (SGD, momentum 0.9, weight
+PCE term over the same share, its first 71/130 of epochs (`WINDOW_SHARE`, resolved in mmtm/training/config.py), unless
+an end epoch is given. The official learning rate is 0.001 (SGD, momentum 0.9, weight
 decay 1e-4, batch 64); here the run's optimiser and learning rate apply, as for every policy.
 Mapping: the feature of modality i is branch i's penultimate feature — the input of its fc, flatten(avgpool(·))
 after MMTM₄, 8w-dim — captured by `branch_features`; m0 = branch 0, m1 = branch 1. These features already mix in
@@ -40,8 +40,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mmtm.network import task_loss
-from mmtm.policy import EpochContext, StepPolicy
+from mmtm.science.network import task_loss
+from mmtm.training.policy import EpochContext, StepPolicy
 
 DEFAULT_ALPHA = 1.0
 DEFAULT_MOMENTUM = 0.0

@@ -10,7 +10,7 @@ samples whose label is their cluster's majority label); encoder m's weight is w_
 every parameter θ of encoder m becomes w_m·θ_init + (1 − w_m)·θ (θ_init: its weights before the first step).
 The task loss is the official code's CE of the fused output (`:198`): this policy's default `loss` is `fused`.
 Defaults (the official run script `code/script/ours.sh`): λ = 3, N = 20, count = 3 in a run of 90 epochs — a run of
-another length re-learns at the same shares of it, N = round(epochs·20/90) (resolved in mmtm/config.py: 3 of 15
+another length re-learns at the same shares of it, N = round(epochs·20/90) (resolved in mmtm/training/config.py: 3 of 15
 demo epochs, 67 of the paper's 300), unless an interval is given.
 Mapping: the encoder of modality m is branch m without its head fc (the official `audio_net`/`visual_net`, every
 parameter, BatchNorm's affine ones included; the heads and the MMTMs, the fusion of both views, are not
@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from mmtm.methods.pmr import branch_features
-from mmtm.policy import EpochContext, StepPolicy
+from mmtm.training.policy import EpochContext, StepPolicy
 
 DEFAULT_LAMBDA = 3.0   # move_lambda (script and argparse)
 DEFAULT_COUNT = 3      # reinit_num (script and argparse)

@@ -6,7 +6,7 @@ with the average of their outputs. Neither the authors nor BalanceBenchmark rele
 paper's formula (docs/methods/README.md). UME trains nothing new: its two members are exactly this project's
 single-view baselines (`mmtm train --single-view VIEW`, the runs `compare --baselines` trains), so it is an
 evaluation of two finished runs, not a training policy: `ensemble_accuracy(RUN0, RUN1)` scores ŷ = (ŷ0 + ŷ1)/2 with
-ŷ0, ŷ1 their logits, by the same evaluation (`mmtm.evaluate.evaluate`) as every run. The two runs must be the
+ŷ0, ŷ1 their logits, by the same evaluation (`mmtm.analysis.evaluate.evaluate`) as every run. The two runs must be the
 single-view runs of the first and second of the same two views, on the same data.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ from mmtm.loaders.dataset import SPLITS
 from mmtm.loaders.device import resolve_device
 from mmtm.loaders.errors import UserError
 from mmtm.loaders.factory import two_view_loader
-from mmtm.checkpoint import load_weights
-from mmtm.evaluate import evaluate
-from mmtm.fusion import REGULAR
-from mmtm.hardware import Compute
-from mmtm.network import build_network, fused_logits
-from mmtm.run import RunFolder, check_dataset_matches, load_run_checkpoint
+from mmtm.training.checkpoint import load_weights
+from mmtm.analysis.evaluate import evaluate
+from mmtm.science.fusion import REGULAR
+from mmtm.training.hardware import Compute
+from mmtm.science.network import build_network, fused_logits
+from mmtm.training.run import RunFolder, check_dataset_matches, load_run_checkpoint
 
 
 def ume_logits(logits0: Tensor, logits1: Tensor) -> Tensor:
@@ -75,7 +75,7 @@ def load_members(run0: str | Path, run1: str | Path, checkpoint: str = "best"):
 def ensemble_accuracy(run0: str | Path, run1: str | Path, *, checkpoint: str = "best", split: str = "test",
                       data: str | None = None, device: str = "cpu", batch_size: int = 32) -> dict:
     """UME on `split`: "acc" of the averaged logits, "acc_m0"/"acc_m1" of each member alone, losses and "n", as
-    `mmtm.evaluate.evaluate` gives them, in float32."""
+    `mmtm.analysis.evaluate.evaluate` gives them, in float32."""
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     net0, net1, cfg, classes = load_members(run0, run1, checkpoint)

@@ -29,10 +29,10 @@ from torch import Tensor
 
 from mmtm.loaders.dataset import data_digest
 from mmtm.loaders.errors import UserError
-from mmtm.checkpoint import load_checkpoint, load_weights
+from mmtm.training.checkpoint import load_checkpoint, load_weights
 from mmtm.methods.pmr import branch_features
-from mmtm.network import SingleViewNet, task_loss
-from mmtm.policy import EpochContext, StepPolicy
+from mmtm.science.network import SingleViewNet, task_loss
+from mmtm.training.policy import EpochContext, StepPolicy
 
 DEFAULT_SCALING = 10.0  # BalanceBenchmark's configs/trainer_config.yaml UMT.scaling
 
@@ -70,7 +70,7 @@ def parse_teachers(text: str) -> list[Path]:
 
 def load_teacher(run_dir: Path, slot: int, cfg, classes: list[str]) -> SingleViewNet:
     """The single-view network of `run_dir`'s best.pt, checked against the student's run `cfg` (data, views, slot,
-    width, classes), frozen, in eval mode, on the CPU. (The run folder's files are read by name here: mmtm.run
+    width, classes), frozen, in eval mode, on the CPU. (The run folder's files are read by name here: mmtm.training.run
     imports the config, which imports this module.)"""
     best, data_json = Path(run_dir) / "best.pt", Path(run_dir) / "data.json"
     view = cfg.views[slot]

@@ -2,7 +2,7 @@
 
 CLS (conditional learning speed, during training):
     μ_g(t)   = Σ_{p∈g} ‖∇p‖² / Σ_{p∈g} ‖p‖²
-    M_g      = Σ_t μ_g(t) over regular steps (the paper: since training began; see mmtm/speed.py for the views)
+    M_g      = Σ_t μ_g(t) over regular steps (the paper: since training began; see mmtm/science/speed.py for the views)
     s(m1|m0) = log10(M_θ'0 / M_θ0),  s(m0|m1) = log10(M_θ'1 / M_θ1),  d_speed = s(m1|m0) − s(m0|m1)
 CUR (conditional utilisation rate, after training):
     u(m1|m0) = (A(f0) − A(f0')) / A(f0),  u(m0|m1) = (A(f1) − A(f1')) / A(f1),  d_util = u(m1|m0) − u(m0|m1)

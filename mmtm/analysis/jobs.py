@@ -23,7 +23,7 @@ from multiprocessing.process import BaseProcess
 
 # What the server imports once; a job imports anything else itself. Not DALI: its import may initialise CUDA.
 # TensorBoard's writer (~0.25 s a job) is optional: the server skips a module that does not import.
-PRELOAD = ["torch", "torchvision", "mmtm.training", "torch.utils.tensorboard"]
+PRELOAD = ["torch", "torchvision", "mmtm.training.loop", "torch.utils.tensorboard"]
 
 
 def start(target: Callable[..., int | None], *args, env: dict[str, str],

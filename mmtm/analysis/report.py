@@ -1,4 +1,4 @@
-"""Rows and figures of runs, read from their evidence (mmtm/evidence.py), for `mmtm report` and `mmtm compare`.
+"""Rows and figures of runs, read from their evidence (mmtm/analysis/evidence.py), for `mmtm report` and `mmtm compare`.
 
 d_speed is stated three ways: after each run's last step (`d_speed_final`); after the same number of regular steps in
 every run (`d_speed_equal`, the fewest any of the runs made: a policy that re-balances often makes few regular
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from mmtm.loaders.atomic import atomic_write_text
 from mmtm.loaders.output import check_output_folder
-from mmtm import evidence, plots, stats
-from mmtm.formulas import sign_sentence
-from mmtm.run import RunFolder
+from mmtm.analysis import evidence, plots, stats
+from mmtm.science.formulas import sign_sentence
+from mmtm.training.run import RunFolder
 
 STAGE = 0.5  # d_speed_stage: at the end of the epoch that completes this fraction of training
 BASELINES = ("single-view0", "single-view1")  # what `kind` calls the single-view runs

@@ -1,6 +1,6 @@
-"""Matplotlib figures of runs (from their evidence, mmtm/evidence.py): d_speed over steps and over regular steps,
-s(·|·), accuracies per head, u(·|·) per run and per policy, d_speed against d_util, and d_util and d_speed per pair
-of views.
+"""Matplotlib figures of runs (from their evidence, mmtm/analysis/evidence.py): d_speed over steps and over regular
+steps, s(·|·), accuracies per head, u(·|·) per run and per policy, d_speed against d_util, and d_util and d_speed per
+pair of views.
 
 Made for a paper: at most 7 in wide (two columns; 3.5 in for one), text of 8 pt or more, every axis labelled with
 its unit, intervals drawn where the data has them (95%: a run's bootstrap over its test objects, a policy's t-interval
@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mmtm.loaders.atomic import atomic_write_bytes  # noqa: E402
-from mmtm import stats  # noqa: E402
+from mmtm.analysis import stats  # noqa: E402
 
 REBALANCE_COLORS = {"rebalance_m0": "tab:red", "rebalance_m1": "tab:blue"}
 MAX_WIDTH_IN = 7.0   # a two-column figure; one column is 3.5 in
@@ -219,7 +219,7 @@ def plot_cur_by_policy(rows: list[dict], path: Path) -> Path:
 def plot_speed_vs_util(rows: list[dict], path: Path) -> Path:
     """Does the proxy predict the outcome? d_util (best.pt, with its 95% bootstrap interval over test objects)
     against the final and the stage-matched d_speed, one dot per run, one colour per policy (rows from
-    `mmtm.report.summary_rows`; single-view runs left out)."""
+    `mmtm.analysis.report.summary_rows`; single-view runs left out)."""
     rows = [r for r in rows if not r["policy"].startswith("single-view")]
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, 3), sharey=True)

@@ -6,9 +6,9 @@ remedies of other papers (mmtm/methods/) also use the other hooks. Per step, the
 `next_mode(epoch)`; `inputs(view0, view1, epoch)`; the forward in that mode inside `capture(net)`;
 `loss(logits0, logits1, y, features, epoch)`; backward; the speed meter measures μ (it only observes);
 `after_backward(...)`; the optimizer step; `observe(mode, d_speed, epoch)` with the meter's signal
-(`d_speed_signal`, mmtm/speed.py). `start_epoch(epoch, context)` runs before each epoch. Every hook defaults to
+(`d_speed_signal`, mmtm/science/speed.py). `start_epoch(epoch, context)` runs before each epoch. Every hook defaults to
 the vanilla behaviour. Epochs count from 0, so warmup_epochs=1 makes epoch 0 warm-up.
-`mmtm.registry.make_policy(cfg)` builds the policy a run's config names.
+`mmtm.training.registry.make_policy(cfg)` builds the policy a run's config names.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmtm.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR, STEP_MODES
-from mmtm.hardware import Compute, Distributed
-from mmtm.network import TwoViewMMTMNet, task_loss
+from mmtm.science.fusion import REBALANCE_M0, REBALANCE_M1, REGULAR, STEP_MODES
+from mmtm.training.hardware import Compute, Distributed
+from mmtm.science.network import TwoViewMMTMNet, task_loss
 
 # docs/science.md §4: the paper's hyper-parameters, the defaults of the policies and of the run config.
 ALPHA = 0.01
@@ -78,7 +78,7 @@ class StepPolicy:
         return contextlib.nullcontext()
 
     def loss(self, logits0: Tensor, logits1: Tensor, y: Tensor, features, epoch: int) -> Tensor:
-        """The training loss: the run's task loss (mmtm.network.task_loss)."""
+        """The training loss: the run's task loss (mmtm.science.network.task_loss)."""
         return task_loss(self.task, logits0, logits1, y)
 
     def after_backward(self, net: TwoViewMMTMNet, logits0: Tensor, logits1: Tensor, y: Tensor, epoch: int) -> None:

@@ -4,12 +4,12 @@ Each (cell, policy, seed) trains into OUT/[cell/]<policy>-s<seed>, where a cell 
 (`--set key=v1,v2`: OUT/key=v1/...); seed k of every policy in every cell starts from the same initial weights
 and reads the data in the same order, so per-seed differences between policies are paired. `--baselines` adds the
 single-view runs of each seed (single-view0-s<k>, single-view1-s<k>): the accuracy each view alone reaches on this
-data. The runs are launched by mmtm/sweep.py (here N at a time, or on Slurm); each ends with its evidence
-(mmtm/evidence.py), and every table and figure is made from that evidence alone, so `--collect DIR` rebuilds a
+data. The runs are launched by mmtm/analysis/sweep.py (here N at a time, or on Slurm); each ends with its evidence
+(mmtm/analysis/evidence.py), and every table and figure is made from that evidence alone, so `--collect DIR` rebuilds a
 comparison byte for byte from committed evidence, without checkpoints.
 
-Statistics (mmtm/stats.py): per policy mean ± sample std and a 95% t-interval over seeds; per pair of policies the
-per-seed differences' mean, t-interval, sign-flip permutation p, its Holm adjustment over the whole paired table,
+Statistics (mmtm/analysis/stats.py): per policy mean ± sample std and a 95% t-interval over seeds; per pair of policies
+the per-seed differences' mean, t-interval, sign-flip permutation p, its Holm adjustment over the whole paired table,
 and how many seeds share the sign, with PRIMARY named as the one confirmatory test; McNemar's exact test per seed on
 the test objects, counted by direction; per run, Wilson and bootstrap intervals over its test objects; the rank
 correlation of d_speed with d_util within each policy, stratified by policy, and across all runs. Both checkpoints
@@ -36,16 +36,16 @@ from mmtm.loaders.atomic import atomic_write_text, hold, release
 from mmtm.loaders.dataset import SPLITS, DatasetError, data_digest, open_dataset
 from mmtm.loaders.errors import UserError
 from mmtm.loaders.output import check_output_folder
-from mmtm import evidence, plots, stats
-from mmtm.config import TrainConfig, as_field_type, resolve, to_dict
-from mmtm.environment import facts
-from mmtm.formulas import sign_sentence
-from mmtm.registry import POLICIES
-from mmtm.report import (BASELINES, PROXY_COLUMNS, PROXY_NOTE, cell_label, kind, markdown_table, proxy_cells,
+from mmtm.analysis import evidence, plots, stats
+from mmtm.training.config import TrainConfig, as_field_type, resolve, to_dict
+from mmtm.training.environment import facts
+from mmtm.science.formulas import sign_sentence
+from mmtm.training.registry import POLICIES
+from mmtm.analysis.report import (BASELINES, PROXY_COLUMNS, PROXY_NOTE, cell_label, kind, markdown_table, proxy_cells,
                          proxy_table, summary_rows, view_best, write_plots)
-from mmtm.run import RunFolder
-from mmtm.sweep import (RunSpec, changes, check_launcher, is_done, job_log, launch_local, launch_slurm, mps_note,
-                        thread_share)
+from mmtm.training.run import RunFolder
+from mmtm.analysis.sweep import (RunSpec, changes, check_launcher, is_done, job_log, launch_local, launch_slurm,
+                        mps_note, thread_share)
 
 DEFAULT_POLICIES = ("vanilla", "balanced", "random", "flipped")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -166,7 +166,7 @@ def run_comparison(data: str, out: str | Path, *, seeds: list[int], policies: tu
     """Plan and check every run and the launcher, then (holding OUT's lock) launch, and write the comparison; None
     when Slurm jobs were left running (--no-wait). A run folder in `out` of other settings or data than planned is
     refused, or with `retrain_changed` moved aside and trained again. With `probe`, eval-cur also fits the linear
-    probes (mmtm/probe.py); a kept run without them is evaluated again, not retrained."""
+    probes (mmtm/analysis/probe.py); a kept run without them is evaluated again, not retrained."""
     out = check_output_folder(out)
     data = str(Path(data).resolve())  # runs record an absolute path, so eval-cur works from any folder
     digest = check_data(data)

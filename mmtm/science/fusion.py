@@ -7,8 +7,8 @@ Z = ReLU(W_s [S_A; S_B] + b_s) (the shared `squeeze` layer); E_A = W_A Z + b_A, 
 Modes (docs/science.md §1):
   regular       the above (the fusion of a regular training step, and of evaluation).
   flow_off      cross-modal flow off: g_A from [S_A; S̄_B], g_B from [S̄_A; S_B], S̄ = mean squeeze vectors over the
-                training subset (set by `mmtm.utilization.collect_mean_squeeze`). Branch 0 then sees view 0 only.
-  rebalance_m0  g_A := running mean of g_A over regular training steps (a constant, no gradient); g_B as usual.
+                training subset (set by `mmtm.science.utilization.collect_mean_squeeze`). Branch 0 then sees view 0
+  only. rebalance_m0  g_A := running mean of g_A over regular training steps (a constant, no gradient); g_B as usual.
   rebalance_m1  g_B := running mean of g_B; g_A as usual.
 
 Running means are the cumulative mean of the batch-mean gate over regular training steps, one equal weight per
@@ -79,7 +79,7 @@ class MMTM(nn.Module):
         if mode == FLOW_OFF:
             if not self.has_mean_squeeze:
                 raise RuntimeError("MMTM flow_off needs the mean squeeze vectors; "
-                                   "run mmtm.utilization.collect_mean_squeeze first")
+                                   "run mmtm.science.utilization.collect_mean_squeeze first")
             g_a = self._gate(self.excite_a(self._joint(s_a, self.mean_squeeze_b.expand_as(s_b))))
             g_b = self._gate(self.excite_b(self._joint(self.mean_squeeze_a.expand_as(s_a), s_b)))
         else:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from mmtm.loaders.errors import UserError
-from mmtm import formulas
+from mmtm.science import formulas
 
 GROUPS = ("theta0", "theta1", "fusion0", "fusion1")
 SIGNALS = ("cumulative", "window")

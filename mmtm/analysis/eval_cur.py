@@ -11,16 +11,16 @@ from mmtm.loaders.device import resolve_device
 from mmtm.loaders.errors import UserError
 from mmtm.loaders.factory import resolve_backend, two_view_loader
 from mmtm.loaders.output import check_output_file
-from mmtm.checkpoint import load_weights
-from mmtm.evaluate import evaluate
-from mmtm.fusion import FLOW_OFF, REGULAR
-from mmtm.hardware import Compute
-from mmtm.network import build_network
-from mmtm.probe import probe_accuracies
-from mmtm.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
-from mmtm.stats import object_intervals
-from mmtm.tensorboard_log import log_cur
-from mmtm.utilization import collect_mean_squeeze, cur_from_accuracies
+from mmtm.training.checkpoint import load_weights
+from mmtm.analysis.evaluate import evaluate
+from mmtm.science.fusion import FLOW_OFF, REGULAR
+from mmtm.training.hardware import Compute
+from mmtm.science.network import build_network
+from mmtm.analysis.probe import probe_accuracies
+from mmtm.training.run import RunFolder, check_dataset_matches, check_same_run, load_run_checkpoint
+from mmtm.analysis.stats import object_intervals
+from mmtm.training.tensorboard_log import log_cur
+from mmtm.science.utilization import collect_mean_squeeze, cur_from_accuracies
 
 
 def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | None = None, split: str = "test",
@@ -36,7 +36,7 @@ def evaluate_cur(run_dir: str | Path, *, checkpoint: str = "best", data: str | N
     cur.json also keeps, per object of the split, whether ŷ, ŷ0 (f0), ŷ0 with flow off (f0'), ŷ1 and ŷ1 with flow
     off were right ("objects", strings of 0/1 in row order), and a bootstrap interval over those objects of each
     measure ("intervals"). A single-view run has no flow to turn off: its result is its accuracy (A(f0) = A(f1) =
-    acc), and the CUR fields are nan. With `probe`, also each branch's linear-probe accuracy (mmtm/probe.py)."""
+    acc), and the CUR fields are nan. With `probe`, each branch's linear-probe accuracy (mmtm/analysis/probe.py)."""
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     run = RunFolder(run_dir)

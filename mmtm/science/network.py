@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from mmtm.fusion import MMTM, REGULAR
+from mmtm.science.fusion import MMTM, REGULAR
 
 STAGES = ("layer2", "layer3", "layer4")  # the stages followed by an MMTM
 

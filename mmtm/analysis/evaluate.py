@@ -7,9 +7,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mmtm.fusion import REGULAR
-from mmtm.hardware import Compute
-from mmtm.network import fused_logits, two_head_loss
+from mmtm.science.fusion import REGULAR
+from mmtm.training.hardware import Compute
+from mmtm.science.network import fused_logits, two_head_loss
 
 
 @torch.inference_mode()

@@ -2,7 +2,7 @@
 
 Read top to bottom: `fit` sets up a run (or resumes one), then per epoch calls `train_one_epoch`
 and `evaluate`, writes one CSV row per epoch and atomic `last.pt` / `best.pt` checkpoints.
-The algorithms differ only in the policy, whose hooks `step_on_device` calls (mmtm/policy.py).
+The algorithms differ only in the policy, whose hooks `step_on_device` calls (mmtm/training/policy.py).
 """
 from __future__ import annotations
 
@@ -22,21 +22,21 @@ from mmtm.loaders.device import resolve_device
 from mmtm.loaders.errors import UserError
 from mmtm.loaders.factory import two_view_loader
 from mmtm.loaders.output import check_output_folder
-from mmtm.checkpoint import save_checkpoint
-from mmtm.config import TrainConfig, to_dict
-from mmtm.cuda_graphs import GraphedSteps
-from mmtm.eval_cur import evaluate_cur
-from mmtm.evaluate import evaluate
-from mmtm.fusion import REBALANCED_BRANCH, REGULAR, STEP_MODES
-from mmtm.hardware import Compute, Distributed, graph_steps, setup_distributed
-from mmtm.network import TwoViewMMTMNet, build_network, fused_logits
-from mmtm.policy import EpochContext, StepPolicy, runs_in_cuda_graphs
-from mmtm.progress import TrainProgress
-from mmtm.registry import make_policy
-from mmtm.run import RunFolder, check_dataset_matches, check_resumable, load_run_checkpoint
-from mmtm.schedule import make_scheduler, step_schedule
-from mmtm.speed import READOUT, SpeedMeter
-from mmtm.tensorboard_log import TensorBoardLog
+from mmtm.training.checkpoint import save_checkpoint
+from mmtm.training.config import TrainConfig, to_dict
+from mmtm.training.cuda_graphs import GraphedSteps
+from mmtm.analysis.eval_cur import evaluate_cur
+from mmtm.analysis.evaluate import evaluate
+from mmtm.science.fusion import REBALANCED_BRANCH, REGULAR, STEP_MODES
+from mmtm.training.hardware import Compute, Distributed, graph_steps, setup_distributed
+from mmtm.science.network import TwoViewMMTMNet, build_network, fused_logits
+from mmtm.training.policy import EpochContext, StepPolicy, runs_in_cuda_graphs
+from mmtm.training.progress import TrainProgress
+from mmtm.training.registry import make_policy
+from mmtm.training.run import RunFolder, check_dataset_matches, check_resumable, load_run_checkpoint
+from mmtm.training.schedule import make_scheduler, step_schedule
+from mmtm.science.speed import READOUT, SpeedMeter
+from mmtm.training.tensorboard_log import TensorBoardLog
 
 
 class NonFiniteLoss(UserError):

@@ -15,13 +15,13 @@ import torchvision
 
 from mmtm.loaders.device import resolve_device
 from mmtm.loaders.factory import resolve_backend
-from mmtm.config import resolve
-from mmtm.hardware import Compute, graph_steps
-from mmtm.policy import runs_in_cuda_graphs
-from mmtm.registry import make_policy
-from mmtm.sweep import usable_cores
+from mmtm.training.config import resolve
+from mmtm.training.hardware import Compute, graph_steps
+from mmtm.training.policy import runs_in_cuda_graphs
+from mmtm.training.registry import make_policy
+from mmtm.analysis.sweep import usable_cores
 
-PROJECT = Path(__file__).resolve().parents[1]  # the folder holding loaders/, mmtm/ and cli/
+PROJECT = Path(__file__).resolve().parents[2]  # the folder holding loaders/, mmtm/ and cli/
 # In a child process: a GL driver that crashes or hangs takes only the child with it.
 EGL_PROBE = "from mmtm.loaders.prep.render import gl_context; print(gl_context().info['GL_RENDERER'])"
 EGL_TIMEOUT_S = 20

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 AMP_SETTINGS = ("auto", "off")                    # auto: bf16 autocast on CUDA
 CHANNELS_LAST_SETTINGS = ("auto", "on", "off")    # auto: on CUDA only (no gain measured on CPU)
-CUDA_GRAPH_SETTINGS = ("auto", "off")             # auto: CUDA-graph training steps on CUDA (mmtm/cuda_graphs.py)
+CUDA_GRAPH_SETTINGS = ("auto", "off")             # auto: CUDA-graph steps on CUDA (mmtm/training/cuda_graphs.py)
 
 
 @dataclass(frozen=True)

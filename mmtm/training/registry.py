@@ -1,5 +1,5 @@
-"""Every training policy by name: the paper's (mmtm/policy.py) and the remedies of other papers (mmtm/methods/),
-all run by the one training loop and measured by the same CLS meter and eval-cur."""
+"""Every training policy by name: the paper's (mmtm/training/policy.py) and the remedies of other papers
+(mmtm/methods/), all run by the one training loop and measured by the same CLS meter and eval-cur."""
 from __future__ import annotations
 
 from mmtm.methods.agm import AGMPolicy
@@ -11,7 +11,7 @@ from mmtm.methods.opm import OPMPolicy
 from mmtm.methods.pmr import PMRPolicy
 from mmtm.methods.relearn import ReLearnPolicy
 from mmtm.methods.umt import UMTPolicy
-from mmtm.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, StepPolicy, VanillaPolicy
+from mmtm.training.policy import BalancedPolicy, FlippedPolicy, RandomPolicy, StepPolicy, VanillaPolicy
 
 POLICIES: dict[str, type[StepPolicy]] = {p.name: p for p in (
     VanillaPolicy, BalancedPolicy, RandomPolicy, FlippedPolicy, OGMGEPolicy, GBlendingPolicy, ModDropPolicy, PMRPolicy,

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmtm.fusion import FLOW_OFF, REGULAR
-from mmtm.hardware import Compute
+from mmtm.science.fusion import FLOW_OFF, REGULAR
+from mmtm.training.hardware import Compute
 
 L2 = 1e-3
 ITERATIONS = 200

@@ -12,7 +12,7 @@ Layout of a run folder::
     cur.json      written by `mmtm eval-cur` for best.pt on the test split; cur-last.json for last.pt on the test split
     cur-SPLIT-CHECKPOINT.json   eval-cur on any other split or checkpoint (`cur-val-last.json`, and for a checkpoint
                   named by path its file name: `cur-test-epoch5.pt.json`): report and compare read only the two above
-    tb/           TensorBoard scalars, when the tensorboard package is installed (mmtm/tensorboard_log.py)
+    tb/           TensorBoard scalars, when the tensorboard package is installed (mmtm/training/tensorboard_log.py)
     .run.lock     held by the process training the run (`mmtm train`, a sweep's job), so that no second one writes it
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ from mmtm.loaders.atomic import atomic_write_text, hold, remove_stale_temporarie
 from mmtm.loaders.atomic import release as release_lock
 from mmtm.loaders.dataset import DatasetError, data_digest, open_dataset
 from mmtm.loaders.errors import UserError, write_error
-from mmtm.checkpoint import load_checkpoint
-from mmtm.config import TrainConfig, from_dict, to_dict
+from mmtm.training.checkpoint import load_checkpoint
+from mmtm.training.config import TrainConfig, from_dict, to_dict
 
 CONFIG_JSON, DATA_JSON, STEPS_CSV, EPOCHS_CSV = "config.json", "data.json", "steps.csv", "epochs.csv"
 LAST_PT, BEST_PT, CUR_JSON, CUR_LAST_JSON = "last.pt", "best.pt", "cur.json", "cur-last.json"
@@ -40,11 +40,11 @@ RUN_LOCK = ".run.lock"
 CHECKPOINTS = ("best", "last")
 
 # d_speed, s_m1_m0, s_m0_m1: the cumulative view (the paper's); d_speed_step, d_speed_window: the other two views
-# (nan on re-balancing steps for the per-step one); d_speed_signal: what the step policy read (mmtm/speed.py).
+# (nan on re-balancing steps for the per-step one); d_speed_signal: what the step policy read (mmtm/science/speed.py).
 STEP_FIELDS = ("step", "epoch", "mode", "loss", "s_m1_m0", "s_m0_m1", "d_speed", "d_speed_step", "d_speed_window",
                "d_speed_signal")
-# *_graph_steps: the epoch's steps of each mode that ran as replays of a captured CUDA graph (mmtm/cuda_graphs.py);
-# runs written before these columns existed read them as nan (not recorded).
+# *_graph_steps: the epoch's steps of each mode that ran as replays of a captured CUDA graph
+# (mmtm/training/cuda_graphs.py); runs written before these columns existed read them as nan (not recorded).
 GRAPH_STEP_FIELDS = ("regular_graph_steps", "rebalance_m0_graph_steps", "rebalance_m1_graph_steps")
 EPOCH_FIELDS = ("epoch", "lr", "train_loss", "train_loss_regular", "train_acc", "val_acc", "val_acc_m0",
                 "val_acc_m1", "val_loss", "d_speed", "s_m1_m0", "s_m0_m1", "d_speed_window", "regular_steps",

@@ -2,8 +2,8 @@
 and the
 CUR arithmetic.
 
-Protocol (run by `mmtm.eval_cur.evaluate_cur`): `collect_mean_squeeze(net, train_batches)` (training subset, eval
-transform), then per-head test accuracies with mode regular (A(f0), A(f1)) and mode flow_off (A(f0'), A(f1')),
+Protocol (run by `mmtm.analysis.eval_cur.evaluate_cur`): `collect_mean_squeeze(net, train_batches)` (training subset,
+eval transform), then per-head test accuracies with mode regular (A(f0), A(f1)) and mode flow_off (A(f0'), A(f1')),
 then `cur_from_accuracies`.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmtm import formulas
-from mmtm.fusion import MMTM
+from mmtm.science import formulas
+from mmtm.science.fusion import MMTM
 
 
 def collect_mean_squeeze(net: nn.Module, batches: Iterable[Any], device: torch.device | str | None = None) -> int:

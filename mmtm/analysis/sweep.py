@@ -1,14 +1,14 @@
 """Running a comparison's runs: on this machine N at a time, or on a Slurm cluster through submitit.
 
-Every run is one job, `python -m mmtm.sweep RUN/job.json` (`main`): train (or resume from last.pt) exactly as
-`mmtm train` does, eval-cur on best.pt and last.pt, then the run's summary.json (mmtm/evidence.py), which marks it
-done. So a sweep that was killed, or whose cluster jobs failed, is finished by running the same command again: runs
+Every run is one job, `python -m mmtm.analysis.sweep RUN/job.json` (`main`): train (or resume from last.pt) exactly as
+`mmtm train` does, eval-cur on best.pt and last.pt, then the run's summary.json (mmtm/analysis/evidence.py), which marks
+it done. So a sweep that was killed, or whose cluster jobs failed, is finished by running the same command again: runs
 with their evidence are kept, the others start or resume. A run folder is kept or resumed only if it holds the run
 asked for (`changes`: its config.json and data digest against the sweep's), and the job holds the run's lock
 (RUN/.run.lock) from its first check to its summary, so no second process writes the folder meanwhile.
 
 Local (`--jobs N`, the default launcher): N job processes at once, forked from a server that imported torch once
-(mmtm/jobs.py), each with its share of the cores — torch's threads and the loader's threads are both capped at
+(mmtm/analysis/jobs.py), each with its share of the cores — torch's threads and the loader's threads are both capped at
 cores // N, so the jobs never oversubscribe the machine (two trainings that each use every core run many times
 slower than one). With GPUs (`--gpus 0,1 --runs-per-gpu K`) each job gets one GPU (CUDA_VISIBLE_DEVICES), K
 jobs per GPU at once, and the cores are shared among all jobs. On the CPU torch's results depend on its thread
@@ -38,7 +38,7 @@ from pathlib import Path
 from mmtm.loaders.atomic import atomic_write_text
 from mmtm.loaders.dataset import data_digest
 from mmtm.loaders.errors import UserError
-from mmtm.jobs import start as start_job
+from mmtm.analysis.jobs import start as start_job
 
 JOB_JSON = "job.json"
 JOB_LOG = "job.log"
@@ -58,7 +58,7 @@ class RunSpec:
     cell: dict = field(default_factory=dict)
     preset: str = ""
     data_digest: str | None = None  # of the data folder when the sweep was planned (mmtm.loaders.dataset.data_digest)
-    probe: bool = False  # eval-cur with the linear probes (mmtm/probe.py) as well
+    probe: bool = False  # eval-cur with the linear probes (mmtm/analysis/probe.py) as well
     after: list[Path] = field(default_factory=list)  # runs that must be done before this one starts (UMT's teachers)
 
     @property
@@ -84,21 +84,21 @@ def job_config(config: dict, threads: int) -> dict:
 
 
 def is_done(spec: RunSpec) -> bool:
-    from mmtm.evidence import is_summarised
+    from mmtm.analysis.evidence import is_summarised
 
     return is_summarised(spec.dir) and not (spec.probe and needs_probe(spec.dir))
 
 
 def is_ready(spec: RunSpec) -> bool:
     """Whether every run `spec` waits for is done."""
-    from mmtm.evidence import is_summarised
+    from mmtm.analysis.evidence import is_summarised
 
     return all(is_summarised(d) for d in spec.after)
 
 
 def needs_probe(run_dir: Path) -> bool:
     """Whether a cur file of the run lacks the linear probes (`eval-cur --probe`)."""
-    from mmtm.run import RunFolder
+    from mmtm.training.run import RunFolder
 
     run = RunFolder(run_dir)
     return any("probe_m0" not in json.loads(path.read_text()) for path in (run.cur, run.cur_last) if path.is_file())
@@ -112,8 +112,8 @@ def changes(run_dir: Path, config: dict, digest: str | None) -> list[str] | None
     """How the run in `run_dir` differs from the run of `config` on data of `digest`, as `key old → new` (every
     setting but NOT_COMPARED, and the data digest RUN/data.json recorded); [] when it is that run, None when the
     folder holds no run (no config.json)."""
-    from mmtm.config import to_dict
-    from mmtm.run import RunFolder
+    from mmtm.training.config import to_dict
+    from mmtm.training.run import RunFolder
 
     run = RunFolder(run_dir)
     saved = run.saved_config()
@@ -144,11 +144,11 @@ def run_job(job_json: str | os.PathLike) -> None:
     import torch
 
     from mmtm.loaders.device import resolve_device
-    from mmtm.config import from_dict
-    from mmtm.eval_cur import evaluate_cur
-    from mmtm.evidence import SUMMARY_JSON, is_summarised, summarise
-    from mmtm.run import RunFolder, read_json
-    from mmtm.training import fit
+    from mmtm.training.config import from_dict
+    from mmtm.analysis.eval_cur import evaluate_cur
+    from mmtm.analysis.evidence import SUMMARY_JSON, is_summarised, summarise
+    from mmtm.training.run import RunFolder, read_json
+    from mmtm.training.loop import fit
 
     job = json.loads(Path(job_json).read_text())
     cfg = from_dict(job["config"])
@@ -185,7 +185,7 @@ def run_job(job_json: str | os.PathLike) -> None:
 
 
 def _job_command(job_json: Path) -> list[str]:
-    return [sys.executable, "-m", "mmtm.sweep", str(job_json)]
+    return [sys.executable, "-m", "mmtm.analysis.sweep", str(job_json)]
 
 
 def mps_note(devices: list[int], runs_per_device: int) -> str | None:
@@ -338,7 +338,7 @@ def launch_slurm(specs: list[RunSpec], out: Path, *, wait: bool, partition: str 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        raise SystemExit("usage: python -m mmtm.sweep RUN/job.json")
+        raise SystemExit("usage: python -m mmtm.analysis.sweep RUN/job.json")
     try:
         run_job(argv[0])
     except UserError as e:

@@ -5,11 +5,11 @@ backward, the CLS meter, the running gate means, the SGD update and the step's r
 buffers, and replayed: one launch per step. The host then copies the batch in and reads the readout out, the
 step's one sync.
 
-What this needs from the step (mmtm/training.py `step_on_device`): nothing may leave the device (no .item(),
+What this needs from the step (mmtm/training/loop.py `step_on_device`): nothing may leave the device (no .item(),
 no host tensors), its shapes are fixed (training drops the last partial batch; a batch of another shape or
 dtype is refused, never broadcast), every tensor it updates exists before capture and is only ever updated in
 place (the learning rate is a device tensor the schedules fill in place, the optimizer's momentum buffers are
-made before the first step, loading a checkpoint copies into them: `mmtm.training.Trainer.load_state_dict`),
+made before the first step, loading a checkpoint copies into them: `mmtm.training.loop.Trainer.load_state_dict`),
 and autocast runs without its cache.
 
 How capture is kept safe from the rest of the process: every CUDA object is made on the run's device (the side
@@ -27,7 +27,7 @@ would train nothing) — leaves nothing behind: the current stream is the one be
 leaves it reserved when `capture_end` raises), and CUDA graphs are off for the rest of the run, every mode eager,
 with one `note:` line saying why; `off` keeps the reason and `replays`/`eager_runs` count what ran how (the training
 loop writes them to epochs.csv, `mmtm bench train` to its JSON). A run never dies of a capture. DDP runs and
-policies with step hooks of their own (`mmtm.policy.runs_in_cuda_graphs`) stay eager.
+policies with step hooks of their own (`mmtm.training.policy.runs_in_cuda_graphs`) stay eager.
 """
 from __future__ import annotations
 

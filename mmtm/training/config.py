@@ -14,15 +14,15 @@ from mmtm.loaders.dataset import DatasetError, open_dataset
 from mmtm.loaders.device import check_device_name
 from mmtm.loaders.errors import UserError
 from mmtm.loaders.factory import BACKENDS
-from mmtm.fusion import GATES, bottleneck_units
-from mmtm.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
+from mmtm.science.fusion import GATES, bottleneck_units
+from mmtm.training.hardware import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, CUDA_GRAPH_SETTINGS
 from mmtm.methods import agm, g_blending, mmpareto, moddrop, ogm_ge, opm, pmr, relearn, umt
-from mmtm.network import LOSSES, mmtm_channels
-from mmtm.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
-from mmtm.presets import AUTO, PRESETS, chosen
-from mmtm.registry import POLICIES
-from mmtm.speed import SIGNALS
-from mmtm.schedule import PLATEAU_ON, SCHEDULES
+from mmtm.science.network import LOSSES, mmtm_channels
+from mmtm.training.policy import ALPHA, REBALANCE_PARAMS, REBALANCE_STEPS, WARMUP_EPOCHS
+from mmtm.training.presets import AUTO, PRESETS, chosen
+from mmtm.training.registry import POLICIES
+from mmtm.science.speed import SIGNALS
+from mmtm.training.schedule import PLATEAU_ON, SCHEDULES
 
 FLOAT32_MAX = 3.4028234663852886e38  # a learning rate lives in a float32 tensor on the GPU
 SEED_MAX = 2**64 - 1                 # torch seeds its generators with an unsigned 64-bit integer
@@ -32,7 +32,7 @@ SEED_MAX = 2**64 - 1                 # torch seeds its generators with an unsign
 class TrainConfig:
     data: str = ""
     out: str = ""
-    policy: str = "vanilla"                 # a name in mmtm.registry.POLICIES
+    policy: str = "vanilla"                 # a name in mmtm.training.registry.POLICIES
     views: tuple[int, int] = (0, 6)         # docs/science.md §5: v001 and v007, "front" and "rear"; resolve() takes
                                             # the data's dataset.json `default_views` when none is given
     # model (docs/science.md §1); width 64 is torchvision's ResNet-18, smaller widths keep its structure

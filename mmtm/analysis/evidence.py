@@ -34,10 +34,10 @@ from pathlib import Path
 from mmtm.loaders.atomic import atomic_write_text
 from mmtm.loaders.dataset import open_dataset
 from mmtm.loaders.errors import UserError
-from mmtm.fusion import REGULAR
-from mmtm.run import (CONFIG_JSON, CUR_JSON, CUR_LAST_JSON, EPOCH_FIELDS, EPOCHS_CSV, STEP_FIELDS, STEPS_CSV, RunFolder,
-                      read_csv, read_cur, read_json)
-from mmtm.config import from_dict, to_dict
+from mmtm.science.fusion import REGULAR
+from mmtm.training.run import (CONFIG_JSON, CUR_JSON, CUR_LAST_JSON, EPOCH_FIELDS, EPOCHS_CSV, STEP_FIELDS, STEPS_CSV,
+                      RunFolder, read_csv, read_cur, read_json)
+from mmtm.training.config import from_dict, to_dict
 
 SUMMARY_JSON = "summary.json"
 EVIDENCE = (CONFIG_JSON, EPOCHS_CSV, CUR_JSON, CUR_LAST_JSON, SUMMARY_JSON)
@@ -175,7 +175,7 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder of runs")
-    # hidden folders hold no run of the comparison: .replaced-*/ keeps runs a sweep moved aside (mmtm/compare.py)
+    # hidden folders hold no run: .replaced-*/ keeps runs a sweep moved aside (mmtm/analysis/compare.py)
     found = sorted(p.parent for p in root.rglob(SUMMARY_JSON)
                    if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
     if not found:

@@ -1,0 +1,1 @@
+"""Analysis: eval-cur and the linear probes, statistics, comparisons and sweeps, reports and figures."""
