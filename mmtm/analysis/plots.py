@@ -184,12 +184,7 @@ def plot_cur(runs: list[dict], path: Path) -> Path:
         errors = _interval_errors(means, [r["cur"].get("intervals", {}).get(key) for r in runs])
         ax.bar(x + offset, means, 0.4, yerr=errors, capsize=2, label=label, color=color,
                error_kw={"lw": 0.8})
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xticks(x, [r["name"] for r in runs], rotation=30, ha="right")
-    ax.set_ylabel(U_LABEL)
-    ax.set_title("u per run, 95% bootstrap CI")
-    _legend(ax)
-    return _save(fig, path)
+    return _save_u_bars(fig, ax, x, [r["name"] for r in runs], "u per run, 95% bootstrap CI", path)
 
 
 @styled
@@ -207,10 +202,15 @@ def plot_cur_by_policy(rows: list[dict], path: Path) -> Path:
                label=label, color=color, alpha=0.6, error_kw={"lw": 0.8})
         for xi, v in zip(x, values):
             ax.scatter(np.full(len(v), xi), v, s=8, color="black", zorder=3)
+    return _save_u_bars(fig, ax, np.arange(len(policies)), policies, "u per policy: mean, 95% t-CI, seeds", path)
+
+
+def _save_u_bars(fig, ax, ticks, labels: list[str], title: str, path: Path) -> Path:
+    """The axes every bar chart of u(·|·) shares (a zero line, slanted labels, the legend), then saved."""
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xticks(np.arange(len(policies)), policies, rotation=30, ha="right")
+    ax.set_xticks(ticks, labels, rotation=30, ha="right")
     ax.set_ylabel(U_LABEL)
-    ax.set_title("u per policy: mean, 95% t-CI, seeds")
+    ax.set_title(title)
     _legend(ax)
     return _save(fig, path)
 
