@@ -208,10 +208,7 @@ def _make(class_index: int, classes: int, object_index: int, seed: int, views_di
     if views_differ == "shortcut":
         return _make_shortcut(class_index, classes, object_index, seed, **shortcut)
     rng = np.random.default_rng([seed, class_index, object_index] + ([] if views_differ == "information" else [1]))
-    parts, front_y, rear_y, face_width, face_bottom, face_top = _body(rng)
-    body = np.min([p.bounds[0] for p in parts], axis=0), np.max([p.bounds[1] for p in parts], axis=0)
-    size = min(face_width, face_top - face_bottom)
-    centre_v = (face_bottom + face_top) / 2
+    parts, body, front_y, rear_y, face_width, size, centre_v = _body(rng)
 
     front = _GLYPH_NAMES[class_index]
     parts += _glyph(front, FRONT_SCALE * size * rng.uniform(0.85, 1.1),
@@ -247,10 +244,7 @@ def _make_shortcut(class_index: int, classes: int, object_index: int, seed: int,
     import trimesh
 
     rng = np.random.default_rng([seed, class_index, object_index, 2])
-    parts, front_y, rear_y, face_width, face_bottom, face_top = _body(rng)
-    body = np.min([p.bounds[0] for p in parts], axis=0), np.max([p.bounds[1] for p in parts], axis=0)
-    size = min(face_width, face_top - face_bottom)
-    centre_v = (face_bottom + face_top) / 2
+    parts, body, front_y, rear_y, face_width, size, centre_v = _body(rng)
     front = _GLYPH_NAMES[class_index]
     parts += _glyph(front, EASE_REAR_SCALE * size * rng.uniform(0.85, 1.15),
                     rng.uniform(-EASE_JITTER, EASE_JITTER) * face_width,
@@ -267,8 +261,9 @@ def _make_shortcut(class_index: int, classes: int, object_index: int, seed: int,
     return mesh, (front, rear)
 
 
-def _body(rng: np.random.Generator) -> tuple[list, float, float, float, float, float]:
-    """A class-independent body; returns parts, the front/rear face planes (y) and the markable face region."""
+def _body(rng: np.random.Generator) -> tuple[list, tuple, float, float, float, float, float]:
+    """A class-independent body; returns its parts, their extent (low, high corners), the front/rear face planes (y)
+    and the markable face region: its width, the mark size (its smaller side) and its centre height."""
     from trimesh import creation
     from trimesh.transformations import translation_matrix
 
@@ -294,7 +289,10 @@ def _body(rng: np.random.Generator) -> tuple[list, float, float, float, float, f
         parts.append(creation.cylinder(radius=0.1, height=0.25, sections=16)
                      .apply_transform(translation_matrix([rng.uniform(-0.2, 0.2) * width, 0, height / 2 + 0.1])))
     # Marks stay 0.2 below the top edge so the elevated camera on the other side cannot see over it.
-    return parts, -half_depth, half_depth, face_width * 0.9, -height / 2 + 0.05, height / 2 - 0.2
+    face_width, face_bottom, face_top = face_width * 0.9, -height / 2 + 0.05, height / 2 - 0.2
+    extent = np.min([p.bounds[0] for p in parts], axis=0), np.max([p.bounds[1] for p in parts], axis=0)
+    return (parts, extent, -half_depth, half_depth, face_width, min(face_width, face_top - face_bottom),
+            (face_bottom + face_top) / 2)
 
 
 def _anchored(mesh, body_low: np.ndarray, body_high: np.ndarray, size: float, margin=None):
