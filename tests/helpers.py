@@ -84,3 +84,18 @@ def run_mmtm(*args, timeout: float = 300, **kw) -> int:
         proc.join()
         raise AssertionError(f"mmtm {' '.join(map(str, args[:2]))} did not end within {timeout} s")
     return proc.exitcode
+
+
+def stop_after_epoch(monkeypatch, epoch: int) -> None:
+    """Make training raise KeyboardInterrupt right after epoch `epoch`'s last.pt is written, as Ctrl-C there would
+    (`monkeypatch.undo()` lifts it)."""
+    from mmtm.training import loop
+
+    save = loop.save_checkpoint
+
+    def save_then_stop(state, path):
+        save(state, path)
+        if path.name == "last.pt" and state["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)

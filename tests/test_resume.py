@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from helpers import invoke, read_csv, run_mmtm, start_mmtm, train_args
+from helpers import invoke, read_csv, run_mmtm, start_mmtm, stop_after_epoch, train_args
 from mmtm.training.checkpoint import load_checkpoint
 
 
@@ -53,19 +53,11 @@ def test_a_resumed_umt_run_ends_exactly_like_an_uninterrupted_one(synthetic_data
 
 def resumes_exactly(synthetic_data, tmp_path, monkeypatch, policy_flags) -> None:
     from helpers import TINY
-    from mmtm.training import loop as training
 
     flags = [*policy_flags, *TINY, "--epochs", 4, "--max-steps-per-epoch", 3]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert invoke("train", "--data", synthetic_data, "--out", full, *flags).exit_code == 0
-    save = training.save_checkpoint
-
-    def save_then_stop(state, path):
-        save(state, path)
-        if path.name == "last.pt" and state["epoch"] == 2:
-            raise KeyboardInterrupt  # as Ctrl-C there would
-
-    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
+    stop_after_epoch(monkeypatch, 2)
     assert invoke("train", "--data", synthetic_data, "--out", cut, *flags).exit_code == 130
     monkeypatch.undo()
     assert load_checkpoint(cut / "last.pt")["epoch"] == 2

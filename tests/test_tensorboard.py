@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from helpers import TINY, invoke, read_csv
+from helpers import TINY, invoke, read_csv, stop_after_epoch
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
 FLAGS = ["--policy", "balanced", "--alpha", "0", *TINY, "--epochs", 4, "--max-steps-per-epoch", 3]
@@ -22,18 +22,10 @@ def scalars(run) -> dict[str, list[tuple[int, float]]]:
 def test_a_resumed_run_keeps_every_event_of_an_uninterrupted_one(synthetic_data, tmp_path, monkeypatch):
     """Stopped right after epoch 2's checkpoint (as Ctrl-C there would) and resumed: the events read back are those
     of a run never stopped, epoch 2's summary included (TensorBoard purges from the resumed writer's purge_step on)."""
-    from mmtm.training import loop as training
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert invoke("train", "--data", synthetic_data, "--out", full, *FLAGS).exit_code == 0
-    save = training.save_checkpoint
-
-    def save_then_stop(state, path):
-        save(state, path)
-        if path.name == "last.pt" and state["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
+    stop_after_epoch(monkeypatch, 2)
     assert invoke("train", "--data", synthetic_data, "--out", cut, *FLAGS).exit_code == 130
     monkeypatch.undo()
     r = invoke("train", "--data", synthetic_data, "--out", cut, *FLAGS, "--resume")
