@@ -19,10 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-MMTM = [sys.executable, "-c", "from mmtm.cli.app import main; main()"]  # installed or from a bare checkout
-TINY = {"width": 4, "batch_size": 4, "loader": "torch", "num_threads": 0, "device": "cpu", "precise_bn": 2,
-        "max_steps_per_epoch": 3}
+from readme_compare import MMTM, ROOT, TINY, first_seed  # the shrinking the compare replay uses
+
 INSTALL = ("python3", "python", "pip", "git", "cd", "conda", ".", "source")
 
 
@@ -46,8 +44,7 @@ def shrunk(words: list[str], config: Path) -> list[str]:
     """An `mmtm ...` command's arguments, made small where it trains."""
     words = list(words)
     if "--seeds" in words:
-        i = words.index("--seeds") + 1
-        words[i] = re.split(r"[,-]", words[i])[0]
+        words[words.index("--seeds") + 1] = first_seed(words)
     if words[:2] == ["prep", "synthetic"]:
         return [*words, "--classes", "3", "--per-class", "8", "--image-size", "32", "--workers", "1"]
     if words[0] in ("train", "compare") and "--collect" not in words:
