@@ -416,7 +416,10 @@ def test_probe_adds_each_branchs_probe_and_evaluates_kept_runs_again_without_ret
     assert invoke(*args).exit_code == 0
     run = out / "vanilla-s0"
     assert "probe_m0" not in json.loads((run / "cur.json").read_text())
-    weights, trained = (run / "last.pt").stat().st_mtime_ns, json.loads((run / "summary.json").read_text())["job"]
+    summary = json.loads((run / "summary.json").read_text())
+    summary["job"]["seconds"] = 6000.0  # as if training had taken 100 minutes: the re-evaluation must not count it
+    (run / "summary.json").write_text(json.dumps(summary))
+    weights, trained = (run / "last.pt").stat().st_mtime_ns, summary["job"]
     r = invoke(*args, "--probe")
     assert r.exit_code == 0, r.output
     for name in ("cur.json", "cur-last.json"):
@@ -425,6 +428,8 @@ def test_probe_adds_each_branchs_probe_and_evaluates_kept_runs_again_without_ret
     assert (run / "last.pt").stat().st_mtime_ns == weights  # evaluated again, not retrained
     job = json.loads((run / "summary.json").read_text())["job"]
     assert job["seconds"] == trained["seconds"] and job["probe_seconds"] > 0  # the training time is kept
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["sum_of_job_minutes"] == round(job["probe_seconds"] / 60, 2) < 1  # this launch trained nothing
     table = json.loads((out / "comparison.json").read_text())
     assert "probe_m0" in table["runs"][0] and "probe_m0" in (out / "comparison.md").read_text()
     r = invoke(*args, "--probe")

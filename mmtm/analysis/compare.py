@@ -44,8 +44,8 @@ from mmtm.training.registry import POLICIES
 from mmtm.analysis.report import (BASELINES, PROXY_COLUMNS, PROXY_NOTE, cell_label, kind, markdown_table, proxy_cells,
                          proxy_table, summary_rows, view_best, write_plots)
 from mmtm.training.run import RunFolder
-from mmtm.analysis.sweep import (RunSpec, changes, check_launcher, is_done, job_log, launch_local, launch_slurm,
-                        mps_note, thread_share)
+from mmtm.analysis.sweep import (RunSpec, changes, check_launcher, is_done, job_log, launch_local, launch_seconds,
+                                 launch_slurm, mps_note, thread_share)
 
 DEFAULT_POLICIES = ("vanilla", "balanced", "random", "flipped")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -276,7 +276,7 @@ def _sweep(specs: list[RunSpec], out: Path, *, launcher: str, jobs: int, devices
     for s in specs:
         evidence.place(s.dir, s.cell, s.preset)
     runs = [evidence.load(s.dir) for s in specs]
-    run_minutes = sum(r["summary"]["job"].get("seconds", 0.0) for s, r in zip(specs, runs) if s.name not in kept) / 60
+    run_minutes = sum(launch_seconds(r["summary"]["job"]) for s, r in zip(specs, runs) if s.name not in kept) / 60
     sweep = {"launcher": launcher, "concurrent": concurrency, "runs": len(specs),
              "runs_launched": len(specs) - len(kept),
              "threads_per_job": thread_share(concurrency) if launcher == "local" else (slurm or {}).get("cpus_per_run"),
@@ -630,6 +630,8 @@ def render(doc: dict) -> str:
         + "\n## Cost\n\n"
         + markdown_table([r | {"minutes per run": f"{r['minutes_per_run']:.2f}", "× vanilla": stats.fmt_num(
             r["x_vanilla"], 2)} for r in doc["cost"]], [*cols, "policy", "minutes per run", "× vanilla"])
+        + "\nMinutes per run: each run's own training job (its summary.json), in whichever launch trained it; runs "
+          "trained in other launches, under other load or on other machines do not compare.\n"
         + (f"\nSweep: {sweep['runs_launched']} of {sweep['runs']} runs launched by the last command "
            f"({sweep['launcher']} launcher, {sweep['concurrent']} at a time): {sweep['wall_minutes']} min of wall time "
            f"for {sweep['sum_of_job_minutes']} min of their job time (speed-up {sweep['speedup']}, parallel "

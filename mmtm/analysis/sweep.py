@@ -184,6 +184,12 @@ def run_job(job_json: str | os.PathLike) -> None:
         run.release()
 
 
+def launch_seconds(job: dict) -> float:
+    """What the last job of a run took: a run that was only evaluated again for its probes keeps its training time in
+    `seconds` and the evaluation's in `probe_seconds`."""
+    return job.get("probe_seconds", job.get("seconds", 0.0))
+
+
 def _job_command(job_json: Path) -> list[str]:
     return [sys.executable, "-m", "mmtm.analysis.sweep", str(job_json)]
 
